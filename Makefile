@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   - create .venv if missing, run the pipeline on the shipped example plates
+#   make test   - create .venv if missing, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cr51-installed
+CORES ?= 2
+
+.PHONY: demo test lint bench clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --config raw_dir=resources/example settle_seconds=0
+	@echo "Results: results/ (tables), results/report.html (report)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check .
+
+clean-results:
+	rm -rf results .snakemake

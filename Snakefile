@@ -1,0 +1,20 @@
+# 51Cr release assay: counter exports + plate layouts -> lysis, QC, suppression curves,
+# relative potency between IVIG lots, and a report. See README.md and config/README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/collect.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,85 @@
+"""Plate QC rules: spontaneous release, CV, lytic units, vehicle suppression, flags."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cr51.qc import QC_COLUMNS, QCConfig, fit_lytic_units, lytic_units_per_1e7, plate_qc, vehicle_suppression
+
+
+def wells_table(rows):
+    df = pd.DataFrame(rows, columns=["well", "role", "lot", "conc", "et_ratio", "lysis_pct"])
+    df["plate"] = "P"
+    df["excluded"] = False
+    df["exclusion_reason"] = ""
+    df["outlier"] = False
+    df["cpm"] = 1000.0
+    return df
+
+
+def titration(a=80.0, k=0.04):
+    rows = []
+    for et in (50, 25, 12.5, 6.25):
+        y = a * (1 - math.exp(-k * et))
+        rows += [(f"H{et}", "sample", None, 0.0, et, y)] * 3
+    return rows
+
+
+def summary(cv=5.0):
+    return pd.DataFrame({"cv_pct": [cv, 3.0]})
+
+
+def test_lytic_units_hand_computed():
+    a, k = 80.0, 0.04
+    et20 = -math.log(1 - 20 / a) / k
+    assert lytic_units_per_1e7(a, k, 10_000) == pytest.approx(1e7 / (et20 * 10_000))
+    assert lytic_units_per_1e7(a, k, 10_000) == pytest.approx(139.04, rel=1e-4)
+    assert math.isnan(lytic_units_per_1e7(15.0, k, 10_000))  # plateau below 20 %
+    w = wells_table(titration(a, k))
+    fa, fk = fit_lytic_units(w["et_ratio"].to_numpy(), w["lysis_pct"].to_numpy())
+    assert (fa, fk) == pytest.approx((a, k), rel=1e-6)
+    assert fit_lytic_units(np.array([50.0, 50.0]), np.array([30.0, 31.0])) is None
+
+
+def test_pass_and_values():
+    w = wells_table(titration())
+    row = plate_qc(w, summary(), {"targets_per_well": 10_000.0, "donor": "D1"}, 400.0, 4000.0, QCConfig())
+    assert list(row)[: len(QC_COLUMNS)] == QC_COLUMNS
+    assert row["spontaneous_pct_of_max"] == pytest.approx(10.0)
+    assert row["untreated_lysis_pct"] == pytest.approx(80 * (1 - math.exp(-2)))
+    assert row["lu20_per_1e7"] == pytest.approx(139.04, rel=1e-4)
+    assert row["status"] == "pass" and row["flags"] == ""
+
+
+def test_high_spontaneous_fails_and_cv_flags():
+    w = wells_table(titration())
+    row = plate_qc(w, summary(cv=25.0), {}, 900.0, 4000.0, QCConfig())
+    assert row["spontaneous_pct_of_max"] == pytest.approx(22.5)
+    assert row["status"] == "fail"
+    flags = row["flags"].split(";")
+    assert "SPONTANEOUS_HIGH" in flags and "CV_HIGH" in flags and "NO_TARGETS_PER_WELL" in flags
+    assert math.isnan(row["lu20_per_1e7"])
+    # the threshold is configurable: 25 % passes the same plate
+    assert plate_qc(w, summary(), {}, 900.0, 4000.0, QCConfig(max_spontaneous_pct_of_max=25))["status"] == "pass"
+
+
+def test_vehicle_suppression_per_lot_and_flag():
+    rows = titration() + [
+        ("E1", "vehicle", "L1", 10.0, 50, 0.85 * 80 * (1 - math.exp(-2))),
+        ("E2", "vehicle", "L2", 10.0, 50, 0.98 * 80 * (1 - math.exp(-2))),
+    ]
+    w = wells_table(rows)
+    v = vehicle_suppression(w).set_index("lot")
+    assert v.loc["L1", "vehicle_suppression_pct"] == pytest.approx(15.0)
+    assert v.loc["L2", "vehicle_suppression_pct"] == pytest.approx(2.0)
+    row = plate_qc(w, summary(), {"targets_per_well": 1e4}, 400.0, 4000.0, QCConfig())
+    assert row["vehicle_suppression_pct"] == pytest.approx(15.0)
+    assert "VEHICLE_SUPPRESSION" in row["flags"].split(";") and row["status"] == "pass"
+
+
+def test_no_untreated_wells_flagged():
+    w = wells_table([("A1", "sample", "L", 1.0, 50, 30.0)])
+    row = plate_qc(w, summary(), {}, 400.0, 4000.0, QCConfig())
+    assert "NO_UNTREATED" in row["flags"] and math.isnan(row["untreated_lysis_pct"])

@@ -1,0 +1,114 @@
+"""The drop-folder scan: plates, pending files, refused layouts, stable batches."""
+
+import os
+import time
+
+from cr51.scan import batch_of, scan
+
+LAYOUT = '[meta]\npath = "{export}"\n[well.A1]\nrole = "spontaneous"\n'
+
+
+def write(d, name, text="x", age=1000.0):
+    p = d / name
+    p.write_text(text)
+    t = time.time() - age
+    os.utime(p, (t, t))
+    return p
+
+
+def run(d, layouts, **kw):
+    return scan(d, layouts_dir=layouts, batch_count=kw.pop("batch_count", 8), settle_seconds=kw.pop("settle", 60), **kw)
+
+
+def by_file(s):
+    return {o.file: o for o in s.others}
+
+
+def test_plate_pairs_layout_and_export(tmp_path, layouts_dir):
+    write(tmp_path, "p1.toml", LAYOUT.format(export="p1.csv"))
+    write(tmp_path, "p1.csv")
+    write(tmp_path, "README.md")
+    write(tmp_path, ".hidden")
+    s = run(tmp_path, layouts_dir)
+    assert list(s.plates) == ["p1"]
+    p = s.plates["p1"]
+    assert p.export == str(tmp_path / "p1.csv") and p.batch == batch_of("p1", 8)
+    assert s.others == []
+    assert sorted(os.path.basename(f) for f in s.files) == ["p1.csv", "p1.toml"]
+
+
+def test_pending_and_refused(tmp_path, layouts_dir):
+    write(tmp_path, "orphan.csv")  # no layout names it
+    write(tmp_path, "wait.toml", LAYOUT.format(export="later.csv"))  # export not there yet
+    write(tmp_path, "fresh.toml", LAYOUT.format(export="fresh.csv"))
+    write(tmp_path, "fresh.csv", age=5)  # still being written
+    write(tmp_path, "bad.toml", "[meta\npath=")
+    write(tmp_path, "noexport.toml", '[well.A1]\nrole = "sample"\n')
+    write(tmp_path, "evil.toml", '[meta]\npath = "x.csv"\ninclude = "../../etc/passwd"\n')
+    write(tmp_path, "abs.toml", '[meta]\npath = "x.csv"\ninclude = "/etc/passwd"\n')
+    write(tmp_path, "up.toml", '[meta]\npath = "../x.csv"\n')
+    s = run(tmp_path, layouts_dir)
+    assert s.plates == {}
+    f = by_file(s)
+    assert f["orphan.csv"].status == "pending" and "no layout names" in f["orphan.csv"].reason
+    assert f["wait.toml"].status == "pending" and "later.csv" in f["wait.toml"].reason
+    assert f["fresh.toml"].status == "pending" and f["fresh.csv"].status == "pending"
+    assert "settle_seconds" in f["fresh.csv"].reason
+    assert f["bad.toml"].status == "rejected" and "not valid TOML" in f["bad.toml"].reason
+    assert f["noexport.toml"].status == "rejected" and "[meta] path" in f["noexport.toml"].reason
+    for name in ("evil.toml", "abs.toml"):
+        assert f[name].status == "rejected" and "bare file name" in f[name].reason
+    assert f["up.toml"].status == "rejected"
+
+
+def test_settle_zero_accepts_fresh_files(tmp_path, layouts_dir):
+    write(tmp_path, "fresh.toml", LAYOUT.format(export="fresh.csv"), age=0)
+    write(tmp_path, "fresh.csv", age=0)
+    assert list(run(tmp_path, layouts_dir, settle=0).plates) == ["fresh"]
+
+
+def test_export_named_twice_is_refused(tmp_path, layouts_dir):
+    write(tmp_path, "a.toml", LAYOUT.format(export="e.csv"))
+    write(tmp_path, "b.toml", LAYOUT.format(export="e.csv"))
+    write(tmp_path, "e.csv")
+    s = run(tmp_path, layouts_dir)
+    f = by_file(s)
+    assert s.plates == {}
+    assert f["a.toml"].status == f["b.toml"].status == f["e.csv"].status == "rejected"
+    assert "several layouts" in f["a.toml"].reason
+
+
+def test_includes_resolve_in_drop_folder_then_templates(tmp_path, layouts_dir):
+    write(tmp_path, "tmpl.toml", '[well.A2]\nrole = "maximum"\n')
+    write(tmp_path, "p.toml", '[meta]\npath = "p.csv"\ninclude = ["tmpl.toml", "standard_96.toml"]\n')
+    write(tmp_path, "p.csv")
+    write(tmp_path, "missing.toml", '[meta]\npath = "m.csv"\ninclude = "nope.toml"\n')
+    write(tmp_path, "m.csv")
+    s = run(tmp_path, layouts_dir)
+    assert s.plates["p"].includes == (str(tmp_path / "tmpl.toml"), str(layouts_dir / "standard_96.toml"))
+    f = by_file(s)
+    assert f["tmpl.toml"].status == "ok" and "template" in f["tmpl.toml"].reason
+    assert f["missing.toml"].status == "rejected" and "not found" in f["missing.toml"].reason
+    assert f["m.csv"].status == "rejected"
+
+
+def test_batches_are_stable_and_spread():
+    names = [f"plate{i:04d}" for i in range(1000)]
+    batches = [batch_of(n, 16) for n in names]
+    assert batches == [batch_of(n, 16) for n in names]  # pure function of the name
+    counts = {b: batches.count(b) for b in set(batches)}
+    assert len(counts) == 16 and min(counts.values()) > 30
+
+
+def test_hostile_names_are_just_data(tmp_path, layouts_dir):
+    name = "$(touch pwned); `x` 'q' -rf é"
+    write(tmp_path, f"{name}.toml", LAYOUT.format(export=f"{name}.csv").replace("\\", ""))
+    write(tmp_path, f"{name}.csv")
+    s = run(tmp_path, layouts_dir)
+    assert list(s.plates) == [name]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_raw_dir_is_empty(tmp_path, layouts_dir):
+    s = run(tmp_path / "nope", layouts_dir)
+    assert s.plates == {} and s.others == [] and s.files == []

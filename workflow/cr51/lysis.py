@@ -1,0 +1,161 @@
+"""Counts + layout → wells, and % specific lysis.
+
+% specific lysis of a well = 100 · (CPM − S̄) / (M̄ − S̄), with S̄ and M̄ the means of the plate's
+spontaneous- and maximum-release wells that are not excluded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .ingest import Export
+    from .layout import Layout
+
+#: wells.csv: the contract columns, then extra columns (after them, in this order).
+WELL_COLUMNS = [
+    "plate", "well", "role", "lot", "conc", "et_ratio", "cpm", "excluded",
+    "exclusion_reason", "source_file", "source_sha256",
+]  # fmt: skip
+WELL_EXTRA = ["product", "rack", "pos", "lysis_pct", "outlier"]
+#: lysis.csv columns.
+LYSIS_COLUMNS = [
+    "plate", "role", "lot", "conc", "et_ratio", "n", "cpm_mean", "cpm_sd", "cv_pct",
+    "lysis_pct", "lysis_sd",
+]  # fmt: skip
+CONDITION = ["role", "lot", "conc", "et_ratio"]
+
+#: Dixon's Q, 95 % critical values for n = 3..10 (Rorabacher, Anal. Chem. 1991, 63, 139).
+DIXON_Q95 = {3: 0.970, 4: 0.829, 5: 0.710, 6: 0.625, 7: 0.568, 8: 0.526, 9: 0.493, 10: 0.466}
+
+
+class PlateError(ValueError):
+    """A plate whose counts cannot give a specific lysis; ``str(exc)`` is the reason."""
+
+
+def join_counts(layout: Layout, export: Export, *, source_file: str, source_sha256: str) -> pd.DataFrame:
+    """One row per layout well (and per export well/tube the layout does not define)."""
+    lw = layout.wells
+    counts = export.counts
+    tube_export = counts["well"].isna().all() and len(counts) > 0
+    if tube_export:
+        if lw["rack"].isna().all():
+            raise PlateError(
+                "the export identifies tubes by Rack/Pos, but the layout does not say which "
+                'tube holds which well: add [expt] tubes = "rows" (and rack_size) or rack/pos '
+                "fields to the layout"
+            )
+        c = counts[["rack", "pos", "cpm"]].astype({"rack": float, "pos": float})
+        merged = lw.merge(c, on=["rack", "pos"], how="outer", indicator=True)
+        extra_reason = "tube not mapped to a well by the layout"
+    else:
+        merged = lw.merge(counts[["well", "cpm"]], on="well", how="outer", indicator=True)
+        extra_reason = "well in the export but without a role in the layout"
+    merged["excluded"] = False
+    merged["exclusion_reason"] = ""
+    only_export = merged["_merge"] == "right_only"
+    only_layout = merged["_merge"] == "left_only"
+    merged.loc[only_export, ["excluded", "exclusion_reason"]] = [True, extra_reason]
+    merged.loc[only_export, "role"] = ""
+    merged.loc[only_layout, ["excluded", "exclusion_reason"]] = [True, "no count in the export"]
+    manual = merged["exclude"].fillna(False).astype(bool) & ~only_layout
+    merged.loc[manual, "excluded"] = True
+    merged.loc[manual, "exclusion_reason"] = "excluded in the layout" + merged.loc[
+        manual, "exclude_reason"
+    ].map(lambda r: f": {r}" if r else "")
+    merged["plate"] = layout.plate
+    merged["source_file"] = source_file
+    merged["source_sha256"] = source_sha256
+    merged["outlier"] = False
+    merged["lysis_pct"] = np.nan
+    merged["well"] = merged["well"].fillna("")
+    return merged[WELL_COLUMNS + WELL_EXTRA].reset_index(drop=True)
+
+
+def flag_outliers(wells: pd.DataFrame, *, exclude: bool, q_table: dict[int, float] = DIXON_Q95) -> pd.DataFrame:
+    """Flag replicate outliers with Dixon's Q test (n = 3..10, 95 %), per condition.
+
+    The single most extreme CPM of a condition is flagged when its gap to the nearest value,
+    divided by the range, exceeds the critical Q. Flagged wells are excluded only when
+    ``exclude`` is true; either way they are marked in the ``outlier`` column.
+    """
+    wells = wells.copy()
+    use = (~wells["excluded"]) & wells["cpm"].notna() & (wells["role"] != "")
+    for _, grp in wells[use].groupby(CONDITION, dropna=False):
+        n = len(grp)
+        if n not in q_table:
+            continue
+        vals = grp["cpm"].sort_values()
+        rng = vals.iloc[-1] - vals.iloc[0]
+        if rng <= 0:
+            continue
+        q_low = (vals.iloc[1] - vals.iloc[0]) / rng
+        q_high = (vals.iloc[-1] - vals.iloc[-2]) / rng
+        q, idx = (q_low, vals.index[0]) if q_low >= q_high else (q_high, vals.index[-1])
+        if q > q_table[n]:
+            wells.loc[idx, "outlier"] = True
+            if exclude:
+                wells.loc[idx, "excluded"] = True
+                wells.loc[idx, "exclusion_reason"] = (
+                    f"Dixon Q outlier (Q = {q:.3f} > {q_table[n]:.3f}, n = {n})"
+                )
+    return wells
+
+
+def control_means(wells: pd.DataFrame) -> tuple[float, float]:
+    """Means (S̄, M̄) of the spontaneous and maximum wells that are not excluded."""
+    ok = ~wells["excluded"] & wells["cpm"].notna()
+    s = wells.loc[ok & (wells["role"] == "spontaneous"), "cpm"]
+    m = wells.loc[ok & (wells["role"] == "maximum"), "cpm"]
+    missing = [name for name, v in (("spontaneous", s), ("maximum", m)) if v.empty]
+    if missing:
+        raise PlateError(
+            "no usable " + " or ".join(missing) + " release wells: the plate needs both "
+            "controls to compute specific lysis"
+        )
+    s_mean, m_mean = float(s.mean()), float(m.mean())
+    if m_mean <= s_mean:
+        raise PlateError(
+            f"maximum release ({m_mean:.1f} CPM) is not above spontaneous release "
+            f"({s_mean:.1f} CPM): check the control wells"
+        )
+    return s_mean, m_mean
+
+
+def specific_lysis(cpm: pd.Series | np.ndarray | float, s_mean: float, m_mean: float):
+    """% specific lysis = 100 · (cpm − S̄)/(M̄ − S̄)."""
+    return 100.0 * (cpm - s_mean) / (m_mean - s_mean)
+
+
+def add_lysis(wells: pd.DataFrame, s_mean: float, m_mean: float) -> pd.DataFrame:
+    """Per-well % specific lysis (NaN for background wells and wells without a count)."""
+    wells = wells.copy()
+    lys = specific_lysis(wells["cpm"].astype(float), s_mean, m_mean)
+    wells["lysis_pct"] = lys.where(wells["role"].isin(["spontaneous", "maximum", "sample", "vehicle"]))
+    return wells
+
+
+def summarise(wells: pd.DataFrame) -> pd.DataFrame:
+    """lysis.csv rows: one per condition (role, lot, conc, E:T) over the wells not excluded."""
+    use = wells[~wells["excluded"] & wells["cpm"].notna() & (wells["role"] != "")]
+    if use.empty:
+        return pd.DataFrame(columns=LYSIS_COLUMNS)
+    g = use.groupby(["plate", *CONDITION], dropna=False, sort=False)
+    out = g.agg(
+        n=("cpm", "size"),
+        cpm_mean=("cpm", "mean"),
+        cpm_sd=("cpm", "std"),
+        lysis_pct=("lysis_pct", "mean"),
+        lysis_sd=("lysis_pct", "std"),
+    ).reset_index()
+    out["cv_pct"] = 100.0 * out["cpm_sd"] / out["cpm_mean"]
+    order = {r: i for i, r in enumerate(["spontaneous", "maximum", "background", "sample", "vehicle"])}
+    out = out.sort_values(
+        by=["role", "lot", "et_ratio", "conc"],
+        key=lambda s: s.map(order) if s.name == "role" else s,
+        na_position="first",
+    )
+    return out[LYSIS_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,135 @@
+"""Process plates one by one inside a batch job: raw files → wells, lysis, QC.
+
+A plate's problem never stops the batch: it becomes a ``rejected`` row in ``files.csv`` with
+the reason, and the other plates go on. Each plate is processed on its own, so its results do
+not depend on which batch it is in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .ingest import InputError, read_export
+from .layout import LayoutError, load_layout
+from .lysis import (
+    LYSIS_COLUMNS,
+    WELL_COLUMNS,
+    WELL_EXTRA,
+    PlateError,
+    add_lysis,
+    control_means,
+    flag_outliers,
+    join_counts,
+    summarise,
+)
+from .qc import QC_COLUMNS, QC_EXTRA, QCConfig, plate_qc
+from .tables import FILES_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlateInput:
+    """The files of one plate, as the scan found them."""
+
+    name: str
+    layout: str
+    export: str
+
+
+@dataclass
+class BatchTables:
+    """The tables one batch job writes."""
+
+    files: list[dict] = field(default_factory=list)
+    wells: list[pd.DataFrame] = field(default_factory=list)
+    lysis: list[pd.DataFrame] = field(default_factory=list)
+    qc: list[dict] = field(default_factory=list)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The four tables as DataFrames with their columns in contract order."""
+
+        def cat(parts: list[pd.DataFrame], cols: list[str]) -> pd.DataFrame:
+            parts = [p for p in parts if not p.empty]
+            return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+        return {
+            "files": pd.DataFrame(self.files, columns=FILES_COLUMNS),
+            "wells": cat(self.wells, WELL_COLUMNS + WELL_EXTRA),
+            "lysis": cat(self.lysis, LYSIS_COLUMNS),
+            "qc": pd.DataFrame(self.qc, columns=QC_COLUMNS + QC_EXTRA),
+        }
+
+
+def file_digest(path: str | os.PathLike) -> tuple[str, int]:
+    """sha256 (hex) and size in bytes of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def ingest_plate(plate: PlateInput, config: dict, out: BatchTables) -> None:
+    """Read one plate and append its rows to ``out`` (rejected plates only to ``files``)."""
+    layout_sha, layout_bytes = file_digest(plate.layout)
+    export_bytes = os.stat(plate.export).st_size
+    # an export over the size limit is refused by read_export without being read at all
+    too_big = export_bytes > int(config["max_export_bytes"])
+    export_sha = "" if too_big else file_digest(plate.export)[0]
+    layout_name, export_name = Path(plate.layout).name, Path(plate.export).name
+
+    def files_rows(status: str, reason_layout: str, reason_export: str) -> None:
+        out.files.append(
+            dict(file=layout_name, sha256=layout_sha, bytes=layout_bytes, status=status,
+                 plate=plate.name, reason=reason_layout)
+        )  # fmt: skip
+        out.files.append(
+            dict(file=export_name, sha256=export_sha, bytes=export_bytes, status=status,
+                 plate=plate.name, reason=reason_export)
+        )  # fmt: skip
+
+    try:
+        layout = load_layout(plate.layout, layouts_dir=config["layouts_dir"])
+        export = read_export(plate.export, max_bytes=int(config["max_export_bytes"]))
+        wells = join_counts(layout, export, source_file=export_name, source_sha256=export_sha)
+        wells = flag_outliers(wells, exclude=bool(config["outliers"]["exclude"]))
+        s_mean, m_mean = control_means(wells)
+        wells = add_lysis(wells, s_mean, m_mean)
+        lysis = summarise(wells)
+        qc = plate_qc(wells, lysis, layout.expt, s_mean, m_mean, QCConfig.from_config(config["qc"]))
+    except LayoutError as err:
+        files_rows("rejected", f"layout: {err}", f"its layout was refused: {err}")
+        return
+    except InputError as err:
+        files_rows("rejected", f"its export was refused: {err}", f"export: {err}")
+        return
+    except PlateError as err:
+        files_rows("rejected", str(err), str(err))
+        return
+    except Exception as err:  # noqa: BLE001 - a bug must not stop the other plates
+        log.exception("plate %r: unexpected error", plate.name)
+        msg = f"internal error while reading this plate ({type(err).__name__}); see the log"
+        files_rows("rejected", msg, msg)
+        return
+    note = "; ".join(export.notes)
+    files_rows("ok", "", f"{export.format}" + (f"; {note}" if note else ""))
+    out.wells.append(wells)
+    out.lysis.append(lysis)
+    out.qc.append(qc)
+
+
+def ingest_batch(plates: list[PlateInput], config: dict) -> dict[str, pd.DataFrame]:
+    """Ingest every plate of a batch; returns the files, wells, lysis and qc tables."""
+    out = BatchTables()
+    for plate in plates:
+        ingest_plate(plate, config, out)
+    return out.frames()

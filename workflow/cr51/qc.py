@@ -1,0 +1,183 @@
+"""Plate quality control: control release, replicate CV, outliers, lytic units, vehicle effect.
+
+Defaults and their sources (all configurable under ``qc:`` in ``config/config.yaml``):
+
+* spontaneous release ≤ 20 % of maximum (bio-protocol 385420; common 51Cr acceptance criterion);
+  above it the plate fails.
+* replicate CV ≤ 20 % (a condition above it is flagged, the plate does not fail).
+* lytic units LU20 per 10^7 effectors from the untreated E:T titration with
+  y = A(1 − e^(−k·E:T)) (Bol et al. 1986; Bryant et al. 1992): the E:T giving 20 % lysis is
+  −ln(1 − 20/A)/k, LU20 per 10^7 = 10^7 / (that E:T × targets per well).
+* vehicle suppression ≤ 10 % (excipient-only suppression of untreated lysis, flagged above).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+QC_COLUMNS = [
+    "plate", "spontaneous_cpm", "maximum_cpm", "spontaneous_pct_of_max", "untreated_lysis_pct",
+    "lu20_per_1e7", "vehicle_suppression_pct", "status", "flags",
+]  # fmt: skip
+QC_EXTRA = ["donor", "date", "reference_lot", "targets_per_well", "lu_a", "lu_k"]
+LU_PCT = 20.0
+
+#: Human text for each machine-readable flag (shown in the report).
+FLAG_TEXT = {
+    "SPONTANEOUS_HIGH": "spontaneous release is above the allowed share of maximum release",
+    "CV_HIGH": "at least one condition's replicate CV is above the limit",
+    "OUTLIER": "a replicate well is a Dixon Q outlier (flagged; see wells.csv)",
+    "EXCLUDED_WELLS": "some wells are excluded (see wells.csv for the reasons)",
+    "MISSING_WELLS": "layout wells have no count in the export",
+    "EXTRA_WELLS": "the export has wells or tubes the layout does not define",
+    "NO_UNTREATED": "no untreated sample wells (conc 0): no top of the suppression curve",
+    "LU_NOT_ESTIMABLE": "lytic units could not be estimated from the E:T titration",
+    "NO_TARGETS_PER_WELL": "[expt] targets_per_well is not given: no lytic units",
+    "VEHICLE_SUPPRESSION": "a lot's vehicle alone suppresses lysis more than the limit",
+}
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """QC thresholds (see module docstring for the sources of the defaults)."""
+
+    max_spontaneous_pct_of_max: float = 20.0
+    max_cv_pct: float = 20.0
+    max_vehicle_suppression_pct: float = 10.0
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> QCConfig:
+        cfg = cfg or {}
+        return cls(**{k: float(v) for k, v in cfg.items() if k in cls.__dataclass_fields__})
+
+
+def untreated(wells: pd.DataFrame) -> pd.DataFrame:
+    """Usable untreated sample wells (conc 0)."""
+    ok = ~wells["excluded"] & wells["lysis_pct"].notna()
+    return wells[ok & (wells["role"] == "sample") & (wells["conc"] == 0)]
+
+
+def fit_lytic_units(et: np.ndarray, lysis: np.ndarray) -> tuple[float, float] | None:
+    """Fit y = A(1 − exp(−k·x)) to per-well lysis at E:T x; returns (A, k) or None.
+
+    Needs at least three distinct E:T ratios.
+    """
+    from scipy.optimize import curve_fit
+
+    et = np.asarray(et, float)
+    lysis = np.asarray(lysis, float)
+    if np.unique(et).size < 3:
+        return None
+
+    def model(x, a, k):
+        return a * (1.0 - np.exp(-k * x))
+
+    a0 = max(float(lysis.max()) * 1.2, 1.0)
+    x_half = float(np.median(et))
+    k0 = math.log(2) / x_half if x_half > 0 else 0.05
+    try:
+        (a, k), _ = curve_fit(model, et, lysis, p0=(a0, k0), bounds=([0.0, 1e-6], [200.0, 10.0]))
+    except (RuntimeError, ValueError):
+        return None
+    if not (np.isfinite(a) and np.isfinite(k)):
+        return None
+    return float(a), float(k)
+
+
+def lytic_units_per_1e7(a: float, k: float, targets_per_well: float, pct: float = LU_PCT) -> float:
+    """LU_pct per 10^7 effectors; NaN when the plateau A does not exceed ``pct``."""
+    if not a > pct:
+        return math.nan
+    et_x = -math.log(1.0 - pct / a) / k
+    return 1e7 / (et_x * targets_per_well)
+
+
+def vehicle_suppression(wells: pd.DataFrame) -> pd.DataFrame:
+    """Per lot and conc: % suppression of untreated lysis by the lot's vehicle alone.
+
+    suppression = 100 · (1 − mean vehicle lysis / mean untreated lysis at the same E:T).
+    """
+    ok = ~wells["excluded"] & wells["lysis_pct"].notna()
+    veh = wells[ok & (wells["role"] == "vehicle")]
+    cols = ["plate", "lot", "conc", "et_ratio", "vehicle_suppression_pct"]
+    if veh.empty:
+        return pd.DataFrame(columns=cols)
+    top = untreated(wells).groupby("et_ratio")["lysis_pct"].mean()
+    g = veh.groupby(["plate", "lot", "conc", "et_ratio"], as_index=False)["lysis_pct"].mean()
+    ref = g["et_ratio"].map(top)
+    g["vehicle_suppression_pct"] = 100.0 * (1.0 - g["lysis_pct"] / ref)
+    return g[cols]
+
+
+def plate_qc(
+    wells: pd.DataFrame,
+    lysis: pd.DataFrame,
+    expt: dict[str, object],
+    s_mean: float,
+    m_mean: float,
+    cfg: QCConfig,
+) -> dict[str, object]:
+    """One qc.csv row for a plate (``wells`` with per-well lysis, ``lysis`` its summary)."""
+    flags: list[str] = []
+    plate = str(wells["plate"].iloc[0])
+    spont_pct = 100.0 * s_mean / m_mean
+    if spont_pct > cfg.max_spontaneous_pct_of_max:
+        flags.append("SPONTANEOUS_HIGH")
+    if (lysis["cv_pct"] > cfg.max_cv_pct).any():
+        flags.append("CV_HIGH")
+    if wells["outlier"].any():
+        flags.append("OUTLIER")
+    reasons = wells.loc[wells["excluded"], "exclusion_reason"]
+    if reasons.str.startswith(("excluded in the layout", "Dixon")).any():
+        flags.append("EXCLUDED_WELLS")
+    if (reasons == "no count in the export").any():
+        flags.append("MISSING_WELLS")
+    if (wells["role"] == "").any():
+        flags.append("EXTRA_WELLS")
+
+    unt = untreated(wells)
+    untreated_pct = math.nan
+    lu = math.nan
+    a = k = math.nan
+    if unt.empty:
+        flags.append("NO_UNTREATED")
+    else:
+        top_et = unt["et_ratio"].max()
+        untreated_pct = float(unt.loc[unt["et_ratio"] == top_et, "lysis_pct"].mean())
+        tpw = expt.get("targets_per_well")
+        fit = fit_lytic_units(unt["et_ratio"].to_numpy(), unt["lysis_pct"].to_numpy())
+        if fit is not None:
+            a, k = fit
+        if tpw is None:
+            flags.append("NO_TARGETS_PER_WELL")
+        elif fit is None or not a > LU_PCT:
+            flags.append("LU_NOT_ESTIMABLE")
+        else:
+            lu = lytic_units_per_1e7(a, k, float(tpw))  # type: ignore[arg-type]
+
+    veh = vehicle_suppression(wells)
+    veh_max = float(veh["vehicle_suppression_pct"].max()) if not veh.empty else math.nan
+    if veh_max > cfg.max_vehicle_suppression_pct:
+        flags.append("VEHICLE_SUPPRESSION")
+
+    return {
+        "plate": plate,
+        "spontaneous_cpm": s_mean,
+        "maximum_cpm": m_mean,
+        "spontaneous_pct_of_max": spont_pct,
+        "untreated_lysis_pct": untreated_pct,
+        "lu20_per_1e7": lu,
+        "vehicle_suppression_pct": veh_max,
+        "status": "fail" if "SPONTANEOUS_HIGH" in flags else "pass",
+        "flags": ";".join(flags),
+        "donor": expt.get("donor"),
+        "date": expt.get("date"),
+        "reference_lot": expt.get("reference_lot"),
+        "targets_per_well": expt.get("targets_per_well"),
+        "lu_a": a,
+        "lu_k": k,
+    }

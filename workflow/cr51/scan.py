@@ -1,0 +1,321 @@
+"""Scan the drop folder: which files form which plate, which wait, which are refused.
+
+Runs when Snakemake parses the workflow, so it uses the standard library only (no pandas)
+and reads nothing but the layouts' ``[meta]`` tables and the folder listing.
+
+Rules (documented for users in ``config/README.md``):
+
+* A *plate* is a ``*.toml`` layout whose ``[meta] path`` names a counter export in the same
+  folder; the plate's name is the layout's file stem.
+* ``[meta] include`` entries must be bare file names; they are looked up in the drop folder
+  first, then in the lab's template folder (``layouts_dir``). Anything else (absolute paths,
+  ``..``, sub-folders) refuses the plate.
+* A file modified less than ``settle_seconds`` ago is *pending* (it may still be being written).
+* An export that no layout names is *pending*; a layout whose export is not there yet is
+  *pending*.
+* ``README.md`` and hidden files (``.*``) are not plate data and are not listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IGNORED_NAMES = frozenset({"README.md"})
+LAYOUT_SUFFIX = ".toml"
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """A drop-folder file that is not (or not yet) part of an accepted plate."""
+
+    file: str
+    status: str  # "ok" | "rejected" | "pending"
+    plate: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlateFiles:
+    """The files that make up one plate."""
+
+    name: str
+    layout: str  # path of the layout file
+    export: str  # path of the counter export
+    includes: tuple[str, ...]  # resolved paths of included templates
+    batch: str
+
+
+@dataclass
+class Scan:
+    """Result of scanning a drop folder."""
+
+    raw_dir: str
+    plates: dict[str, PlateFiles] = field(default_factory=dict)
+    others: list[FileStatus] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # every listed file (paths)
+
+    def batches(self) -> list[str]:
+        """Sorted ids of the batches that hold at least one plate."""
+        return sorted({p.batch for p in self.plates.values()})
+
+    def plates_in(self, batch: str) -> list[PlateFiles]:
+        """The plates of one batch, sorted by name."""
+        return sorted(
+            (p for p in self.plates.values() if p.batch == batch), key=lambda p: p.name
+        )
+
+
+def batch_of(plate: str, batch_count: int) -> str:
+    """Stable batch id of a plate: depends on the plate's name only."""
+    digest = hashlib.sha256(plate.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"b{int(digest, 16) % batch_count:03d}"
+
+
+class IncludeError(ValueError):
+    """A layout's ``[meta] include`` is not allowed or cannot be found."""
+
+
+def _include_names(meta: dict) -> list[str]:
+    inc = meta.get("include", [])
+    items = inc if isinstance(inc, list) else [inc]
+    names = []
+    for item in items:
+        name = item.get("path") if isinstance(item, dict) else item
+        if not isinstance(name, str):
+            raise IncludeError(f"[meta] include entry {item!r} is not a file name")
+        names.append(name)
+    return names
+
+
+def check_include_name(name: str) -> None:
+    """Refuse include names that could reach outside the allowed folders."""
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or os.path.isabs(name)
+        or name.startswith("~")
+        or ":" in name
+    ):
+        raise IncludeError(
+            f"[meta] include '{name}' is not a bare file name: includes may only name a "
+            "template in the drop folder or in the lab's layout templates folder"
+        )
+
+
+def resolve_includes(
+    layout: Path, search_dirs: list[Path], _seen: frozenset[Path] = frozenset()
+) -> list[Path]:
+    """Resolve a layout's includes (recursively) to template paths.
+
+    Each include must be a bare file name; it is looked for in ``search_dirs`` in order.
+    Raises :class:`IncludeError` for a disallowed name, a missing template or a cycle,
+    and :class:`tomllib.TOMLDecodeError` for a template that is not TOML.
+    """
+    with open(layout, "rb") as fh:
+        meta = tomllib.load(fh).get("meta", {})
+    found: list[Path] = []
+    for name in _include_names(meta):
+        check_include_name(name)
+        for d in search_dirs:
+            cand = d / name
+            if cand.is_file():
+                break
+        else:
+            raise IncludeError(
+                f"[meta] include '{name}' not found in "
+                + " or ".join(f"'{d}'" for d in search_dirs)
+            )
+        real = cand.resolve()
+        if real in _seen or real == layout.resolve():
+            raise IncludeError(f"[meta] include '{name}' includes itself")
+        found.append(cand)
+        found.extend(resolve_includes(cand, search_dirs, _seen | {real}))
+    return found
+
+
+def _reason_toml(err: Exception) -> str:
+    return f"layout is not valid TOML: {err}"
+
+
+def scan(
+    raw_dir: str | os.PathLike,
+    *,
+    layouts_dir: str | os.PathLike,
+    batch_count: int,
+    settle_seconds: float,
+    now: float | None = None,
+) -> Scan:
+    """Classify the files of the drop folder ``raw_dir`` (top level only)."""
+    raw = Path(raw_dir)
+    result = Scan(raw_dir=str(raw))
+    if not raw.is_dir():
+        return result
+    now = time.time() if now is None else now
+    entries = sorted(
+        (
+            e
+            for e in os.scandir(raw)
+            if e.is_file(follow_symlinks=False)
+            and not e.name.startswith(".")
+            and e.name not in IGNORED_NAMES
+        ),
+        key=lambda e: e.name,
+    )
+    by_name = {e.name: e for e in entries}
+    result.files = [str(raw / e.name) for e in entries]
+
+    def settled(name: str) -> bool:
+        return now - by_name[name].stat().st_mtime >= settle_seconds
+
+    def wait_reason(name: str) -> str:
+        age = now - by_name[name].stat().st_mtime
+        return (
+            f"'{name}' was modified {age:.0f} s ago; it is left for a later run in case "
+            f"it is still being written (settle_seconds = {settle_seconds:g})"
+        )
+
+    claimed: dict[str, list[str]] = {}  # export name -> layouts naming it
+    layout_meta: dict[str, dict] = {}
+    statuses: dict[str, FileStatus] = {}
+    search_dirs = [raw, Path(layouts_dir)]
+    includes_of: dict[str, list[Path]] = {}
+    included: set[str] = set()
+
+    for e in entries:
+        if not e.name.lower().endswith(LAYOUT_SUFFIX):
+            continue
+        plate = e.name[: -len(LAYOUT_SUFFIX)]
+        try:
+            with open(e.path, "rb") as fh:
+                meta = tomllib.load(fh).get("meta", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, _reason_toml(err))
+            continue
+        except OSError as err:
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, f"cannot read: {err}")
+            continue
+        if not isinstance(meta, dict):
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, "[meta] must be a table")
+            continue
+        path = meta.get("path")
+        if isinstance(path, str) and path:
+            claimed.setdefault(path, []).append(e.name)
+        try:
+            incs = resolve_includes(Path(e.path), search_dirs)
+        except (IncludeError, OSError) as err:
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, str(err))
+            continue
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            statuses[e.name] = FileStatus(
+                e.name, "rejected", plate, f"an included template is not valid TOML: {err}"
+            )
+            continue
+        includes_of[e.name] = incs
+        included.update(p.name for p in incs if p.parent.resolve() == raw.resolve())
+        if path is None:
+            layout_meta[e.name] = meta  # a template, or a layout without export: decided below
+            continue
+        if not isinstance(path, str) or not path:
+            statuses[e.name] = FileStatus(
+                e.name, "rejected", plate, "[meta] path must be the export's file name"
+            )
+            continue
+        try:
+            check_include_name(path)
+        except IncludeError:
+            statuses[e.name] = FileStatus(
+                e.name,
+                "rejected",
+                plate,
+                f"[meta] path '{path}' must be a file name in the same folder as the layout",
+            )
+            continue
+        layout_meta[e.name] = meta
+
+    for layout_name, meta in layout_meta.items():
+        plate = layout_name[: -len(LAYOUT_SUFFIX)]
+        path = meta.get("path")
+        if path is None:
+            if layout_name in included:
+                statuses[layout_name] = FileStatus(
+                    layout_name, "ok", "", "layout template included by another layout"
+                )
+            else:
+                statuses[layout_name] = FileStatus(
+                    layout_name,
+                    "rejected",
+                    plate,
+                    "layout names no counter export: add [meta] path = \"<export file>\"",
+                )
+            continue
+        owners = claimed[path]
+        if len(owners) > 1:
+            statuses[layout_name] = FileStatus(
+                layout_name,
+                "rejected",
+                plate,
+                f"export '{path}' is named by several layouts: " + ", ".join(owners),
+            )
+            continue
+        if path not in by_name:
+            statuses[layout_name] = FileStatus(
+                layout_name, "pending", plate, f"waiting for its export '{path}'"
+            )
+            continue
+        if path.lower().endswith(LAYOUT_SUFFIX):
+            statuses[layout_name] = FileStatus(
+                layout_name, "rejected", plate, f"[meta] path '{path}' names a layout"
+            )
+            continue
+        unsettled = [n for n in (layout_name, path) if not settled(n)]
+        if unsettled:
+            for n in (layout_name, path):
+                statuses[n] = FileStatus(n, "pending", plate, wait_reason(unsettled[0]))
+            continue
+        result.plates[plate] = PlateFiles(
+            name=plate,
+            layout=str(raw / layout_name),
+            export=str(raw / path),
+            includes=tuple(str(p) for p in includes_of[layout_name]),
+            batch=batch_of(plate, batch_count),
+        )
+
+    in_plates = {Path(p.layout).name for p in result.plates.values()} | {
+        Path(p.export).name for p in result.plates.values()
+    }
+    for e in entries:
+        if e.name in in_plates:
+            continue
+        if e.name in statuses:
+            result.others.append(statuses[e.name])
+        elif e.name in claimed:
+            # export of a pending or rejected layout
+            owner = claimed[e.name][0]
+            st = statuses.get(owner)
+            plate = owner[: -len(LAYOUT_SUFFIX)]
+            if st is not None and st.status == "rejected":
+                result.others.append(
+                    FileStatus(e.name, "rejected", plate, f"its layout was refused: {st.reason}")
+                )
+            else:
+                result.others.append(
+                    FileStatus(e.name, "pending", plate, st.reason if st else "")
+                )
+        else:
+            result.others.append(
+                FileStatus(
+                    e.name,
+                    "pending",
+                    "",
+                    "no layout names this file yet (a plate needs a *.toml layout whose "
+                    "[meta] path names it)",
+                )
+            )
+    return result

@@ -1,0 +1,79 @@
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# The domain logic is the importable package workflow/cr51 (also pip-installable).
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+from cr51 import scan as cr51_scan
+from cr51.settings import check_config
+
+# Friendly messages first (every problem, in words), then Snakemake's validation (sets defaults).
+check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+RESULTS = config["results_dir"].rstrip("/")
+TABLES = ["files", "wells", "lysis", "qc", "fits", "potency", "lots_differ"]
+
+# Which files form which plate, in which batch: decided by a stdlib-only scan at parse time.
+SCAN = cr51_scan.scan(
+    config["raw_dir"],
+    layouts_dir=config["layouts_dir"],
+    batch_count=config["batch_count"],
+    settle_seconds=config["settle_seconds"],
+)
+BATCHES = SCAN.batches()
+
+
+wildcard_constraints:
+    batch=r"b\d{3}",
+
+
+def batch_files(wildcards):
+    """Input files of one batch: its layouts, exports and included templates."""
+    plates = SCAN.plates_in(wildcards.batch)
+    return {
+        "layouts": [p.layout for p in plates],
+        "exports": [p.export for p in plates],
+        "templates": sorted({i for p in plates for i in p.includes}),
+    }
+
+
+def batch_plates(wildcards):
+    """The plates of one batch, for the batch script (names are data, never shell)."""
+    return [
+        {"name": p.name, "layout": p.layout, "export": p.export}
+        for p in SCAN.plates_in(wildcards.batch)
+    ]
+
+
+def ingest_settings():
+    return {
+        "layouts_dir": config["layouts_dir"],
+        "max_export_bytes": config["max_export_bytes"],
+        "qc": config["qc"],
+        "outliers": config["outliers"],
+    }
+
+
+def fit_settings():
+    return {"fit": config["fit"], "potency": config["potency"]}
+
+
+def batch_tables(name):
+    """One table of every batch that holds plates."""
+    return expand(f"{RESULTS}/batches/{{batch}}/{name}.csv", batch=BATCHES)
+
+
+def unassigned_files():
+    """Drop-folder files that are in no plate (pending, refused at scan, templates)."""
+    return [asdict(f) for f in SCAN.others]
+
+
+def final_outputs():
+    return [f"{RESULTS}/{name}.csv" for name in TABLES] + [
+        f"{RESULTS}/potency_combined.csv"
+    ]
