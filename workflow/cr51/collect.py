@@ -23,13 +23,13 @@ def table_columns() -> dict[str, list[str]]:
     from .qc import QC_COLUMNS, QC_EXTRA
 
     return {
-        "files": FILES_COLUMNS,
+        "files": list(FILES_COLUMNS),
         "wells": WELL_COLUMNS + WELL_EXTRA,
         "lysis": LYSIS_COLUMNS,
         "qc": QC_COLUMNS + QC_EXTRA,
-        "fits": FITS_COLUMNS,
-        "potency": POTENCY_COLUMNS,
-        "lots_differ": LOTS_DIFFER_COLUMNS,
+        "fits": list(FITS_COLUMNS),
+        "potency": list(POTENCY_COLUMNS),
+        "lots_differ": list(LOTS_DIFFER_COLUMNS),
     }
 
 

@@ -4,14 +4,14 @@ rule collect:
         raw=SCAN.files,
     output:
         **{name: f"{RESULTS}/{name}.csv" for name in TABLES},
-    params:
-        others=unassigned_files(),
-        raw_dir=config["raw_dir"],
-        max_export_bytes=config["max_export_bytes"],
     log:
         f"{RESULTS}/logs/collect.log",
     conda:
         "../envs/cr51.yaml"
+    params:
+        others=unassigned_files(),
+        raw_dir=config["raw_dir"],
+        max_export_bytes=config["max_export_bytes"],
     script:
         "../scripts/collect.py"
 
@@ -23,11 +23,11 @@ rule combine:
     output:
         combined=f"{RESULTS}/potency_combined.csv",
         inputs=f"{RESULTS}/potency_combined_inputs.csv",
-    params:
-        settings=fit_settings(),
     log:
         f"{RESULTS}/logs/combine.log",
     conda:
         "../envs/cr51.yaml"
+    params:
+        settings=fit_settings(),
     script:
         "../scripts/combine.py"

@@ -6,11 +6,11 @@ rule fit_batch:
         fits=f"{RESULTS}/batches/{{batch}}/fits.csv",
         potency=f"{RESULTS}/batches/{{batch}}/potency.csv",
         lots_differ=f"{RESULTS}/batches/{{batch}}/lots_differ.csv",
-    params:
-        settings=fit_settings(),
     log:
         f"{RESULTS}/logs/fit/{{batch}}.log",
     conda:
         "../envs/cr51.yaml"
+    params:
+        settings=fit_settings(),
     script:
         "../scripts/fit_batch.py"

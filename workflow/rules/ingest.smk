@@ -6,12 +6,12 @@ rule ingest_batch:
         wells=f"{RESULTS}/batches/{{batch}}/wells.csv",
         lysis=f"{RESULTS}/batches/{{batch}}/lysis.csv",
         qc=f"{RESULTS}/batches/{{batch}}/qc.csv",
-    params:
-        plates=batch_plates,
-        settings=ingest_settings(),
     log:
         f"{RESULTS}/logs/ingest/{{batch}}.log",
     conda:
         "../envs/cr51.yaml"
+    params:
+        plates=batch_plates,
+        settings=ingest_settings(),
     script:
         "../scripts/ingest_batch.py"

@@ -1,0 +1,72 @@
+"""Per-plate dose-response analysis of a batch: wells.csv + qc.csv → fits, potency, lots_differ.
+
+For each accepted plate the sample wells (not excluded) at one E:T ratio are fitted: the lots'
+wells against IVIG concentration and the untreated wells (conc 0) at that E:T as dose 0.
+The E:T is ``fit.et_ratio`` or, when null, the highest E:T among the plate's lot wells.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from .potency import FITS_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS, analyse_plate
+
+log = logging.getLogger(__name__)
+
+
+def potency_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Map the pipeline's ``fit``/``potency`` config keys to :func:`cr51.potency.analyse_plate`'s."""
+    fit, pot = settings.get("fit", {}), settings.get("potency", {})
+    eq = pot.get("equivalence", {})
+    models = tuple(fit.get("models", ["LL.4"]))
+    return {
+        "model": models[0],
+        "models": models,
+        "alpha": pot.get("alpha", 0.05),
+        "ci_level": pot.get("ci_level", 0.95),
+        "slope_ratio_margins": (eq.get("slope_ratio_lo", 0.8), eq.get("slope_ratio_hi", 1.25)),
+        "upper_diff_margin": eq.get("upper_diff_margin", 10.0),
+        "lower_diff_margin": eq.get("lower_diff_margin", 10.0),
+    }
+
+
+def fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.DataFrame, float]:
+    """The points of one plate that enter the fits, and the E:T they are at."""
+    use = wells[(wells["role"] == "sample") & ~wells["excluded"].astype(bool) & wells["lysis_pct"].notna()]
+    lot_wells = use[use["lot"].notna()]
+    if et_ratio is None:
+        et_ratio = float(lot_wells["et_ratio"].max()) if not lot_wells.empty else math.nan
+    pts = use[use["et_ratio"] == et_ratio]
+    return pts.rename(columns={"lysis_pct": "lysis"})[["lot", "conc", "lysis"]], et_ratio
+
+
+def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """fits, potency and lots_differ tables for every plate of a batch."""
+    cfg = potency_config(settings)
+    et_cfg = settings.get("fit", {}).get("et_ratio")
+    refs = dict(zip(qc["plate"], qc["reference_lot"]))
+    fits, potency, differ = [], [], []
+    for plate, grp in wells.groupby("plate", sort=True):
+        points, _ = fit_points(grp, et_cfg)
+        ref = refs.get(plate)
+        if points["lot"].notna().sum() == 0:
+            continue  # a plate without lot wells (e.g. an E:T titration only) has no curves
+        tables = analyse_plate(points, str(plate), "" if pd.isna(ref) else str(ref), cfg)
+        fits.append(tables.fits)
+        potency.append(tables.potency)
+        differ.append(tables.lots_differ)
+
+    def cat(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> pd.DataFrame:
+        parts = [p for p in parts if not p.empty]
+        return pd.concat(parts, ignore_index=True)[list(cols)] if parts else pd.DataFrame(columns=list(cols))
+
+    return {
+        "fits": cat(fits, FITS_COLUMNS),
+        "potency": cat(potency, POTENCY_COLUMNS),
+        "lots_differ": cat(differ, LOTS_DIFFER_COLUMNS),
+    }

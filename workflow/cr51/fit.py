@@ -1,0 +1,687 @@
+"""Log-logistic dose-response fits with drc-compatible statistics.
+
+Models use drc's parameterisation (Ritz et al. 2015, R package ``drc``)::
+
+    LL.5: f(x) = c + (d - c) / (1 + exp(b (ln x - ln e)))**f
+    LL.4: LL.5 with f = 1
+    LL.3: LL.4 with c = 0
+
+``x = 0`` is allowed: ``f(0) = d`` for ``b > 0`` (``c`` for ``b < 0``).
+
+Fits are unweighted least squares done by :mod:`lmfit` (Levenberg-Marquardt,
+analytic Jacobian, ``ln e`` optimised internally). Standard errors follow drc:
+``vcov = 2 * sigma^2 * H^-1`` with ``H`` the Hessian of the residual sum of
+squares with respect to the reported parameters (b, c, d, e[, f]) and
+``sigma^2 = RSS / (n - p)``. ``H`` is obtained by central differences of the
+analytic RSS gradient.
+
+Joint fits over groups (drc's ``pmodels``) let every curve parameter be either
+shared by all groups or estimated per group; see :func:`fit_joint`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+import lmfit
+import numpy as np
+import numpy.typing as npt
+from scipy import special, stats
+
+FloatArray = npt.NDArray[np.float64]
+
+CURVE_PARAMS: tuple[str, ...] = ("b", "c", "d", "e", "f")
+
+#: ``per_group`` presets for :func:`fit_joint` (parameters estimated per group).
+PARALLEL: frozenset[str] = frozenset({"e"})
+COMMON_CD: frozenset[str] = frozenset({"b", "e", "f"})
+FREE: frozenset[str] = frozenset(CURVE_PARAMS)
+COMMON_E: frozenset[str] = frozenset()
+
+B_BOUND = 50.0  # |b| limit: steeper curves are not estimable from plate data
+E_DECADES = 3.0  # e may lie at most this many decades outside the dose range
+F_BOUNDS = (0.01, 100.0)  # LL.5 asymmetry limits
+
+@dataclass(frozen=True)
+class CurveModel:
+    """A log-logistic model: its free parameters and the fixed ones."""
+
+    name: str
+    params: tuple[str, ...]
+    fixed: dict[str, float]
+
+
+MODELS: dict[str, CurveModel] = {
+    "LL.3": CurveModel("LL.3", ("b", "d", "e"), {"c": 0.0, "f": 1.0}),
+    "LL.4": CurveModel("LL.4", ("b", "c", "d", "e"), {"f": 1.0}),
+    "LL.5": CurveModel("LL.5", ("b", "c", "d", "e", "f"), {}),
+}
+
+
+# --------------------------------------------------------------------------
+# Curve and its derivatives
+# --------------------------------------------------------------------------
+
+
+def log_dose(x: FloatArray) -> FloatArray:
+    """Return ``ln x`` with ``-inf`` for ``x == 0``, without a warning."""
+    out = np.full(x.shape, -np.inf)
+    np.log(x, out=out, where=x > 0)
+    return out
+
+
+def _curve_and_partials(
+    lx: FloatArray,
+    b: FloatArray,
+    c: FloatArray,
+    d: FloatArray,
+    le: FloatArray,
+    f: FloatArray,
+) -> tuple[FloatArray, dict[str, FloatArray]]:
+    """LL.5 values and partial derivatives w.r.t. b, c, d, ln e and f.
+
+    All arguments are per-observation arrays of equal length; ``lx`` is
+    ``ln x`` (``-inf`` at dose 0). Partials at dose 0 are exactly 0 for
+    b, ln e and f.
+    """
+    zero = np.isneginf(lx)
+    dlx = np.where(zero, 0.0, lx - le)
+    u = np.where(zero, np.where(b > 0, -np.inf, np.inf), b * dlx)
+    s = np.logaddexp(0.0, u)  # ln(1 + exp(u)), overflow-free
+    g = np.exp(-f * s)
+    dg_du = -f * g * special.expit(u)
+    span = d - c
+    s_times_g = np.multiply(s, g, out=np.zeros_like(s), where=np.isfinite(s))
+    partials = {
+        "b": span * dg_du * dlx,
+        "c": 1.0 - g,
+        "d": g,
+        "e": -span * dg_du * b,  # w.r.t. ln e
+        "f": -span * s_times_g,
+    }
+    return c + span * g, partials
+
+
+def curve(x: npt.ArrayLike, b: float, c: float, d: float, e: float, f: float = 1.0) -> FloatArray:
+    """Evaluate the LL.5 curve (LL.4 with ``f=1``, LL.3 with ``c=0, f=1``).
+
+    Parameters
+    ----------
+    x : array_like
+        Doses, ``>= 0``.
+    b, c, d, e, f : float
+        Slope, lower and upper asymptote, inflection dose (> 0), asymmetry.
+
+    Returns
+    -------
+    numpy.ndarray
+        Response at each dose; ``d`` at dose 0 when ``b > 0``.
+    """
+    lx = log_dose(np.asarray(x, dtype=float))
+    ones = np.ones_like(lx)
+    value, _ = _curve_and_partials(lx, b * ones, c * ones, d * ones, np.log(e) * ones, f * ones)
+    return value
+
+
+# --------------------------------------------------------------------------
+# Design of a (joint) model
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Maps a parameter vector onto per-observation curve parameters."""
+
+    model: CurveModel
+    lx: FloatArray
+    groups: tuple[str, ...]
+    names: tuple[str, ...]
+    columns: dict[str, npt.NDArray[np.intp]]  # curve param -> theta index per obs
+    e_index: npt.NDArray[np.intp]  # positions of e entries in theta
+
+    @property
+    def n_params(self) -> int:
+        return len(self.names)
+
+    def _expand(self, theta_int: FloatArray) -> dict[str, FloatArray]:
+        n = self.lx.size
+        vals = {k: np.full(n, v) for k, v in self.model.fixed.items()}
+        vals.update({k: theta_int[cols] for k, cols in self.columns.items()})
+        return vals
+
+    def evaluate(self, theta_int: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Model values and Jacobian w.r.t. the internal vector (ln e)."""
+        v = self._expand(theta_int)
+        value, partials = _curve_and_partials(self.lx, v["b"], v["c"], v["d"], v["e"], v["f"])
+        jac = np.zeros((self.lx.size, self.n_params))
+        rows = np.arange(self.lx.size)
+        for k, cols in self.columns.items():
+            jac[rows, cols] = partials[k]
+        return value, jac
+
+    def to_internal(self, theta: FloatArray) -> FloatArray:
+        out = theta.copy()
+        out[self.e_index] = np.log(theta[self.e_index])
+        return out
+
+    def to_reported(self, theta_int: FloatArray) -> FloatArray:
+        out = theta_int.copy()
+        out[self.e_index] = np.exp(theta_int[self.e_index])
+        return out
+
+    def rss_gradient(self, theta: FloatArray, y: FloatArray) -> FloatArray:
+        """Gradient of the RSS w.r.t. the reported parameters (e, not ln e)."""
+        value, jac = self.evaluate(self.to_internal(theta))
+        jac[:, self.e_index] /= theta[self.e_index]
+        return -2.0 * jac.T @ (y - value)
+
+
+def _build_design(
+    x: FloatArray, group: npt.NDArray[np.str_], model: CurveModel, per_group: Collection[str], groups: tuple[str, ...]
+) -> _Design:
+    lookup = {g: i for i, g in enumerate(groups)}
+    code = np.fromiter((lookup[g] for g in group.tolist()), dtype=np.intp, count=x.size)
+    names: list[str] = []
+    columns: dict[str, npt.NDArray[np.intp]] = {}
+    for k in model.params:
+        if k in per_group:
+            columns[k] = len(names) + code
+            names.extend(f"{k}:{g}" for g in groups)
+        else:
+            columns[k] = np.full(x.size, len(names), dtype=np.intp)
+            names.append(k)
+    e_index = np.array([i for i, nm in enumerate(names) if nm.split(":")[0] == "e"], dtype=np.intp)
+    return _Design(model, log_dose(x), groups, tuple(names), columns, e_index)
+
+
+# --------------------------------------------------------------------------
+# Starting values
+# --------------------------------------------------------------------------
+
+
+def _group_start(x: FloatArray, y: FloatArray, model: CurveModel) -> dict[str, float]:
+    """Self-starting values for one curve (internal scale: ``e`` is ln e).
+
+    ``d`` = mean response at the lowest dose, ``c`` = at the highest dose,
+    ``ln e`` = log dose where the dose-mean response crosses (c + d)/2
+    (linear interpolation on log dose; median log dose if it never crosses),
+    ``b`` = slope of the linearised logit ln((d - y)/(y - c)) on ln x
+    (1 if that regression is not possible), limited to 0.2 <= |b| <= 20.
+    """
+    doses = np.unique(x)
+    means = np.array([y[x == dose].mean() for dose in doses])
+    d0 = float(means[0])
+    c0 = model.fixed.get("c", float(means[-1]))
+    pos = doses > 0
+    lpos, mpos = np.log(doses[pos]), means[pos]
+    half = 0.5 * (c0 + d0)
+    diff = mpos - half
+    cross = np.nonzero(diff[:-1] * diff[1:] <= 0)[0]
+    if cross.size and diff[cross[0]] != diff[cross[0] + 1]:
+        i = cross[0]
+        le0 = float(lpos[i] + (lpos[i + 1] - lpos[i]) * diff[i] / (diff[i] - diff[i + 1]))
+    else:
+        le0 = float(np.median(lpos)) if lpos.size else 0.0
+    return {"b": _logit_slope(x, y, c0, d0), "c": c0, "d": d0, "e": le0, "f": 1.0}
+
+
+def _logit_slope(x: FloatArray, y: FloatArray, c0: float, d0: float) -> float:
+    """Slope of ln((d - y)/(y - c)) on ln x with asymptotes widened by 5 %."""
+    widen = 0.05 * (d0 - c0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (d0 + widen - y) / (y - c0 + widen)
+    keep = (x > 0) & (ratio > 0) & np.isfinite(ratio)
+    b0 = np.nan
+    if np.unique(x[keep]).size >= 2:
+        b0 = float(np.polyfit(np.log(x[keep]), np.log(ratio[keep]), 1)[0])
+    if not np.isfinite(b0) or abs(b0) < 1e-8:
+        b0 = 1.0 if d0 >= c0 else -1.0
+    return float(np.sign(b0) * np.clip(abs(b0), 0.2, 20.0))
+
+
+def _joint_start(x: FloatArray, y: FloatArray, group: npt.NDArray[np.str_], design: _Design) -> FloatArray:
+    """Per-group starts for per-group parameters, medians of them for shared."""
+    starts = {g: _group_start(x[group == g], y[group == g], design.model) for g in design.groups}
+    theta = np.empty(design.n_params)
+    for i, name in enumerate(design.names):
+        k, _, g = name.partition(":")
+        theta[i] = starts[g][k] if g else np.median([s[k] for s in starts.values()])
+    return theta
+
+
+# --------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A derived quantity with delta-method SE and t-based CI."""
+
+    estimate: float
+    se: float
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of :func:`fit_curve` / :func:`fit_joint`.
+
+    Attributes
+    ----------
+    model : str
+        ``"LL.3"``, ``"LL.4"`` or ``"LL.5"``.
+    names : tuple of str
+        Parameter names; per-group ones are ``"<param>:<group>"``.
+    estimates : numpy.ndarray
+        Estimates in the order of ``names`` (``e`` on its natural scale).
+    vcov : numpy.ndarray
+        drc covariance ``2 sigma^2 H^-1``.
+    rss : float
+        Residual sum of squares.
+    df : int
+        Residual degrees of freedom ``n - p``.
+    n : int
+        Number of observations.
+    converged : bool
+        False if the data were unusable or the optimum is not acceptable.
+    message : str
+        Reason when not converged, else ``"ok"``.
+    groups : tuple of str
+        Group labels in parameter order.
+    per_group : frozenset of str
+        Curve parameters estimated per group.
+    """
+
+    model: str
+    names: tuple[str, ...]
+    estimates: FloatArray
+    vcov: FloatArray
+    rss: float
+    df: int
+    n: int
+    converged: bool
+    message: str
+    groups: tuple[str, ...] = ("all",)
+    per_group: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.names)
+
+    @property
+    def se(self) -> FloatArray:
+        """Standard errors ``sqrt(diag(vcov))``."""
+        return np.sqrt(np.diag(self.vcov))
+
+    @property
+    def sigma(self) -> float:
+        """Residual standard error ``sqrt(RSS / df)``."""
+        return float(np.sqrt(self.rss / self.df)) if self.df > 0 else np.nan
+
+    @property
+    def loglik(self) -> float:
+        """Gaussian log-likelihood with the ML variance ``RSS / n``."""
+        return -0.5 * self.n * (np.log(2 * np.pi) + np.log(self.rss / self.n) + 1.0)
+
+    @property
+    def aic(self) -> float:
+        """``-2 logLik + 2 (p + 1)`` as drc prints it."""
+        return -2.0 * self.loglik + 2.0 * (self.n_params + 1)
+
+    @property
+    def aicc(self) -> float:
+        """``AIC + 2k(k+1)/(n-k-1)`` with ``k = p + 1``; NaN if ``n <= k + 1``."""
+        k = self.n_params + 1
+        return self.aic + 2.0 * k * (k + 1) / (self.n - k - 1) if self.n > k + 1 else np.nan
+
+    def t_quantile(self, level: float = 0.95) -> float:
+        """Two-sided t quantile on the residual df."""
+        return float(stats.t.ppf(0.5 + level / 2.0, self.df)) if self.df > 0 else np.nan
+
+    def index(self, param: str, group: str | None = None) -> int | None:
+        """Position of a curve parameter (for ``group``); None if fixed."""
+        if param in self.per_group:
+            if group is None:
+                raise ValueError(f"parameter {param!r} is per group; name the group")
+            return self.names.index(f"{param}:{group}")
+        return self.names.index(param) if param in self.names else None
+
+    def value(self, param: str, group: str | None = None) -> float:
+        """Estimate of a curve parameter (fixed value for LL.3's c etc.)."""
+        i = self.index(param, group)
+        return float(self.estimates[i]) if i is not None else MODELS[self.model].fixed[param]
+
+    def ed_vector(self, p: float, groups: Sequence[str | None]) -> tuple[FloatArray, FloatArray]:
+        """Relative ED_p for several groups and their joint delta-method covariance.
+
+        ED_p is the dose where the response lies p % of the way from d to c:
+        ``ED_p = e ((1 - p/100)**(-1/f) - 1)**(1/b)``, i.e. ``e (p/(100-p))**(1/b)``
+        for LL.3/LL.4.
+
+        Returns
+        -------
+        est : numpy.ndarray
+            ED_p per group.
+        cov : numpy.ndarray
+            ``G vcov G'`` with ``G`` the gradients w.r.t. all parameters.
+        """
+        est = np.empty(len(groups))
+        grad = np.zeros((len(groups), self.n_params))
+        for row, g in enumerate(groups):
+            est[row], partial = _ed_and_partials(p, self.value("b", g), self.value("e", g), self.value("f", g))
+            for k, dk in partial.items():
+                i = self.index(k, g)
+                if i is not None:
+                    grad[row, i] = dk
+        return est, grad @ self.vcov @ grad.T
+
+    def ed(self, p: float, group: str | None = None, level: float = 0.95) -> Estimate:
+        """ED_p with delta-method SE and CI ``est +/- t(df) SE`` (drc ``ED``)."""
+        est, cov = self.ed_vector(p, [group])
+        se = float(np.sqrt(cov[0, 0]))
+        half = self.t_quantile(level) * se
+        return Estimate(float(est[0]), se, float(est[0] - half), float(est[0] + half))
+
+
+def _ed_and_partials(p: float, b: float, e: float, f: float) -> tuple[float, dict[str, float]]:
+    """ED_p and its partial derivatives w.r.t. b, e and f."""
+    q = p / 100.0
+    k = (1.0 - q) ** (-1.0 / f) - 1.0
+    ed = e * k ** (1.0 / b)
+    dk_df = (1.0 - q) ** (-1.0 / f) * np.log(1.0 - q) / f**2
+    return ed, {"b": -ed * np.log(k) / b**2, "e": ed / e, "f": ed / (b * k) * dk_df}
+
+
+# --------------------------------------------------------------------------
+# Fitting
+# --------------------------------------------------------------------------
+
+
+def _failed(design: _Design, n: int, message: str, per_group: frozenset[str]) -> FitResult:
+    p = design.n_params
+    return FitResult(
+        design.model.name,
+        design.names,
+        np.full(p, np.nan),
+        np.full((p, p), np.nan),
+        np.nan,
+        n - p,
+        n,
+        False,
+        message,
+        design.groups,
+        per_group,
+    )
+
+
+def _data_problem(x: FloatArray, y: FloatArray, n_params: int) -> str | None:
+    """Reason why the data cannot be fitted, or None."""
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return "data contain NaN or infinite values"
+    if np.any(x < 0):
+        return "negative doses"
+    if x.size <= n_params:
+        return f"too few points ({x.size}) for {n_params} parameters"
+    if np.unique(x[x > 0]).size < 2:
+        return "fewer than 2 distinct positive doses"
+    if np.ptp(y) == 0:
+        return "all responses are equal"
+    return None
+
+
+def _make_params(design: _Design, start: FloatArray) -> lmfit.Parameters:
+    """lmfit parameters ``p0, p1, ...`` with bounds on b, ln e and f."""
+    lx_pos = design.lx[np.isfinite(design.lx)]
+    margin = E_DECADES * np.log(10.0)
+    bounds = {"b": (-B_BOUND, B_BOUND), "e": (lx_pos.min() - margin, lx_pos.max() + margin), "f": F_BOUNDS}
+    params = lmfit.Parameters()
+    for i, name in enumerate(design.names):
+        lo, hi = bounds.get(name.split(":")[0], (-np.inf, np.inf))
+        inset = 1e-3 * (hi - lo) if np.isfinite(hi - lo) else 0.0
+        params.add(f"p{i}", value=float(np.clip(start[i], lo + inset, hi - inset)), min=lo, max=hi)
+    return params
+
+
+def _at_bound(params: lmfit.Parameters, names: tuple[str, ...]) -> str | None:
+    for i, name in enumerate(names):
+        par = params[f"p{i}"]
+        width = par.max - par.min
+        if np.isfinite(width) and min(par.value - par.min, par.max - par.value) < 1e-6 * width:
+            what = "ln e" if name.startswith("e") else name
+            return f"{what} at its bound ({par.value:.4g}); curve not estimable from these data"
+    return None
+
+
+def rss_hessian(design: _Design, theta: FloatArray, y: FloatArray) -> FloatArray:
+    """Hessian of the RSS w.r.t. the reported parameters by central differences.
+
+    Differences the analytic gradient with steps ``1e-5 max(|theta_j|, 1e-3)``;
+    the truncation error is ``O(step^2)``, about 1e-10 relative.
+    """
+    p = theta.size
+    hess = np.empty((p, p))
+    for j in range(p):
+        h = 1e-5 * max(abs(theta[j]), 1e-3)
+        up, down = theta.copy(), theta.copy()
+        up[j] += h
+        down[j] -= h
+        hess[:, j] = (design.rss_gradient(up, y) - design.rss_gradient(down, y)) / (2 * h)
+    return 0.5 * (hess + hess.T)
+
+
+def fit_joint(
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    group: npt.ArrayLike | None = None,
+    model: str = "LL.4",
+    per_group: Collection[str] = PARALLEL,
+    groups: Sequence[str] | None = None,
+) -> FitResult:
+    """Fit one log-logistic model jointly to several groups (drc ``pmodels``).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Doses (>= 0) and responses.
+    group : array_like of str, optional
+        Group label per observation; one group ``"all"`` if omitted.
+    model : {"LL.3", "LL.4", "LL.5"}
+        Curve model.
+    per_group : collection of str
+        Curve parameters estimated per group; the others are shared. Presets:
+        :data:`PARALLEL` (own e), :data:`COMMON_CD` (own b, e, f),
+        :data:`FREE` (all own), :data:`COMMON_E` (all shared).
+    groups : sequence of str, optional
+        Group order for parameter names (default: sorted labels). Must contain
+        every label present in ``group``.
+
+    Returns
+    -------
+    FitResult
+        Never raises for bad data: ``converged`` is False with a ``message``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``model`` or labels in ``group`` absent from ``groups``
+        (programming errors, not data problems).
+    """
+    x_arr = np.asarray(x, dtype=float).ravel()
+    y_arr = np.asarray(y, dtype=float).ravel()
+    grp = np.full(x_arr.size, "all") if group is None else np.asarray(group, dtype=str).ravel()
+    labels = tuple(groups) if groups is not None else tuple(sorted(set(grp.tolist())))
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+    if not set(grp.tolist()) <= set(labels):
+        raise ValueError("group labels missing from `groups`")
+    curve_model = MODELS[model]
+    own = frozenset(per_group) & set(curve_model.params) if len(labels) > 1 else frozenset()
+    design = _build_design(x_arr, grp, curve_model, own, labels)
+    problem = _data_problem(x_arr, y_arr, design.n_params)
+    empty = [g for g in labels if not np.any(grp == g)]
+    if problem is None and empty:
+        problem = f"no data for group(s) {', '.join(empty)}"
+    if problem is not None:
+        return _failed(design, x_arr.size, problem, own)
+    return _optimise(design, x_arr, y_arr, grp, own)
+
+
+def _optimise(
+    design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], per_group: frozenset[str]
+) -> FitResult:
+    def residual(params: lmfit.Parameters) -> FloatArray:
+        return design.evaluate(_values(params))[0] - y
+
+    def jacobian(params: lmfit.Parameters) -> FloatArray:
+        return design.evaluate(_values(params))[1]
+
+    start = _joint_start(x, y, grp, design)
+    params = _make_params(design, start)
+    minimizer = lmfit.Minimizer(residual, params, calc_covar=False)
+    out = minimizer.minimize(method="leastsq", Dfun=jacobian)
+    theta = design.to_reported(_values(out.params))
+    n, p = x.size, design.n_params
+    if not out.success or not np.all(np.isfinite(theta)):
+        return _failed(design, n, f"optimiser did not converge: {out.message}", per_group)
+    bound = _at_bound(out.params, design.names)
+    if bound is not None:
+        return _failed(design, n, bound, per_group)
+    rss = float(np.sum(residual(out.params) ** 2))
+    vcov, problem = _drc_vcov(design, theta, y, rss / (n - p))
+    return FitResult(
+        design.model.name,
+        design.names,
+        theta,
+        vcov,
+        rss,
+        n - p,
+        n,
+        problem is None,
+        problem or "ok",
+        design.groups,
+        per_group,
+    )
+
+
+def _values(params: lmfit.Parameters) -> FloatArray:
+    return np.array([par.value for par in params.values()])
+
+
+def _drc_vcov(design: _Design, theta: FloatArray, y: FloatArray, sigma2: float) -> tuple[FloatArray, str | None]:
+    """``2 sigma^2 H^-1``; NaN and a reason if H is not positive definite."""
+    hess = rss_hessian(design, theta, y)
+    try:
+        np.linalg.cholesky(hess)
+    except np.linalg.LinAlgError:
+        return np.full_like(hess, np.nan), "Hessian of the RSS is not positive definite (parameters not identifiable)"
+    return 2.0 * sigma2 * np.linalg.inv(hess), None
+
+
+def fit_curve(x: npt.ArrayLike, y: npt.ArrayLike, model: str = "LL.4") -> FitResult:
+    """Fit a single log-logistic curve (``fit_joint`` with one group).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Doses (>= 0, 0 meaning untreated) and responses.
+    model : {"LL.3", "LL.4", "LL.5"}
+        Curve model.
+
+    Returns
+    -------
+    FitResult
+        Parameter names are the model's (``b, c, d, e[, f]``).
+    """
+    return fit_joint(x, y, None, model, COMMON_E)
+
+
+# --------------------------------------------------------------------------
+# Ratios, Fieller, F tests
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """Ratio ``mu_a / mu_b`` with delta-method SE/CI and Fieller CI.
+
+    ``lo``/``hi`` are the Fieller limits, NaN when the interval is unbounded
+    (then ``bounded`` is False and ``reason`` says why).
+    """
+
+    ratio: float
+    se: float
+    lo: float
+    hi: float
+    delta_lo: float
+    delta_hi: float
+    bounded: bool
+    reason: str
+
+
+def fieller_ratio(
+    mu_a: float, mu_b: float, v11: float, v22: float, v12: float, df: float, level: float = 0.95
+) -> RatioEstimate:
+    """Ratio of two correlated estimates with Fieller's and the delta-method CI.
+
+    With ``q = t^2((1 + level)/2, df)`` (as drc ``EDcomp(interval="fieller")``)::
+
+        f0 = mu_a mu_b - q v12
+        D  = f0^2 - (mu_a^2 - q v11)(mu_b^2 - q v22)
+        limits = (f0 -/+ sqrt(D)) / (mu_b^2 - q v22)
+
+    The interval is unbounded (limits NaN) when ``mu_b^2 - q v22 <= 0`` or
+    ``D < 0``. The delta-method variance is
+    ``(v11 - 2 r v12 + r^2 v22) / mu_b^2`` with ``r = mu_a / mu_b``; its CI is
+    ``r +/- t SE``.
+    """
+    t = float(stats.t.ppf(0.5 + level / 2.0, df)) if df > 0 else np.nan
+    q = t * t
+    ratio = mu_a / mu_b if mu_b != 0 else np.nan
+    se = float(np.sqrt(max(v11 - 2 * ratio * v12 + ratio**2 * v22, 0.0)) / abs(mu_b)) if mu_b != 0 else np.nan
+    f0 = mu_a * mu_b - q * v12
+    denom = mu_b**2 - q * v22
+    disc = f0**2 - (mu_a**2 - q * v11) * denom
+    delta = (ratio - t * se, ratio + t * se)
+    if not np.isfinite(q) or not np.isfinite(disc):
+        return RatioEstimate(ratio, se, np.nan, np.nan, *delta, False, "Fieller interval not computable (no residual df or NaN inputs)")
+    if denom <= 0:
+        return RatioEstimate(ratio, se, np.nan, np.nan, *delta, False, "Fieller interval unbounded: denominator not significantly different from 0")
+    if disc < 0:
+        return RatioEstimate(ratio, se, np.nan, np.nan, *delta, False, "Fieller interval unbounded: negative discriminant")
+    root = np.sqrt(disc)
+    return RatioEstimate(ratio, se, (f0 - root) / denom, (f0 + root) / denom, *delta, True, "")
+
+
+def ed_ratio(fit: FitResult, p: float, group_a: str, group_b: str, level: float = 0.95) -> RatioEstimate:
+    """Ratio ED_p(group_a) / ED_p(group_b) from one joint fit (drc ``EDcomp``)."""
+    est, cov = fit.ed_vector(p, [group_a, group_b])
+    return fieller_ratio(est[0], est[1], cov[0, 0], cov[1, 1], cov[0, 1], fit.df, level)
+
+
+@dataclass(frozen=True)
+class FTest:
+    """Extra-sum-of-squares F test of a reduced model against a full one."""
+
+    f: float
+    df1: int
+    df2: int
+    p: float
+
+
+def f_test(rss_reduced: float, df_reduced: int, rss_full: float, df_full: int) -> FTest:
+    """``F = ((RSS_r - RSS_f)/(df_r - df_f)) / (RSS_f/df_f)`` on (df_r - df_f, df_f).
+
+    Returns NaN statistics when the inputs do not define a test.
+    """
+    df1 = df_reduced - df_full
+    if df1 <= 0 or df_full <= 0 or not np.isfinite(rss_reduced) or not np.isfinite(rss_full) or rss_full <= 0:
+        return FTest(np.nan, df1, df_full, np.nan)
+    f = max((rss_reduced - rss_full) / df1, 0.0) / (rss_full / df_full)
+    return FTest(float(f), df1, df_full, float(stats.f.sf(f, df1, df_full)))
+
+
+def compare_fits(reduced: FitResult, full: FitResult) -> FTest:
+    """:func:`f_test` for two fits of the same data."""
+    return f_test(reduced.rss, reduced.df, full.rss, full.df)

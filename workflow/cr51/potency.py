@@ -1,0 +1,472 @@
+"""Per-plate potency tables and the Ph. Eur. 5.3 combination across plates.
+
+:func:`analyse_plate` turns the per-well % specific lysis of one plate (one
+E:T ratio) into three tables:
+
+``fits``
+    one row per lot and model: a separate curve per lot (untreated wells as dose 0).
+``potency``
+    one row per non-reference lot: relative potency RP = IC50(ref)/IC50(lot)
+    from the joint parallel model with Fieller's CI, parallelism (F test and
+    USP <1032> equivalence), and the Holm-adjusted comparison with the reference.
+``lots_differ``
+    one row: F test of a common IC50 against lot-specific IC50s.
+
+:func:`combine` pools the plates of each lot (Ph. Eur. 5.3, section 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy import stats
+
+from cr51 import fit as fitting
+
+FITS_COLUMNS: tuple[str, ...] = (
+    "plate", "lot", "model", "slope", "bottom", "top", "ic50", "ic50_se", "ic50_lo", "ic50_hi",
+    "rss", "df", "aicc", "converged", "message",
+)  # fmt: skip
+POTENCY_COLUMNS: tuple[str, ...] = (
+    "plate", "lot", "reference_lot", "rp", "rp_lo", "rp_hi", "parallel_f_p", "slope_ratio",
+    "slope_ratio_lo", "slope_ratio_hi", "equivalent", "p_vs_reference", "p_holm", "status", "reason",
+    "df",
+)  # fmt: skip
+LOTS_DIFFER_COLUMNS: tuple[str, ...] = ("plate", "f", "df1", "df2", "p")
+COMBINED_COLUMNS: tuple[str, ...] = (
+    "lot", "reference_lot", "n_plates", "rp", "rp_lo", "rp_hi", "homogeneity_chi2", "homogeneity_p", "method",
+)  # fmt: skip
+
+UNTREATED = "untreated"
+
+
+@dataclass(frozen=True)
+class PotencyConfig:
+    """Settings read from the ``config`` mapping of :func:`analyse_plate`.
+
+    Attributes
+    ----------
+    model : str
+        Model of the joint (parallel, free, common-e) fits. Key ``model``, default "LL.4".
+    models : tuple of str
+        Models fitted per lot for ``fits.csv``. Key ``models``, default ("LL.4",).
+    alpha : float
+        Equivalence test size; the equivalence CIs are ``1 - 2 alpha`` (90 %).
+        Key ``alpha``, default 0.05.
+    slope_ratio_margins : tuple of float
+        Equivalence margins for b_lot / b_ref. Key ``slope_ratio_margins``, default (0.80, 1.25).
+    upper_diff_margin : float
+        Margin (percentage points of lysis) for top_lot - top_ref. Key ``upper_diff_margin``, default 10.
+    lower_diff_margin : float
+        Margin for bottom_lot - bottom_ref. Key ``lower_diff_margin``, default 10.
+    ci_level : float
+        Level of the IC50 and RP intervals. Key ``ci_level``, default 0.95.
+    min_concentrations : int
+        A lot needs at least this many distinct positive concentrations with
+        finite lysis to enter the joint fits. Key ``min_concentrations``, default 3.
+    """
+
+    model: str = "LL.4"
+    models: tuple[str, ...] = ("LL.4",)
+    alpha: float = 0.05
+    slope_ratio_margins: tuple[float, float] = (0.80, 1.25)
+    upper_diff_margin: float = 10.0
+    lower_diff_margin: float = 10.0
+    ci_level: float = 0.95
+    min_concentrations: int = 3
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any] | None) -> PotencyConfig:
+        """Build from a mapping; unknown keys are ignored, missing ones default."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in (config or {}).items() if k in known}
+        for key in ("models", "slope_ratio_margins"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PlateTables:
+    """The three per-plate tables (columns as in the module constants)."""
+
+    fits: pd.DataFrame
+    potency: pd.DataFrame
+    lots_differ: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Points:
+    """Cleaned plate data: arrays plus the lot label of each point."""
+
+    conc: npt.NDArray[np.float64]
+    lysis: npt.NDArray[np.float64]
+    lot: npt.NDArray[np.str_]  # UNTREATED for untreated wells
+
+    def select(
+        self, lots: Sequence[str], untreated_as: str
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.str_]]:
+        """Points of ``lots`` plus the untreated wells relabelled ``untreated_as``."""
+        keep = np.isin(self.lot, list(lots)) | (self.lot == UNTREATED)
+        group = np.where(self.lot[keep] == UNTREATED, untreated_as, self.lot[keep])
+        return self.conc[keep], self.lysis[keep], group
+
+
+def _clean(points: pd.DataFrame) -> _Points:
+    """Drop wells with missing/non-finite conc or lysis; label untreated wells."""
+    conc = pd.to_numeric(points["conc"], errors="coerce").to_numpy(dtype=float)
+    lysis = pd.to_numeric(points["lysis"], errors="coerce").to_numpy(dtype=float)
+    lot = np.array([UNTREATED if pd.isna(v) else str(v) for v in points["lot"]], dtype=object).astype(str)
+    ok = np.isfinite(conc) & np.isfinite(lysis)
+    return _Points(conc[ok], lysis[ok], lot[ok])
+
+
+# --------------------------------------------------------------------------
+# fits.csv
+# --------------------------------------------------------------------------
+
+
+def _fit_row(plate: str, lot: str, model: str, result: fitting.FitResult, level: float) -> dict[str, Any]:
+    ic50 = result.ed(50, level=level) if result.converged else fitting.Estimate(np.nan, np.nan, np.nan, np.nan)
+    return {
+        "plate": plate,
+        "lot": lot,
+        "model": model,
+        "slope": result.value("b"),
+        "bottom": result.value("c"),
+        "top": result.value("d"),
+        "ic50": ic50.estimate,
+        "ic50_se": ic50.se,
+        "ic50_lo": ic50.lo,
+        "ic50_hi": ic50.hi,
+        "rss": result.rss,
+        "df": result.df,
+        "aicc": result.aicc,
+        "converged": result.converged,
+        "message": result.message,
+    }
+
+
+def _fits_table(plate: str, data: _Points, lots: Sequence[str], cfg: PotencyConfig) -> pd.DataFrame:
+    rows = []
+    for lot in lots:
+        x, y, _ = data.select([lot], lot)
+        rows.extend(_fit_row(plate, lot, m, fitting.fit_curve(x, y, m), cfg.ci_level) for m in cfg.models)
+    return pd.DataFrame(rows, columns=list(FITS_COLUMNS))
+
+
+# --------------------------------------------------------------------------
+# Parallelism / similarity of one lot to the reference
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Parallelism of a lot to the reference (pairwise fits).
+
+    ``equivalent`` is None when the fits failed (then ``problem`` says why).
+    """
+
+    parallel_f_p: float
+    slope_ratio: fitting.RatioEstimate | None
+    upper_diff: tuple[float, float]
+    lower_diff: tuple[float, float]
+    equivalent: bool | None
+    problem: str
+
+
+def _diff_ci(result: fitting.FitResult, param: str, lot: str, ref: str, t: float) -> tuple[float, float]:
+    """CI ``est +/- t SE`` of param(lot) - param(ref); (0, 0) for a fixed parameter."""
+    i, j = result.index(param, lot), result.index(param, ref)
+    if i is None or j is None:
+        return 0.0, 0.0
+    est = result.estimates[i] - result.estimates[j]
+    var = result.vcov[i, i] + result.vcov[j, j] - 2 * result.vcov[i, j]
+    half = t * np.sqrt(var)
+    return float(est - half), float(est + half)
+
+
+def _similarity(data: _Points, lot: str, ref: str, cfg: PotencyConfig) -> Similarity:
+    """Parallel-vs-free F test and USP <1032> equivalence of ``lot`` to ``ref``.
+
+    Fits the reference, the lot and the untreated wells (in the reference
+    group) with the parallel model (own e) and the free model (own b, c, d, e).
+    Equivalence needs the ``1 - 2 alpha`` Fieller CI of b_lot/b_ref inside
+    ``slope_ratio_margins`` and the ``1 - 2 alpha`` CIs (t on the free fit's
+    residual df) of top and bottom differences inside +/- their margins.
+    """
+    x, y, g = data.select([ref, lot], ref)
+    groups = (ref, lot)
+    parallel = fitting.fit_joint(x, y, g, cfg.model, fitting.PARALLEL, groups)
+    free = fitting.fit_joint(x, y, g, cfg.model, fitting.FREE, groups)
+    nan2 = (np.nan, np.nan)
+    if not free.converged:
+        return Similarity(np.nan, None, nan2, nan2, None, f"free fit did not converge: {free.message}")
+    level = 1.0 - 2.0 * cfg.alpha
+    i, j = free.index("b", lot), free.index("b", ref)
+    ratio = fitting.fieller_ratio(
+        free.estimates[i], free.estimates[j], free.vcov[i, i], free.vcov[j, j], free.vcov[i, j], free.df, level
+    )
+    t = free.t_quantile(level)
+    upper, lower = _diff_ci(free, "d", lot, ref, t), _diff_ci(free, "c", lot, ref, t)
+    lo_m, hi_m = cfg.slope_ratio_margins
+    equivalent = (
+        ratio.bounded
+        and lo_m <= ratio.lo and ratio.hi <= hi_m
+        and -cfg.upper_diff_margin <= upper[0] and upper[1] <= cfg.upper_diff_margin
+        and -cfg.lower_diff_margin <= lower[0] and lower[1] <= cfg.lower_diff_margin
+    )  # fmt: skip
+    f_p = fitting.compare_fits(parallel, free).p if parallel.converged else np.nan
+    problem = "" if parallel.converged else f"parallel pair fit did not converge: {parallel.message}"
+    return Similarity(f_p, ratio, upper, lower, bool(equivalent), problem)
+
+
+# --------------------------------------------------------------------------
+# Joint parallel model: RP, Wald test, Holm
+# --------------------------------------------------------------------------
+
+
+def holm(p: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Holm step-down adjusted p-values; NaN entries stay NaN and are not counted."""
+    p_arr = np.asarray(p, dtype=float)
+    out = np.full(p_arr.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p_arr))
+    order = finite[np.argsort(p_arr[finite], kind="stable")]
+    m = order.size
+    scaled = (m - np.arange(m)) * p_arr[order]
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def log_ed50_wald_p(joint: fitting.FitResult, lot: str, ref: str) -> float:
+    """Two-sided Wald t test (residual df) of ln ED50(lot) - ln ED50(ref) = 0."""
+    est, cov = joint.ed_vector(50, [lot, ref])
+    grad = np.array([1.0 / est[0], -1.0 / est[1]])
+    se = float(np.sqrt(grad @ cov @ grad))
+    t = float(np.log(est[0] / est[1]) / se)
+    return float(2.0 * stats.t.sf(abs(t), joint.df))
+
+
+def _usable(data: _Points, lot: str, cfg: PotencyConfig) -> bool:
+    conc = data.conc[(data.lot == lot) & (data.conc > 0)]
+    return np.unique(conc).size >= cfg.min_concentrations
+
+
+def _row(plate: str, lot: str, ref: str, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {c: np.nan for c in POTENCY_COLUMNS}
+    row.update(plate=plate, lot=lot, reference_lot=ref, equivalent=None, status="failed", reason="")
+    row.update(values)
+    return row
+
+
+def _lot_row(
+    plate: str, data: _Points, lot: str, ref: str, joint: fitting.FitResult, cfg: PotencyConfig
+) -> dict[str, Any]:
+    """Potency row of one lot given a converged joint parallel fit."""
+    rp = fitting.ed_ratio(joint, 50, ref, lot, cfg.ci_level)
+    sim = _similarity(data, lot, ref, cfg)
+    notes = [sim.problem] if sim.problem else []
+    if not rp.bounded:
+        notes.insert(0, rp.reason)
+    sr = sim.slope_ratio
+    return _row(
+        plate, lot, ref,
+        rp=rp.ratio, rp_lo=rp.lo, rp_hi=rp.hi, df=joint.df,
+        parallel_f_p=sim.parallel_f_p,
+        slope_ratio=sr.ratio if sr else np.nan,
+        slope_ratio_lo=sr.lo if sr else np.nan,
+        slope_ratio_hi=sr.hi if sr else np.nan,
+        equivalent=sim.equivalent,
+        p_vs_reference=log_ed50_wald_p(joint, lot, ref),
+        status="ok" if rp.bounded else "failed",
+        reason="; ".join(notes),
+    )  # fmt: skip
+
+
+def _lots_differ_row(plate: str, data: _Points, lots: Sequence[str], joint: fitting.FitResult, cfg: PotencyConfig) -> dict[str, Any]:
+    x, y, g = data.select(lots, lots[0])
+    common = fitting.fit_joint(x, y, g, cfg.model, fitting.COMMON_E, tuple(lots))
+    test = fitting.compare_fits(common, joint) if common.converged and joint.converged else None
+    if test is None:
+        return {"plate": plate, "f": np.nan, "df1": np.nan, "df2": np.nan, "p": np.nan}
+    return {"plate": plate, "f": test.f, "df1": test.df1, "df2": test.df2, "p": test.p}
+
+
+def analyse_plate(
+    points: pd.DataFrame, plate: str, reference_lot: str, config: Mapping[str, Any] | None = None
+) -> PlateTables:
+    """Per-lot fits, relative potency and parallelism for one plate at one E:T ratio.
+
+    Parameters
+    ----------
+    points : pandas.DataFrame
+        Per-well points with columns ``lot`` (str; NaN/None for untreated
+        wells), ``conc`` (mg/mL; 0 for untreated) and ``lysis`` (% specific
+        lysis). Wells with missing or non-finite conc/lysis are dropped.
+    plate : str
+        Plate identifier written to every row.
+    reference_lot : str
+        Lot against which RP is computed.
+    config : mapping, optional
+        Keys documented in :class:`PotencyConfig`.
+
+    Returns
+    -------
+    PlateTables
+        ``fits`` (:data:`FITS_COLUMNS`), ``potency`` (:data:`POTENCY_COLUMNS`:
+        the contract columns then ``df``, the joint fit's residual df used for
+        the RP interval) and ``lots_differ`` (:data:`LOTS_DIFFER_COLUMNS`).
+        Failures are reported in ``status``/``reason``; nothing is raised for bad data.
+
+    Notes
+    -----
+    The joint parallel model (shared b, c, d; own e) is fitted to all usable
+    lots with the untreated wells entered once, in the reference group. RP =
+    ED50(ref)/ED50(lot) with Fieller's interval at ``ci_level`` (t on the
+    joint residual df). ``p_vs_reference`` is a Wald t test of
+    ln ED50(lot) - ln ED50(ref) from that fit; ``p_holm`` its Holm adjustment
+    across the plate's lots.
+    """
+    cfg = PotencyConfig.from_mapping(config)
+    data = _clean(points)
+    ref = str(reference_lot)
+    lots = sorted(set(data.lot.tolist()) - {UNTREATED})
+    fits = _fits_table(plate, data, lots, cfg)
+    others = [lot for lot in lots if lot != ref]
+    usable = [lot for lot in others if _usable(data, lot, cfg)]
+    failed_rows = {
+        lot: _row(plate, lot, ref, reason=f"fewer than {cfg.min_concentrations} concentrations with data")
+        for lot in others if lot not in usable
+    }  # fmt: skip
+    empty_differ = pd.DataFrame([{"plate": plate, "f": np.nan, "df1": np.nan, "df2": np.nan, "p": np.nan}])
+    problem = _plate_problem(data, ref, lots, usable, cfg)
+    if problem is not None:
+        rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=problem) for lot in others]
+        return PlateTables(fits, _potency_frame(rows), empty_differ[list(LOTS_DIFFER_COLUMNS)])
+    joint_lots = [ref, *usable]
+    x, y, g = data.select(joint_lots, ref)
+    joint = fitting.fit_joint(x, y, g, cfg.model, fitting.PARALLEL, tuple(joint_lots))
+    if not joint.converged:
+        reason = f"joint parallel fit did not converge: {joint.message}"
+        rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=reason) for lot in others]
+        return PlateTables(fits, _potency_frame(rows), empty_differ[list(LOTS_DIFFER_COLUMNS)])
+    rows = [failed_rows.get(lot) or _lot_row(plate, data, lot, ref, joint, cfg) for lot in others]
+    differ = pd.DataFrame([_lots_differ_row(plate, data, joint_lots, joint, cfg)], columns=list(LOTS_DIFFER_COLUMNS))
+    return PlateTables(fits, _potency_frame(rows), differ)
+
+
+def _plate_problem(data: _Points, ref: str, lots: Sequence[str], usable: Sequence[str], cfg: PotencyConfig) -> str | None:
+    """Reason why no RP can be computed on this plate, or None."""
+    if ref not in lots:
+        return f"reference lot {ref} missing on plate"
+    if not _usable(data, ref, cfg):
+        return f"reference lot {ref} has fewer than {cfg.min_concentrations} concentrations with data"
+    if not usable:
+        return "fewer than 2 lots with usable data"
+    return None
+
+
+def _potency_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Potency table with Holm-adjusted p-values and fixed column order."""
+    frame = pd.DataFrame(rows, columns=list(POTENCY_COLUMNS))
+    frame["p_holm"] = holm(frame["p_vs_reference"].to_numpy(dtype=float))
+    frame["equivalent"] = frame["equivalent"].astype("boolean")
+    return frame
+
+
+# --------------------------------------------------------------------------
+# Combination of plates: Ph. Eur. 5.3, section 6
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Combined:
+    """Combined relative potency of several independent assays."""
+
+    n: int
+    rp: float
+    lo: float
+    hi: float
+    chi2: float
+    p: float
+    method: str
+
+
+def combine_lot(
+    log_rp: npt.ArrayLike,
+    rp_lo: npt.ArrayLike,
+    rp_hi: npt.ArrayLike,
+    df: npt.ArrayLike,
+    level: float = 0.95,
+    homogeneity_alpha: float = 0.05,
+) -> Combined:
+    """Combine independent log potencies as in Ph. Eur. 5.3, section 6.2.
+
+    For assay i with log potency ``M_i = ln RP_i``, CI ``[rp_lo_i, rp_hi_i]``
+    computed with ``t_i = t((1 + level)/2, df_i)``:
+
+    - 6.2.1 weight ``w_i = 4 t_i^2 / L_i^2`` with ``L_i = ln rp_hi_i - ln rp_lo_i``;
+    - 6.2.2 homogeneity ``chi2 = sum w_i (M_i - Mbar)^2`` on ``n - 1`` df,
+      ``Mbar = sum w_i M_i / sum w_i``;
+    - 6.2.3 if ``p >= homogeneity_alpha``: weighted mean ``Mbar`` with CI
+      ``Mbar +/- t sqrt(1 / sum w_i)``, t on ``sum df_i``;
+    - 6.2.4 otherwise semi-weighted: between-assay variance
+      ``s2 = sum (M_i - Mbar)^2 / (n - 1) - sum(1/w_i) / n`` (truncated at 0;
+      ``Mbar`` the weighted mean of 6.2.3), ``w'_i = 1 / (1/w_i + s2)``,
+      mean ``sum w'_i M_i / sum w'_i`` with CI ``+/- t sqrt(1 / sum w'_i)``,
+      t on ``n - 1`` df.
+
+    Limits are back-transformed with ``exp``. One assay is returned unchanged
+    (method ``"single plate"``).
+    """
+    m = np.asarray(log_rp, dtype=float)
+    lo, hi, dfs = (np.asarray(a, dtype=float) for a in (rp_lo, rp_hi, df))
+    if m.size == 1:
+        return Combined(1, float(np.exp(m[0])), float(lo[0]), float(hi[0]), np.nan, np.nan, "single plate")
+    t_i = stats.t.ppf(0.5 + level / 2.0, dfs)
+    w = 4.0 * t_i**2 / (np.log(hi) - np.log(lo)) ** 2
+    mbar = float(np.sum(w * m) / np.sum(w))
+    chi2 = float(np.sum(w * (m - mbar) ** 2))
+    p = float(stats.chi2.sf(chi2, m.size - 1))
+    if p >= homogeneity_alpha:
+        centre, weights, df_t, method = mbar, w, float(np.sum(dfs)), "weighted"
+    else:
+        s2 = max(float(np.sum((m - mbar) ** 2) / (m.size - 1) - np.mean(1.0 / w)), 0.0)
+        weights = 1.0 / (1.0 / w + s2)
+        centre, df_t, method = float(np.sum(weights * m) / np.sum(weights)), float(m.size - 1), "semi-weighted"
+    half = float(stats.t.ppf(0.5 + level / 2.0, df_t)) * np.sqrt(1.0 / np.sum(weights))
+    return Combined(m.size, float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half)), chi2, p, method)
+
+
+def combine(potency_rows: pd.DataFrame, level: float = 0.95, homogeneity_alpha: float = 0.05) -> pd.DataFrame:
+    """Combine the ``status == "ok"`` potency rows of each (lot, reference_lot).
+
+    Parameters
+    ----------
+    potency_rows : pandas.DataFrame
+        Concatenated ``potency`` tables (needs ``lot, reference_lot, rp,
+        rp_lo, rp_hi, df, status``); ``level`` must be the ``ci_level`` the
+        plate intervals were computed with.
+    level, homogeneity_alpha : float
+        Combined CI level and the homogeneity test level.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`COMBINED_COLUMNS`; lots without a usable plate get
+        ``n_plates = 0`` and method ``"no valid plates"``.
+    """
+    rows = []
+    for (lot, ref), grp in potency_rows.groupby(["lot", "reference_lot"], sort=True):
+        ok = grp[(grp["status"] == "ok") & np.isfinite(grp[["rp", "rp_lo", "rp_hi", "df"]].astype(float)).all(axis=1)]
+        if ok.empty:
+            res = Combined(0, np.nan, np.nan, np.nan, np.nan, np.nan, "no valid plates")
+        else:
+            res = combine_lot(np.log(ok["rp"].astype(float)), ok["rp_lo"], ok["rp_hi"], ok["df"], level, homogeneity_alpha)
+        rows.append([lot, ref, res.n, res.rp, res.lo, res.hi, res.chi2, res.p, res.method])
+    return pd.DataFrame(rows, columns=list(COMBINED_COLUMNS))
