@@ -20,6 +20,7 @@ demo: $(STAMP)
 	@echo "Results: results/ (tables), results/report.html (report)"
 
 test: $(STAMP)
+	bash tools/setup-system.sh
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -28,3 +29,8 @@ lint: $(STAMP)
 
 clean-results:
 	rm -rf results .snakemake
+
+# Scheduled run of the drop folder (lock, checks, audit record, one summary line): docs/operations.md
+.PHONY: batch
+batch: $(STAMP)
+	$(BIN)/cr51-batch --cores $(CORES)

@@ -8,10 +8,14 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
-include: "workflow/rules/ingest.smk"
-include: "workflow/rules/fit.smk"
+include: "workflow/rules/plates.smk"
 include: "workflow/rules/collect.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:

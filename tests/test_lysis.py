@@ -85,6 +85,7 @@ def test_wells_lysis_and_summary(layout):
     s, m = control_means(w)
     assert (s, m) == (500.0, 4500.0)
     w = add_lysis(w, s, m).set_index("well")
+    assert list(w.index) == [f"A{i}" for i in range(1, 9)] + [f"B{i}" for i in range(1, 8)]  # plate order
     assert w.loc["B1", "lysis_pct"] == pytest.approx(50.0)
     assert w.loc["B2", "lysis_pct"] == pytest.approx(55.0)
     assert bool(w.loc["B7", "excluded"]) and w.loc["B7", "exclusion_reason"] == "excluded in the layout: bubble"

@@ -112,3 +112,20 @@ def test_hostile_names_are_just_data(tmp_path, layouts_dir):
 def test_missing_raw_dir_is_empty(tmp_path, layouts_dir):
     s = run(tmp_path / "nope", layouts_dir)
     assert s.plates == {} and s.others == [] and s.files == []
+
+
+def test_names_the_workflow_cannot_use_are_refused(tmp_path, layouts_dir):
+    write(tmp_path, "a{x}.toml", LAYOUT.format(export="a{x}.csv"))
+    write(tmp_path, "a{x}.csv")
+    write(tmp_path, "ok.toml", LAYOUT.format(export="b}.csv"))
+    write(tmp_path, "line\nbreak.csv")
+    (tmp_path / "ok.csv").write_text("x")
+    os.rename(tmp_path / "ok.csv", os.fsencode(tmp_path) + b"/caf\xe9.csv")
+    s = run(tmp_path, layouts_dir)
+    f = by_file(s)
+    assert s.plates == {}
+    assert all(f[n].status == "rejected" for n in ("a{x}.toml", "a{x}.csv", "ok.toml", "line\nbreak.csv"))
+    assert "'{' or '}'" in f["a{x}.csv"].reason and "'{' or '}'" in f["ok.toml"].reason
+    assert "control character" in f["line\nbreak.csv"].reason
+    assert "UTF-8" in f[os.fsdecode(b"caf\xe9.csv")].reason
+    assert not any("{" in p or "\n" in p for p in s.files)  # never given to Snakemake as inputs

@@ -14,7 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from .potency import FITS_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS, analyse_plate
+from .potency import FITS_COLUMNS, JOINT_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS, analyse_plate
+from .qc import vehicle_suppression
+
+#: Extra potency.csv columns (after the potency module's): the lot's excipient-only effect.
+VEHICLE_COLUMNS = ("vehicle_suppression_pct", "vehicle_flag")
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +39,45 @@ def potency_config(settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def plates_fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The points of every plate in ``wells`` that enter the fits (with ``plate``), and each plate's E:T."""
+    use = wells[(wells["role"] == "sample") & ~wells["excluded"].astype(bool) & wells["lysis_pct"].notna()]
+    plates = wells["plate"].unique().tolist()
+    if et_ratio is None:
+        top = use[use["lot"].notna()].groupby("plate")["et_ratio"].max().to_dict()
+        ets = {p: float(top.get(p, math.nan)) for p in plates}
+    else:
+        ets = dict.fromkeys(plates, float(et_ratio))
+    pts = use[use["et_ratio"] == use["plate"].map(ets)]
+    return pts.rename(columns={"lysis_pct": "lysis"})[["plate", "lot", "conc", "lysis"]], ets
+
+
 def fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.DataFrame, float]:
     """The points of one plate that enter the fits, and the E:T they are at."""
-    use = wells[(wells["role"] == "sample") & ~wells["excluded"].astype(bool) & wells["lysis_pct"].notna()]
-    lot_wells = use[use["lot"].notna()]
-    if et_ratio is None:
-        et_ratio = float(lot_wells["et_ratio"].max()) if not lot_wells.empty else math.nan
-    pts = use[use["et_ratio"] == et_ratio]
-    return pts.rename(columns={"lysis_pct": "lysis"})[["lot", "conc", "lysis"]], et_ratio
+    pts, ets = plates_fit_points(wells, et_ratio)
+    return pts[["lot", "conc", "lysis"]], next(iter(ets.values()), math.nan)
+
+
+def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -> pd.DataFrame:
+    """Add each lot's largest vehicle-only suppression (%, over its concentrations) and a flag.
+
+    ``vehicle_flag`` is ``VEHICLE_SUPPRESSION`` when that suppression exceeds ``limit_pct``
+    (config ``qc.max_vehicle_suppression_pct``), else empty. Lots without vehicle wells get NaN.
+    """
+    veh = vehicle_suppression(wells).groupby("lot")["vehicle_suppression_pct"].max()
+    out = potency.copy()
+    out["vehicle_suppression_pct"] = out["lot"].map(veh).astype(float)
+    out["vehicle_flag"] = (out["vehicle_suppression_pct"] > limit_pct).map(
+        {True: "VEHICLE_SUPPRESSION", False: ""}
+    )
+    return out
 
 
 def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """fits, potency and lots_differ tables for every plate of a batch."""
     cfg = potency_config(settings)
     et_cfg = settings.get("fit", {}).get("et_ratio")
+    veh_limit = float(settings.get("qc", {}).get("max_vehicle_suppression_pct", 10.0))
     refs = dict(zip(qc["plate"], qc["reference_lot"]))
     fits, potency, differ = [], [], []
     for plate, grp in wells.groupby("plate", sort=True):
@@ -58,7 +87,7 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, 
             continue  # a plate without lot wells (e.g. an E:T titration only) has no curves
         tables = analyse_plate(points, str(plate), "" if pd.isna(ref) else str(ref), cfg)
         fits.append(tables.fits)
-        potency.append(tables.potency)
+        potency.append(with_vehicle(tables.potency, grp, veh_limit).merge(tables.joint, on="lot", how="left"))
         differ.append(tables.lots_differ)
 
     def cat(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> pd.DataFrame:
@@ -67,6 +96,6 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, 
 
     return {
         "fits": cat(fits, FITS_COLUMNS),
-        "potency": cat(potency, POTENCY_COLUMNS),
+        "potency": cat(potency, (*POTENCY_COLUMNS, *VEHICLE_COLUMNS, *JOINT_COLUMNS)),
         "lots_differ": cat(differ, LOTS_DIFFER_COLUMNS),
     }

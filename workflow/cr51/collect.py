@@ -13,13 +13,15 @@ from pathlib import Path
 import pandas as pd
 
 from .plate import file_digest
+from .scan import display_name
 from .tables import FILES_COLUMNS, read_table
 
 
 def table_columns() -> dict[str, list[str]]:
     """Column order of each result table."""
+    from .analysis import VEHICLE_COLUMNS
     from .lysis import LYSIS_COLUMNS, WELL_COLUMNS, WELL_EXTRA
-    from .potency import FITS_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS
+    from .potency import FITS_COLUMNS, JOINT_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS
     from .qc import QC_COLUMNS, QC_EXTRA
 
     return {
@@ -28,7 +30,7 @@ def table_columns() -> dict[str, list[str]]:
         "lysis": LYSIS_COLUMNS,
         "qc": QC_COLUMNS + QC_EXTRA,
         "fits": list(FITS_COLUMNS),
-        "potency": list(POTENCY_COLUMNS),
+        "potency": [*POTENCY_COLUMNS, *VEHICLE_COLUMNS, *JOINT_COLUMNS],
         "lots_differ": list(LOTS_DIFFER_COLUMNS),
     }
 
@@ -44,7 +46,7 @@ def concat_tables(paths: list[str], columns: list[str]) -> pd.DataFrame:
 
 
 def other_files(others: list[dict], raw_dir: str, max_bytes: int) -> pd.DataFrame:
-    """files.csv rows of the files the scan kept out of plates."""
+    """files.csv rows of the files the scan kept out of plates (names shown as UTF-8 text)."""
     rows = []
     for o in others:
         path = Path(raw_dir) / o["file"]
@@ -53,7 +55,7 @@ def other_files(others: list[dict], raw_dir: str, max_bytes: int) -> pd.DataFram
             sha = file_digest(path)[0] if size <= max_bytes else ""
         except OSError:  # gone since the scan
             size, sha = 0, ""
-        rows.append({**o, "sha256": sha, "bytes": size})
+        rows.append({**o, "file": display_name(o["file"]), "sha256": sha, "bytes": size})
     return pd.DataFrame(rows, columns=FILES_COLUMNS)
 
 

@@ -21,7 +21,7 @@ shared by all groups or estimated per group; see :func:`fit_joint`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 import lmfit
 import numpy as np
@@ -247,6 +247,25 @@ def _joint_start(x: FloatArray, y: FloatArray, group: npt.NDArray[np.str_], desi
         k, _, g = name.partition(":")
         theta[i] = starts[g][k] if g else np.median([s[k] for s in starts.values()])
     return theta
+
+
+def _start(
+    design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], given: Mapping[str, float]
+) -> FloatArray:
+    """Internal starting vector: the ``given`` values where usable, self-starting values elsewhere."""
+    usable = {
+        name: float(v)
+        for name, v in given.items()
+        if name in design.names and np.isfinite(v) and (name[0] != "e" or v > 0)
+    }
+    if len(usable) == design.n_params:
+        theta = np.array([usable[name] for name in design.names])
+        return design.to_internal(theta)
+    start = _joint_start(x, y, grp, design)
+    for i, name in enumerate(design.names):
+        if name in usable:
+            start[i] = np.log(usable[name]) if name[0] == "e" else usable[name]
+    return start
 
 
 # --------------------------------------------------------------------------
@@ -478,6 +497,7 @@ def fit_joint(
     model: str = "LL.4",
     per_group: Collection[str] = PARALLEL,
     groups: Sequence[str] | None = None,
+    start: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Fit one log-logistic model jointly to several groups (drc ``pmodels``).
 
@@ -496,6 +516,10 @@ def fit_joint(
     groups : sequence of str, optional
         Group order for parameter names (default: sorted labels). Must contain
         every label present in ``group``.
+    start : mapping, optional
+        Starting values by parameter name (``"b"``, ``"e:<group>"``; ``e`` on its
+        natural scale), e.g. from a related fit; parameters not given start from
+        the data. Only the path to the optimum changes, not the optimum.
 
     Returns
     -------
@@ -525,19 +549,85 @@ def fit_joint(
         problem = f"no data for group(s) {', '.join(empty)}"
     if problem is not None:
         return _failed(design, x_arr.size, problem, own)
-    return _optimise(design, x_arr, y_arr, grp, own)
+    if own and own == frozenset(curve_model.params):
+        return _fit_free(design, x_arr, y_arr, grp, own)
+    if len(labels) == 1 and not start:
+        return _fit_single(design, x_arr, y_arr, grp, own)
+    return _optimise(design, x_arr, y_arr, grp, own, start)
+
+
+#: Single-curve fits already done in this process, by (model, group label, data): a plate's
+#: reference curve recurs in every pairwise comparison with it. Bounded; cleared when full.
+_SINGLE_FITS: dict[tuple[str, tuple[str, ...], bytes, bytes], FitResult] = {}
+_SINGLE_FITS_MAX = 512
+
+
+def _fit_single(
+    design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], per_group: frozenset[str]
+) -> FitResult:
+    """One curve; identical data give the identical (memoised) result."""
+    key = (design.model.name, design.groups, x.tobytes(), y.tobytes())
+    hit = _SINGLE_FITS.get(key)
+    if hit is None:
+        if len(_SINGLE_FITS) >= _SINGLE_FITS_MAX:
+            _SINGLE_FITS.clear()
+        hit = _SINGLE_FITS[key] = _optimise(design, x, y, grp, per_group)
+    return hit
+
+
+def _fit_free(
+    design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], per_group: frozenset[str]
+) -> FitResult:
+    """A model with no shared parameter: its RSS is a sum over groups, so the joint optimum is
+    the set of per-group optima. Each group is fitted alone; the joint covariance is block
+    diagonal, ``2 sigma^2 H_g^-1`` per block with the pooled ``sigma^2 = RSS / (n - p)``.
+    """
+    n, p = x.size, design.n_params
+    theta = np.empty(p)
+    vcov = np.zeros((p, p))
+    rss = 0.0
+    position = {name: i for i, name in enumerate(design.names)}
+    parts = []
+    for g in design.groups:
+        part = fit_joint(x[grp == g], y[grp == g], None, design.model.name, COMMON_E)
+        if not part.converged:
+            return _failed(design, n, f"group {g}: {part.message}", per_group)
+        parts.append((g, part))
+        rss += part.rss
+    sigma2 = rss / (n - p)
+    for g, part in parts:
+        idx = np.array([position[f"{k}:{g}"] for k in part.names])
+        theta[idx] = part.estimates
+        vcov[np.ix_(idx, idx)] = part.vcov * (sigma2 / (part.rss / part.df))
+    return FitResult(
+        design.model.name, design.names, theta, vcov, rss, n - p, n, True, "ok", design.groups, per_group
+    )
 
 
 def _optimise(
-    design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], per_group: frozenset[str]
+    design: _Design,
+    x: FloatArray,
+    y: FloatArray,
+    grp: npt.NDArray[np.str_],
+    per_group: frozenset[str],
+    given: Mapping[str, float] | None = None,
 ) -> FitResult:
+    last: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+
+    def evaluate(params: lmfit.Parameters) -> tuple[FloatArray, FloatArray]:
+        # MINPACK asks for the residual and the Jacobian at the same point: compute both once
+        theta = _values(params)
+        if not last or not np.array_equal(last[0][0], theta):
+            last[:] = [(theta, *design.evaluate(theta))]
+        return last[0][1], last[0][2]
+
     def residual(params: lmfit.Parameters) -> FloatArray:
-        return design.evaluate(_values(params))[0] - y
+        return evaluate(params)[0] - y
 
     def jacobian(params: lmfit.Parameters) -> FloatArray:
-        return design.evaluate(_values(params))[1]
+        return evaluate(params)[1]
 
-    start = _joint_start(x, y, grp, design)
+    start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)
     minimizer = lmfit.Minimizer(residual, params, calc_covar=False)
     out = minimizer.minimize(method="leastsq", Dfun=jacobian)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,8 @@ def run_job(smk: Any, main: Callable[[Any], None]) -> None:
     )
     log = logging.getLogger("cr51.job")
     log.info("cr51 %s, Python %s, rule %s", __version__, platform.python_version(), smk.rule)
+    if "SLURM_JOB_ID" in os.environ:  # the job runs under SLURM: record which job
+        log.info("SLURM_JOB_ID=%s", os.environ["SLURM_JOB_ID"])
     try:
         main(smk)
     except Exception:

@@ -72,7 +72,26 @@ def join_counts(layout: Layout, export: Export, *, source_file: str, source_sha2
     merged["outlier"] = False
     merged["lysis_pct"] = np.nan
     merged["well"] = merged["well"].fillna("")
+    # plate order A1, A2, …, H12; counts for tubes the layout does not map come last
+    order = merged["well"].map(lambda w: (ord(w[0]), int(w[1:])) if w else (999, 0))
+    merged = merged.iloc[sorted(range(len(merged)), key=order.iloc.__getitem__)]
     return merged[WELL_COLUMNS + WELL_EXTRA].reset_index(drop=True)
+
+
+def conditions(wells: pd.DataFrame) -> dict[tuple, list[int]]:
+    """Row positions of the usable wells (not excluded, counted, with a role) by condition.
+
+    A condition is (role, lot, conc, E:T); missing values are one key (``None``), so all
+    untreated wells at one E:T are one condition. Plain Python: a plate has ~30 conditions,
+    where a pandas groupby costs more than the work.
+    """
+    use = (~wells["excluded"].to_numpy(bool)) & wells["cpm"].notna().to_numpy() & (wells["role"] != "").to_numpy()
+    cols = [wells[c].tolist() for c in CONDITION]
+    groups: dict[tuple, list[int]] = {}
+    for i in np.flatnonzero(use):
+        key = tuple(None if pd.isna(col[i]) else col[i] for col in cols)
+        groups.setdefault(key, []).append(int(i))
+    return groups
 
 
 def flag_outliers(wells: pd.DataFrame, *, exclude: bool, q_table: dict[int, float] = DIXON_Q95) -> pd.DataFrame:
@@ -82,27 +101,29 @@ def flag_outliers(wells: pd.DataFrame, *, exclude: bool, q_table: dict[int, floa
     divided by the range, exceeds the critical Q. Flagged wells are excluded only when
     ``exclude`` is true; either way they are marked in the ``outlier`` column.
     """
-    wells = wells.copy()
-    use = (~wells["excluded"]) & wells["cpm"].notna() & (wells["role"] != "")
-    for _, grp in wells[use].groupby(CONDITION, dropna=False):
-        n = len(grp)
+    wells = wells.reset_index(drop=True)
+    cpm = wells["cpm"].to_numpy(float)
+    outlier = wells["outlier"].to_numpy(bool).copy()
+    excluded = wells["excluded"].to_numpy(bool).copy()
+    reason = wells["exclusion_reason"].tolist()
+    for rows in conditions(wells).values():
+        n = len(rows)
         if n not in q_table:
             continue
-        vals = grp["cpm"].sort_values()
-        rng = vals.iloc[-1] - vals.iloc[0]
-        if rng <= 0:
+        order = np.array(rows)[np.argsort(cpm[rows], kind="stable")]
+        vals = cpm[order]
+        spread = vals[-1] - vals[0]
+        if spread <= 0:
             continue
-        q_low = (vals.iloc[1] - vals.iloc[0]) / rng
-        q_high = (vals.iloc[-1] - vals.iloc[-2]) / rng
-        q, idx = (q_low, vals.index[0]) if q_low >= q_high else (q_high, vals.index[-1])
+        q_low = (vals[1] - vals[0]) / spread
+        q_high = (vals[-1] - vals[-2]) / spread
+        q, idx = (q_low, order[0]) if q_low >= q_high else (q_high, order[-1])
         if q > q_table[n]:
-            wells.loc[idx, "outlier"] = True
+            outlier[idx] = True
             if exclude:
-                wells.loc[idx, "excluded"] = True
-                wells.loc[idx, "exclusion_reason"] = (
-                    f"Dixon Q outlier (Q = {q:.3f} > {q_table[n]:.3f}, n = {n})"
-                )
-    return wells
+                excluded[idx] = True
+                reason[idx] = f"Dixon Q outlier (Q = {q:.3f} > {q_table[n]:.3f}, n = {n})"
+    return wells.assign(outlier=outlier, excluded=excluded, exclusion_reason=reason)
 
 
 def control_means(wells: pd.DataFrame) -> tuple[float, float]:
@@ -140,22 +161,24 @@ def add_lysis(wells: pd.DataFrame, s_mean: float, m_mean: float) -> pd.DataFrame
 
 def summarise(wells: pd.DataFrame) -> pd.DataFrame:
     """lysis.csv rows: one per condition (role, lot, conc, E:T) over the wells not excluded."""
-    use = wells[~wells["excluded"] & wells["cpm"].notna() & (wells["role"] != "")]
-    if use.empty:
-        return pd.DataFrame(columns=LYSIS_COLUMNS)
-    g = use.groupby(["plate", *CONDITION], dropna=False, sort=False)
-    out = g.agg(
-        n=("cpm", "size"),
-        cpm_mean=("cpm", "mean"),
-        cpm_sd=("cpm", "std"),
-        lysis_pct=("lysis_pct", "mean"),
-        lysis_sd=("lysis_pct", "std"),
-    ).reset_index()
-    out["cv_pct"] = 100.0 * out["cpm_sd"] / out["cpm_mean"]
+    wells = wells.reset_index(drop=True)
+    cpm = wells["cpm"].to_numpy(float)
+    lysis = wells["lysis_pct"].to_numpy(float)
+    plate = wells["plate"].iloc[0] if len(wells) else ""
+    rows = []
+    for (role, lot, conc, et), idx in conditions(wells).items():
+        c, ly = cpm[idx], lysis[idx]
+        n = len(idx)
+        sd = float(np.std(c, ddof=1)) if n > 1 else np.nan
+        lsd = float(np.std(ly, ddof=1)) if n > 1 else np.nan
+        mean = float(np.mean(c))
+        cv = 100.0 * sd / mean if mean > 0 else np.nan
+        rows.append((plate, role, lot, conc, et, n, mean, sd, cv, float(np.mean(ly)), lsd))
+    out = pd.DataFrame(rows, columns=LYSIS_COLUMNS)
     order = {r: i for i, r in enumerate(["spontaneous", "maximum", "background", "sample", "vehicle"])}
     out = out.sort_values(
         by=["role", "lot", "et_ratio", "conc"],
         key=lambda s: s.map(order) if s.name == "role" else s,
         na_position="first",
     )
-    return out[LYSIS_COLUMNS].reset_index(drop=True)
+    return out.reset_index(drop=True)

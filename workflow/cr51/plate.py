@@ -101,7 +101,8 @@ def ingest_plate(plate: PlateInput, config: dict, out: BatchTables) -> None:
         layout = load_layout(plate.layout, layouts_dir=config["layouts_dir"])
         export = read_export(plate.export, max_bytes=int(config["max_export_bytes"]))
         wells = join_counts(layout, export, source_file=export_name, source_sha256=export_sha)
-        wells = flag_outliers(wells, exclude=bool(config["outliers"]["exclude"]))
+        if config["outliers"].get("rule", "dixon_q") == "dixon_q":
+            wells = flag_outliers(wells, exclude=bool(config["outliers"].get("exclude", False)))
         s_mean, m_mean = control_means(wells)
         wells = add_lysis(wells, s_mean, m_mean)
         lysis = summarise(wells)

@@ -18,7 +18,7 @@ E:T ratio) into three tables:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,9 @@ POTENCY_COLUMNS: tuple[str, ...] = (
     "df",
 )  # fmt: skip
 LOTS_DIFFER_COLUMNS: tuple[str, ...] = ("plate", "f", "df1", "df2", "p")
+#: Per lot, the joint parallel fit's curve (shared slope/bottom/top/f, the lot's and the reference's e),
+#: so that the report can draw the parallel curves; added to potency.csv after its other columns.
+JOINT_COLUMNS: tuple[str, ...] = ("joint_slope", "joint_bottom", "joint_top", "joint_f", "joint_e", "joint_e_ref")
 COMBINED_COLUMNS: tuple[str, ...] = (
     "lot", "reference_lot", "n_plates", "rp", "rp_lo", "rp_hi", "homogeneity_chi2", "homogeneity_p", "method",
 )  # fmt: skip
@@ -93,11 +96,16 @@ class PotencyConfig:
 
 @dataclass(frozen=True)
 class PlateTables:
-    """The three per-plate tables (columns as in the module constants)."""
+    """The three per-plate tables (columns as in the module constants) and the joint fit's curves.
+
+    ``joint`` has a ``lot`` column and :data:`JOINT_COLUMNS`, one row per non-reference lot in a
+    converged joint parallel fit (empty otherwise).
+    """
 
     fits: pd.DataFrame
     potency: pd.DataFrame
     lots_differ: pd.DataFrame
+    joint: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["lot", *JOINT_COLUMNS]))
 
 
 @dataclass(frozen=True)
@@ -191,7 +199,7 @@ def _diff_ci(result: fitting.FitResult, param: str, lot: str, ref: str, t: float
     return float(est - half), float(est + half)
 
 
-def _similarity(data: _Points, lot: str, ref: str, cfg: PotencyConfig) -> Similarity:
+def _similarity(data: _Points, lot: str, ref: str, cfg: PotencyConfig, joint: fitting.FitResult) -> Similarity:
     """Parallel-vs-free F test and USP <1032> equivalence of ``lot`` to ``ref``.
 
     Fits the reference, the lot and the untreated wells (in the reference
@@ -202,7 +210,9 @@ def _similarity(data: _Points, lot: str, ref: str, cfg: PotencyConfig) -> Simila
     """
     x, y, g = data.select([ref, lot], ref)
     groups = (ref, lot)
-    parallel = fitting.fit_joint(x, y, g, cfg.model, fitting.PARALLEL, groups)
+    # the all-lots parallel fit is a close start for the pair's parallel fit (same optimum, fewer steps)
+    start = {name: joint.estimates[i] for i, name in enumerate(joint.names) if name.partition(":")[2] in ("", ref, lot)}
+    parallel = fitting.fit_joint(x, y, g, cfg.model, fitting.PARALLEL, groups, start)
     free = fitting.fit_joint(x, y, g, cfg.model, fitting.FREE, groups)
     nan2 = (np.nan, np.nan)
     if not free.converged:
@@ -269,7 +279,7 @@ def _lot_row(
 ) -> dict[str, Any]:
     """Potency row of one lot given a converged joint parallel fit."""
     rp = fitting.ed_ratio(joint, 50, ref, lot, cfg.ci_level)
-    sim = _similarity(data, lot, ref, cfg)
+    sim = _similarity(data, lot, ref, cfg, joint)
     notes = [sim.problem] if sim.problem else []
     if not rp.bounded:
         notes.insert(0, rp.reason)
@@ -290,7 +300,10 @@ def _lot_row(
 
 def _lots_differ_row(plate: str, data: _Points, lots: Sequence[str], joint: fitting.FitResult, cfg: PotencyConfig) -> dict[str, Any]:
     x, y, g = data.select(lots, lots[0])
-    common = fitting.fit_joint(x, y, g, cfg.model, fitting.COMMON_E, tuple(lots))
+    e_all = [joint.value("e", lot) for lot in lots]
+    start = {name: joint.estimates[i] for i, name in enumerate(joint.names) if ":" not in name}
+    start["e"] = float(np.exp(np.mean(np.log(e_all))))  # from the parallel fit: fewer steps
+    common = fitting.fit_joint(x, y, g, cfg.model, fitting.COMMON_E, tuple(lots), start)
     test = fitting.compare_fits(common, joint) if common.converged and joint.converged else None
     if test is None:
         return {"plate": plate, "f": np.nan, "df1": np.nan, "df2": np.nan, "p": np.nan}
@@ -357,7 +370,14 @@ def analyse_plate(
         return PlateTables(fits, _potency_frame(rows), empty_differ[list(LOTS_DIFFER_COLUMNS)])
     rows = [failed_rows.get(lot) or _lot_row(plate, data, lot, ref, joint, cfg) for lot in others]
     differ = pd.DataFrame([_lots_differ_row(plate, data, joint_lots, joint, cfg)], columns=list(LOTS_DIFFER_COLUMNS))
-    return PlateTables(fits, _potency_frame(rows), differ)
+    return PlateTables(fits, _potency_frame(rows), differ, _joint_curves(joint, usable, ref))
+
+
+def _joint_curves(joint: fitting.FitResult, lots: Sequence[str], ref: str) -> pd.DataFrame:
+    """The joint parallel fit's curve parameters for each of ``lots`` (see :data:`JOINT_COLUMNS`)."""
+    shared = [joint.value(p) for p in ("b", "c", "d", "f")]
+    rows = [[lot, *shared, joint.value("e", lot), joint.value("e", ref)] for lot in lots]
+    return pd.DataFrame(rows, columns=["lot", *JOINT_COLUMNS])
 
 
 def _plate_problem(data: _Points, ref: str, lots: Sequence[str], usable: Sequence[str], cfg: PotencyConfig) -> str | None:

@@ -14,12 +14,15 @@ Rules (documented for users in ``config/README.md``):
 * An export that no layout names is *pending*; a layout whose export is not there yet is
   *pending*.
 * ``README.md`` and hidden files (``.*``) are not plate data and are not listed.
+* A file whose name is not UTF-8, holds a control character, or holds ``{`` or ``}`` (which
+  Snakemake reads as a wildcard pattern: one such name would stop the whole run) is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from pathlib import Path
 
 IGNORED_NAMES = frozenset({"README.md"})
 LAYOUT_SUFFIX = ".toml"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,24 @@ def batch_of(plate: str, batch_count: int) -> str:
     """Stable batch id of a plate: depends on the plate's name only."""
     digest = hashlib.sha256(plate.encode("utf-8", "surrogateescape")).hexdigest()
     return f"b{int(digest, 16) % batch_count:03d}"
+
+
+def unusable_name(name: str) -> str | None:
+    """Why the pipeline cannot use a file named ``name`` (``None`` if it can)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8 text; rename the file"
+    if _CONTROL.search(name):
+        return "the file name holds a control character (e.g. a line break); rename the file"
+    if "{" in name or "}" in name:
+        return "the file name holds '{' or '}', which the workflow cannot use; rename the file"
+    return None
+
+
+def display_name(name: str) -> str:
+    """``name`` as printable UTF-8 text (undecodable bytes shown as ``\\xNN``)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class IncludeError(ValueError):
@@ -168,6 +190,8 @@ def scan(
         ),
         key=lambda e: e.name,
     )
+    unusable = {e.name: why for e in entries if (why := unusable_name(e.name))}
+    entries = [e for e in entries if e.name not in unusable]
     by_name = {e.name: e for e in entries}
     result.files = [str(raw / e.name) for e in entries]
 
@@ -237,6 +261,11 @@ def scan(
                 f"[meta] path '{path}' must be a file name in the same folder as the layout",
             )
             continue
+        if why := unusable_name(path):
+            statuses[e.name] = FileStatus(
+                e.name, "rejected", plate, f"[meta] path '{display_name(path)}': {why}"
+            )
+            continue
         layout_meta[e.name] = meta
 
     for layout_name, meta in layout_meta.items():
@@ -290,6 +319,8 @@ def scan(
     in_plates = {Path(p.layout).name for p in result.plates.values()} | {
         Path(p.export).name for p in result.plates.values()
     }
+    for name, why in unusable.items():
+        result.others.append(FileStatus(name, "rejected", "", why))
     for e in entries:
         if e.name in in_plates:
             continue

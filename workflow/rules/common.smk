@@ -50,17 +50,10 @@ def batch_plates(wildcards):
     ]
 
 
-def ingest_settings():
-    return {
-        "layouts_dir": config["layouts_dir"],
-        "max_export_bytes": config["max_export_bytes"],
-        "qc": config["qc"],
-        "outliers": config["outliers"],
-    }
-
-
-def fit_settings():
-    return {"fit": config["fit"], "potency": config["potency"]}
+def batch_settings():
+    """The configuration a batch job reads (a change reruns every batch)."""
+    keys = ["layouts_dir", "max_export_bytes", "qc", "outliers", "fit", "potency"]
+    return {key: config[key] for key in keys}
 
 
 def batch_tables(name):
@@ -74,6 +67,8 @@ def unassigned_files():
 
 
 def final_outputs():
+    """The run's products: the result tables and the report."""
     return [f"{RESULTS}/{name}.csv" for name in TABLES] + [
-        f"{RESULTS}/potency_combined.csv"
+        f"{RESULTS}/potency_combined.csv",
+        f"{RESULTS}/report.html",
     ]

@@ -1,0 +1,115 @@
+"""Incremental scheduled runs: a new plate reruns only its batch, done plates stay byte-identical,
+a corrected re-export replaces its plate's results and the audit log keeps the superseded sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchkit import LOTS, add_plate, audit_records, pipeline_copy, run_batch
+from cr51.scan import batch_of
+from cr51.simulate import render_export, simulate_plate
+
+pytestmark = pytest.mark.slow
+
+TABLES = ("wells", "lysis", "qc", "fits", "potency")
+
+
+def names_in_distinct_batches(n: int, batch_count: int = 4) -> list[str]:
+    names, used = [], set()
+    for i in range(100):
+        name, b = f"plate{i}", batch_of(f"plate{i}", batch_count)
+        if b not in used:
+            names.append(name)
+            used.add(b)
+        if len(names) == n:
+            return names
+    raise AssertionError("not enough batches")
+
+
+def rows_of(results: Path, plate: str) -> dict[str, list[str]]:
+    """The CSV lines of one plate in each result table (plate is the first column)."""
+    return {
+        t: [ln for ln in (results / f"{t}.csv").read_text().splitlines() if ln.startswith(f"{plate},")]
+        for t in TABLES
+    }
+
+
+def batch_mtimes(results: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (results / "batches").glob("*/files.csv")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run 1: two plates. Run 2: a third plate added. Run 3: the first plate re-exported."""
+    base = tmp_path_factory.mktemp("incremental")
+    work = pipeline_copy(base / "pipeline")
+    raw, results = base / "raw", base / "results"
+    first, second, new = names_in_distinct_batches(3)
+    add_plate(raw, first, 1)
+    add_plate(raw, second, 2)
+    out = {"names": (first, second, new), "raw": raw, "results": results}
+
+    p1 = run_batch(work, raw, results)
+    assert p1.returncode == 0, p1.stdout + p1.stderr
+    out["run1"] = dict(proc=p1, rows={n: rows_of(results, n) for n in (first, second)}, mtimes=batch_mtimes(results))
+
+    add_plate(raw, new, 3)
+    p2 = run_batch(work, raw, results)
+    assert p2.returncode == 0, p2.stdout + p2.stderr
+    out["run2"] = dict(proc=p2, rows={n: rows_of(results, n) for n in (first, second, new)}, mtimes=batch_mtimes(results))
+
+    old_sha = hashlib.sha256((raw / f"{first}.csv").read_bytes()).hexdigest()
+    corrected = simulate_plate(first, np.random.default_rng(99), lots=LOTS, donor="D01")
+    (raw / f"{first}.csv").write_bytes(render_export(corrected, "well_list"))
+    p3 = run_batch(work, raw, results)
+    assert p3.returncode == 0, p3.stdout + p3.stderr
+    out["run3"] = dict(proc=p3, rows={n: rows_of(results, n) for n in (first, second, new)}, old_sha=old_sha)
+    return out
+
+
+def test_a_new_plate_reruns_only_its_batch(runs):
+    first, second, new = runs["names"]
+    before, after = runs["run1"]["mtimes"], runs["run2"]["mtimes"]
+    assert set(after) - set(before) == {batch_of(new, 4)}
+    assert all(after[b] == before[b] for b in before)
+    assert "(1 new, 0 replaced)" in runs["run2"]["proc"].stdout
+
+
+def test_done_plates_stay_byte_identical(runs):
+    first, second, new = runs["names"]
+    for plate in (first, second):
+        assert runs["run2"]["rows"][plate] == runs["run1"]["rows"][plate]
+        assert all(runs["run1"]["rows"][plate][t] for t in ("wells", "lysis", "qc"))
+    assert runs["run2"]["rows"][new]["wells"]
+    assert runs["run3"]["rows"][second] == runs["run2"]["rows"][second]
+    assert runs["run3"]["rows"][new] == runs["run2"]["rows"][new]
+
+
+def test_a_corrected_reexport_replaces_the_plate_and_is_audited(runs):
+    first = runs["names"][0]
+    raw, results = runs["raw"], runs["results"]
+    assert runs["run3"]["rows"][first]["wells"] != runs["run2"]["rows"][first]["wells"]
+    new_sha = hashlib.sha256((raw / f"{first}.csv").read_bytes()).hexdigest()
+    assert all(new_sha in ln for ln in runs["run3"]["rows"][first]["wells"])
+    records = audit_records(results)
+    assert len(records) == 3 and [r["status"] for r in records] == ["ok"] * 3
+    assert records[-1]["replaced"] == [
+        {"file": f"{first}.csv", "plate": first, "sha256": new_sha, "superseded_sha256": runs["run3"]["old_sha"]}
+    ]
+    assert records[-1]["new"] == [] and records[-1]["removed"] == []
+    assert "(0 new, 1 replaced)" in runs["run3"]["proc"].stdout
+    written = {Path(o["path"]).name: o["sha256"] for o in records[-1]["outputs"]}
+    assert written["wells.csv"] == hashlib.sha256((results / "wells.csv").read_bytes()).hexdigest()
+
+
+def test_each_run_is_audited(runs):
+    records = audit_records(runs["results"])
+    assert [len({e["plate"] for e in r["new"]}) for r in records] == [2, 1, 0]
+    for r in records:
+        assert r["invoked_by"] == "cr51-batch" and r["snakemake_version"] and r["cr51_version"]
+        assert len(r["config_hash"]) == 64 and r["start"] <= r["end"]
+        assert r["files"]["ok"] >= 4 and r["files"]["rejected"] == 0

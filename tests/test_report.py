@@ -1,0 +1,269 @@
+"""The HTML report: structure, numbers equal to the tables, self-contained, figures, speed.
+
+Simulated plates go through the package in-process (ingest → fits → potency → plate sections →
+combination → report), as the batch and report jobs run them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cr51.batch import process_batch
+from cr51.combination import combine_plates
+from cr51.plate import PlateInput
+from cr51.qc import FLAG_TEXT
+from cr51.report import ReportInputs, build_report, fmt, plate_id, plate_sections, split_sections, write_report
+from cr51.simulate import simulate_plate, write_plate
+from cr51.svg import log_ticks, nice_ticks
+
+LAYOUTS = Path(__file__).resolve().parents[1] / "config" / "layouts"
+CONFIG = {
+    "raw_dir": "raw",
+    "layouts_dir": str(LAYOUTS),
+    "max_export_bytes": 20_000_000,
+    "qc": {"max_spontaneous_pct_of_max": 20, "max_cv_pct": 20, "max_vehicle_suppression_pct": 10},
+    "outliers": {"rule": "dixon_q", "exclude": False},
+    "fit": {"models": ["LL.4"], "et_ratio": None},
+    "potency": {"ci_level": 0.95, "alpha": 0.05, "parallelism_gate": "f_test"},
+}
+
+
+class Cells(HTMLParser):
+    """Every element's attributes and text: ``cells`` = [(data-c, text, enclosing row attrs, table)]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[tuple[str, str, dict[str, str], str]] = []
+        self.refs: list[tuple[str, str]] = []  # (tag, src/href)
+        self.ids: set[str] = set()
+        self._row: dict[str, str] = {}
+        self._table = ""
+        self._open: list[tuple[str, str]] = []
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        self.ids.add(a.get("id", ""))
+        for key in ("src", "href"):
+            if key in a:
+                self.refs.append((tag, a[key]))
+        if tag == "table":
+            self._table = a.get("data-table", a.get("class", ""))
+        if tag == "tr":
+            self._row = a
+        if "data-c" in a:
+            self._open.append((a["data-c"], tag))
+            self._text = []
+
+    def handle_endtag(self, tag):
+        if self._open and self._open[-1][1] == tag:
+            col, _ = self._open.pop()
+            self.cells.append((col, "".join(self._text), dict(self._row), self._table))
+
+    def handle_data(self, data):
+        self._text.append(data)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Five plates (one with vehicle wells and a suppressing vehicle, one failing QC, one outlier) + bad files."""
+    raw = tmp_path_factory.mktemp("raw")
+    plates = []
+    kinds = [
+        {},
+        {"outlier_well": "G2", "outlier_factor": 2.5},
+        {"layout": "vehicle", "vehicle_suppression": {"LOT-A": 0.25}},
+        {"high_spontaneous": True},
+        {"fmt": "plate_grid"},
+    ]
+    for i, kw in enumerate(kinds):
+        fmt_ = kw.pop("fmt", "well_list")
+        p = simulate_plate(f"run_{i:02d}", np.random.default_rng(10 + i), donor=f"D{i % 2}", fmt=fmt_, **kw)
+        write_plate(raw, p, fmt_)
+        plates.append(PlateInput(p.name, str(raw / f"{p.name}.toml"), str(raw / p.export_name)))
+    (raw / "bad.toml").write_text('[meta]\npath = "bad.csv"\n[well.A1]\nrole = "spontaneous"\n')
+    (raw / "bad.csv").write_text("Well,CPM\nA1,-5\n")
+    plates.append(PlateInput("bad", str(raw / "bad.toml"), str(raw / "bad.csv")))
+    out = process_batch(plates, CONFIG)
+    tables = dict(out.tables)
+    tables["files"] = pd.concat(
+        [tables["files"], pd.DataFrame([{"file": "orphan.csv", "sha256": "ab" * 32, "bytes": 5, "status": "pending",
+                                         "plate": "", "reason": "no layout names this export"}])],
+        ignore_index=True,
+    )  # fmt: skip
+    tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(tables["potency"], tables["qc"], CONFIG)
+    report = build_report(ReportInputs(tables, split_sections(out.plates_html), CONFIG, [str(LAYOUTS / "standard_96.toml")]))
+    parser = Cells()
+    parser.feed(report.html)
+    return tables, out.plates_html, report, parser
+
+
+def values(parser: Cells, table: str, key: str, col: str) -> dict[str, str]:
+    """{row's data-<key>: cell text} of column ``col`` in the tables named ``table``."""
+    return {row[f"data-{key}"]: text for c, text, row, t in parser.cells if t == table and c == col}
+
+
+def test_fmt_rounds_to_four_significant_digits():
+    assert fmt(1.152899974540516) == "1.153"
+    assert fmt(3.61089972582961e-08) == "3.611e-08"
+    assert fmt(5905.465) == "5905"
+    assert fmt(11121.6) == "11122"
+    assert fmt(float("nan")) == "–" and fmt(None) == "–"
+    assert fmt(True) == "yes"
+
+
+def test_ticks():
+    assert nice_ticks(0, 50) == [0, 10, 20, 30, 40, 50]
+    assert log_ticks(0.02, 15) == [0.03, 0.1, 0.3, 1, 3, 10]
+
+
+def test_every_plate_and_lot_is_in_the_report(run):
+    tables, _, report, parser = run
+    for plate in tables["qc"]["plate"]:
+        assert plate_id(plate) in parser.ids
+        assert f'href="#{plate_id(plate)}"' in report.html
+        assert f"plates/{plate.replace(' ', '_')}.svg" in report.figures
+    for lot in tables["potency_combined"]["lot"]:
+        assert f'data-lot="{lot}"' in report.html
+        assert f">{lot}<" in report.figures["forest.svg"]
+    assert "RP = 1: reference lot REF-001" in report.figures["forest.svg"]
+
+
+def test_combined_potency_numbers_equal_the_table(run):
+    tables, _, _, parser = run
+    for col in ("n_plates", "rp", "rp_lo", "rp_hi", "homogeneity_chi2", "homogeneity_p"):
+        shown = values(parser, "potency_combined", "lot", col)
+        expected = {r["lot"]: fmt(r[col]) for r in tables["potency_combined"].to_dict("records")}
+        assert shown == expected, col
+
+
+def test_lots_differ_numbers_equal_the_table(run):
+    tables, _, _, parser = run
+    for col in ("f", "df1", "df2", "p"):
+        shown = values(parser, "lots_differ", "plate", col)
+        assert shown == {r["plate"]: fmt(r[col]) for r in tables["lots_differ"].to_dict("records")}
+
+
+def test_plate_sections_show_qc_and_potency_numbers(run):
+    tables, html, _, _ = run
+    sections = split_sections(html)
+    assert sorted(sections) == sorted(tables["qc"]["plate"])
+    for q in tables["qc"].to_dict("records"):
+        p = Cells()
+        p.feed(sections[q["plate"]])
+        qc_cells = {c: text for c, text, _, t in p.cells if t == "qc"}
+        for col in ("spontaneous_pct_of_max", "spontaneous_cpm", "maximum_cpm", "untreated_lysis_pct",
+                    "lu20_per_1e7", "vehicle_suppression_pct"):  # fmt: skip
+            assert qc_cells[col] == fmt(q[col]), (q["plate"], col)
+        pot = tables["potency"][tables["potency"]["plate"] == q["plate"]]
+        for col in ("rp", "rp_lo", "rp_hi", "parallel_f_p", "slope_ratio", "p_holm", "vehicle_suppression_pct"):
+            shown = values(p, "potency", "lot", col)
+            assert shown == {r["lot"]: fmt(r[col]) for r in pot.to_dict("records")}, (q["plate"], col)
+
+
+def test_flags_failures_and_rejected_files_are_explained(run):
+    tables, html, report, parser = run
+    failed = tables["qc"].set_index("plate").loc["run_03"]
+    assert failed["status"] == "fail"
+    assert FLAG_TEXT["SPONTANEOUS_HIGH"] in report.html
+    assert '<td class="bad">FAIL</td>' in split_sections(html)["run_03"]
+    bad = tables["files"][tables["files"]["status"] != "ok"]
+    for r in bad.to_dict("records"):
+        assert f'data-file="{r["file"]}"' in report.html
+    assert "negative" in report.html  # the rejected export's reason, in words
+    assert "no layout names this export" in report.html
+    assert FLAG_TEXT["OUTLIER"] in split_sections(html)["run_01"]
+    assert 'class="h' in html and " o\"" in split_sections(html)["run_01"]  # outlier well marked on the map
+    vehicle = values(parser, "vehicle", "plate", "vehicle_suppression_pct")
+    assert "run_02" in vehicle and "VEHICLE_SUPPRESSION" in report.html
+
+
+def test_parallel_curves_are_drawn_from_the_joint_fit(run):
+    tables, html, _, _ = run
+    pot = tables["potency"][tables["potency"]["plate"] == "run_00"]
+    assert pot["joint_e"].notna().all() and pot["joint_slope"].nunique() == 1
+    section = split_sections(html)["run_00"]
+    curves = re.search(r'<figure class="curves">(<svg.*?</svg>)', section, re.S).group(1)
+    assert curves.count("<polyline") == len(pot) + 1  # every lot and the reference
+    assert "IVIG (mg/mL)" in curves and "% specific lysis" in curves and ">0<" in curves
+
+
+def test_report_is_self_contained(run):
+    _, _, report, parser = run
+    assert not [r for r in parser.refs if re.match(r"(https?:)?//", r[1])], parser.refs
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", report.html)
+    assert "@import" not in report.html and "url(" not in report.html
+    assert "@media print" in report.html
+    for svg_text in report.figures.values():
+        assert svg_text.startswith("<svg") and "currentColor" not in svg_text
+
+
+def test_provenance_lists_versions_config_and_hashes(run):
+    tables, _, report, _ = run
+    for r in tables["files"].to_dict("records"):
+        if isinstance(r["sha256"], str) and r["sha256"]:
+            assert r["sha256"] in report.html
+    assert "standard_96.toml" in report.html
+    assert "numpy" in report.html and "snakemake" in report.html
+    assert "max_spontaneous_pct_of_max: 20" in report.html
+
+
+def test_write_report_writes_html_and_figures(run, tmp_path):
+    _, _, report, _ = run
+    write_report(report, tmp_path / "report.html", tmp_path / "figures")
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == report.html
+    assert (tmp_path / "figures" / "forest.svg").exists()
+    assert len(list((tmp_path / "figures" / "plates").glob("*.svg"))) == 5
+
+
+def test_an_empty_run_still_has_a_report():
+    empty = {name: pd.DataFrame(columns=cols) for name, cols in {
+        "files": ["file", "sha256", "bytes", "status", "plate", "reason"],
+        "qc": ["plate", "status", "flags", "reference_lot", "date", "donor", "vehicle_suppression_pct"],
+        "potency": ["plate", "lot", "status", "parallel_f_p", "equivalent", "vehicle_suppression_pct", "vehicle_flag"],
+        "lots_differ": ["plate", "f", "df1", "df2", "p"],
+        "potency_combined": ["lot"], "potency_combined_inputs": ["plate", "lot", "rp", "rp_lo", "rp_hi", "included"],
+    }.items()}  # fmt: skip
+    report = build_report(ReportInputs(empty, {}, CONFIG))
+    assert "Run summary" in report.html and list(report.figures) == ["forest.svg"]
+
+
+def test_plate_sections_are_fast_and_small(run):
+    """Budget at scale: ≤ ~3 ms and ~25 kB per plate (1,000 plates: ~3 s, ~25 MB)."""
+    tables, _, _, _ = run
+    n = 60  # the same plates repeated under new names
+    big = {
+        name: pd.concat([tables[name].assign(plate=tables[name]["plate"] + f"#{k}") for k in range(n // 5)], ignore_index=True)
+        for name in ("wells", "lysis", "qc", "potency", "lots_differ")
+    }  # fmt: skip
+    start = time.perf_counter()
+    html = plate_sections(big, CONFIG)
+    per_plate = (time.perf_counter() - start) / n
+    assert per_plate < 0.01, f"{per_plate * 1000:.1f} ms per plate"
+    assert len(html) / n < 30_000
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_report_and_snakemake_report_works(tmp_path):
+    """A run on the shipped example plates writes report.html and figures; ``snakemake --report`` succeeds."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    smk = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--config", "raw_dir=resources/example",
+           f"results_dir={tmp_path / 'results'}", "settle_seconds=0"]  # fmt: skip
+    proc = subprocess.run(smk, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
+    assert "Run summary" in html and (tmp_path / "results" / "figures" / "forest.svg").exists()
+    out = tmp_path / "smk-report.html"
+    proc = subprocess.run([*smk, "--report", str(out)], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.stat().st_size > 0

@@ -1,0 +1,80 @@
+"""A real headless Chromium renders the report from disk (no server, no network)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cr51.batch import process_batch
+from cr51.combination import combine_plates
+from cr51.plate import PlateInput
+from cr51.report import ReportInputs, build_report, split_sections, write_report
+from cr51.simulate import simulate_plate, write_plate
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+LAYOUTS = Path(__file__).resolve().parents[1] / "config" / "layouts"
+CONFIG = {
+    "layouts_dir": str(LAYOUTS),
+    "max_export_bytes": 20_000_000,
+    "qc": {},
+    "outliers": {"rule": "dixon_q", "exclude": False},
+    "fit": {"models": ["LL.4"], "et_ratio": None},
+    "potency": {"ci_level": 0.95, "alpha": 0.05, "parallelism_gate": "f_test"},
+}
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory) -> Path:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (tools/setup-system.sh installs it as root on Debian)")
+    base = tmp_path_factory.mktemp("browser")
+    plates = []
+    for i in range(2):
+        p = simulate_plate(f"plate{i}", np.random.default_rng(i), layout="vehicle" if i else "standard")
+        write_plate(base, p, "well_list")
+        plates.append(PlateInput(p.name, str(base / f"{p.name}.toml"), str(base / p.export_name)))
+    out = process_batch(plates, CONFIG)
+    tables = dict(out.tables)
+    tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(tables["potency"], tables["qc"], CONFIG)
+    report = build_report(ReportInputs(tables, split_sections(out.plates_html), CONFIG))
+    # the first plate opened, as a reader would, so that its figures are in the screenshot
+    html = report.html.replace('<details class="plate" ', '<details open class="plate" ', 1)
+    write_report(type(report)(html, report.figures), base / "report.html", base / "figures")
+    return base / "report.html"
+
+
+def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_rendered_dom_has_the_content_and_the_script_ran(report_file, tmp_path):
+    proc = chromium("--dump-dom", report_file.as_uri(), tmp=tmp_path)
+    dom = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'id="summary"' in dom and "Run summary" in dom  # static content
+    assert 'id="expand-all"' in dom and 'id="plate-filter"' in dom  # created by the inline script
+    assert "plate0" in dom and "<svg" in dom
+
+
+def test_screenshot_is_not_blank(report_file, tmp_path):
+    png = tmp_path / "report.png"
+    proc = chromium(f"--screenshot={png}", "--window-size=1280,2000", report_file.as_uri(), tmp=tmp_path)
+    assert png.exists(), proc.stderr[-2000:]
+    grey = np.asarray(Image.open(png).convert("L"))
+    assert grey.shape == (2000, 1280)
+    ink = (grey < 200).mean()
+    assert ink > 0.02, f"only {ink:.1%} of the page is not white: blank or broken page"

@@ -1,0 +1,150 @@
+"""Benchmark the pipeline at lab scale (issue 6). Not part of the test suite: run `make bench`.
+
+Generates N plates (96 wells, 6 lots, the standard layout) with the project's simulator into a
+temporary folder, then measures on this machine:
+
+1. the full run raw -> report (every final output),
+2. one new plate added,
+3. a run with nothing new,
+
+and the peak RSS (sum over the Snakemake process tree, sampled every 20 ms). Each time is printed
+with its ratio to a baseline measured in the same run: the median wall time of a process running
+``python -c "import lmfit"``. Targets (ratios): full <= 40, one new plate <= 8, nothing new <= 3,
+peak RSS <= 1 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGETS = {"full": 40.0, "one_new": 8.0, "nothing_new": 3.0}
+RSS_LIMIT = 1 << 30
+
+
+def baseline(repeats: int = 5) -> float:
+    """Median wall time of `python -c "import lmfit"`."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import lmfit"], check=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def write_plates(raw: Path, start: int, n: int, seed: int) -> None:
+    """Write plates ``start .. start + n - 1`` (each from its own seed, so independent of n)."""
+    from cr51.simulate import simulate_plate, write_plate
+
+    for i in range(start, start + n):
+        name = f"plate{i:05d}"
+        plate = simulate_plate(name, np.random.default_rng([seed, i]), donor=f"D{i % 40:02d}")
+        write_plate(raw, plate, "well_list")
+    old = time.time() - 3600  # settled: older than settle_seconds
+    for p in raw.iterdir():
+        os.utime(p, (old, old))
+
+
+def run(raw: Path, results: Path, cores: int, extra: list[str]) -> tuple[float, int]:
+    """Wall time and peak tree RSS of one snakemake run."""
+    cmd = [
+        str(BIN / "snakemake"), "--cores", str(cores), "--quiet", "all",
+        "--config", f"raw_dir={raw}", f"results_dir={results}", *extra,
+    ]  # fmt: skip
+    peak = 0
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plates", type=int, default=1000)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--config", nargs="*", default=[], help="extra KEY=VALUE config overrides")
+    args = ap.parse_args(argv)
+
+    base = baseline()
+    tmp = Path(tempfile.mkdtemp(prefix="cr51-bench-"))
+    raw, results = tmp / "raw", tmp / "results"
+    raw.mkdir()
+    t = time.perf_counter()
+    write_plates(raw, 0, args.plates, args.seed)
+    gen = time.perf_counter() - t
+    extra = ["settle_seconds=0", *args.config]
+    figures: dict[str, object] = {
+        "plates": args.plates,
+        "cores": args.cores,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "python": platform.python_version(),
+        "baseline_s": base,
+        "generate_s": gen,
+    }
+    try:
+        full, rss_full = run(raw, results, args.cores, extra)
+        write_plates(raw, args.plates, 1, args.seed)
+        one, rss_one = run(raw, results, args.cores, extra)
+        none, rss_none = run(raw, results, args.cores, extra)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    peak = max(rss_full, rss_one, rss_none)
+    figures.update(full_s=full, one_new_s=one, nothing_new_s=none, peak_rss_bytes=peak)
+
+    print(f"machine: {figures['machine']}; Python {figures['python']}; {args.cores} cores")
+    print(f"baseline (python -c 'import lmfit', median of 5): {base:.2f} s")
+    print(f"generated {args.plates} plates in {gen:.1f} s")
+    ok = True
+    for key, wall in (("full", full), ("one_new", one), ("nothing_new", none)):
+        ratio = wall / base
+        good = ratio <= TARGETS[key]
+        ok &= good
+        print(f"{key:12s} {wall:7.1f} s  = {ratio:5.1f} x baseline  (target <= {TARGETS[key]:g} x) {'ok' if good else 'MISSED'}")
+    print(f"peak RSS     {peak / 2**20:7.0f} MiB (target <= 1024 MiB) {'ok' if peak <= RSS_LIMIT else 'MISSED'}")
+    ok &= peak <= RSS_LIMIT
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The report's figures as SVG strings: suppression curves, E:T titration, forest plot.
+
+Every lot is drawn with ``class="<lot_class(lot)>"`` and ``stroke="currentColor"``; the report's
+stylesheet gives each class its colour (:func:`lot_colours`), so a lot has the same colour in
+every figure although plates are drawn in separate batch jobs. :func:`standalone` swaps the classes
+for fixed colours in the SVG files written for slides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from . import svg
+from .fit import curve
+
+#: Okabe–Ito colours (colour-blind safe; yellow left out: unreadable on white), then two extra.
+PALETTE = ("#E69F00", "#0072B2", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#882255", "#7F7F7F")
+REFERENCE_COLOUR = "#111111"
+UNTREATED_COLOUR = "#8a8a8a"
+_CLASS_RE = re.compile(r'class="(l[0-9a-f]{8})"([^>]*)')
+
+
+def lot_class(lot: str) -> str:
+    """CSS class of a lot: ``l`` + 8 hex digits of its name's sha1 (valid, stable, name-independent)."""
+    return "l" + hashlib.sha1(str(lot).encode("utf-8")).hexdigest()[:8]
+
+
+def lot_colours(lots: Iterable[str], references: Iterable[str]) -> dict[str, str]:
+    """One colour per lot: reference lots near-black, the others the palette in name order."""
+    refs = set(references)
+    others = sorted(set(lots) - refs)
+    colours = {lot: REFERENCE_COLOUR for lot in refs}
+    colours.update({lot: PALETTE[i % len(PALETTE)] for i, lot in enumerate(others)})
+    return colours
+
+
+def standalone(figure: str, colours: Mapping[str, str]) -> str:
+    """An inline figure with every lot class replaced by its fixed colour (for an .svg file)."""
+    by_class = {lot_class(lot): c for lot, c in colours.items()}
+
+    def fixed(m: re.Match[str]) -> str:
+        colour = by_class.get(m.group(1), REFERENCE_COLOUR)
+        return m.group(2).replace("currentColor", colour)
+
+    return _CLASS_RE.sub(fixed, figure)
+
+
+def _short(label: str, n: int = 18) -> str:
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def _legend(x: float, y: float, entries: Sequence[tuple[str, str]]) -> str:
+    """Legend rows (label, stroke attributes) from (x, y) down."""
+    out = []
+    for i, (label, attrs) in enumerate(entries):
+        yy = y + 16 * i
+        out.append(svg.line(x, yy, x + 18, yy, f'{attrs} stroke-width="2.5"'))
+        out.append(svg.text(x + 24, yy + 4, _short(label)))
+    return "".join(out)
+
+
+def _y_range(values: np.ndarray) -> tuple[float, float]:
+    """A lysis axis from 0 (or below, for negative values) to a round top above the data."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 100.0
+    lo = min(0.0, math.floor(finite.min() / 10) * 10)
+    hi = max(10.0, math.ceil(finite.max() * 1.05 / 10) * 10)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class JointCurve:
+    """The joint parallel fit's curve of one lot (LL.5 parameterisation; f = 1 for LL.4)."""
+
+    lot: str
+    slope: float
+    bottom: float
+    top: float
+    f: float
+    e: float
+
+
+@dataclass(frozen=True)
+class CurvePoints:
+    """The wells of one plate that enter the fits: lot ('' for untreated), IVIG mg/mL, % lysis."""
+
+    lot: npt.NDArray[np.str_]
+    conc: npt.NDArray[np.float64]
+    lysis: npt.NDArray[np.float64]
+    et_ratio: float
+
+
+def curves_svg(points: CurvePoints, curves: Sequence[JointCurve], reference: str, title: str) -> str:
+    """Suppression curves: % specific lysis against IVIG mg/mL (log axis, dose 0 on a broken axis)."""
+    w, h = 600, 300
+    frame = svg.Frame(left=56, top=14, right=420, bottom=h - 46)
+    conc, lysis, et_ratio = points.conc, points.lysis, points.et_ratio
+    treated = points.lot != ""
+    pos = conc[treated & (conc > 0)]
+    cmin, cmax = (float(pos.min()), float(pos.max())) if pos.size else (0.01, 10.0)
+    x0, x_start = frame.left + 14, frame.left + 44  # dose 0, and where the log axis starts
+    xs = svg.Scale(cmin / 10**0.15, cmax * 10**0.15, x_start, frame.right, log=True)
+    ys = svg.Scale(*_y_range(lysis), frame.bottom, frame.top)
+    out = [svg.svg_open(w, h, title)]
+    out.append(svg.y_axis(frame, ys, svg.nice_ticks(ys.lo, ys.hi), "% specific lysis"))
+    out.append(svg.x_axis(frame, xs, svg.log_ticks(xs.lo, xs.hi), "IVIG (mg/mL)", start=x_start - 6))
+    out.append(svg.line(frame.left, frame.bottom, x0 + 8, frame.bottom))
+    out.append(svg.axis_break(x_start - 13, frame.bottom))
+    out.append(svg.line(x0, frame.bottom, x0, frame.bottom + 4) + svg.text(x0, frame.bottom + 16, "0", "middle"))
+    grid = np.logspace(math.log10(xs.lo), math.log10(xs.hi), 32)
+    lots = sorted(set(points.lot[treated].tolist()), key=lambda v: (v != reference, v))
+    by_lot = {c.lot: c for c in curves}
+    legend: list[tuple[str, str]] = []
+    for lot in lots:
+        attrs = svg.series_attrs(lot_class(lot))
+        c = by_lot.get(lot)
+        if c is not None and all(math.isfinite(v) for v in (c.slope, c.bottom, c.top, c.f, c.e)):
+            y = curve(grid, c.slope, c.bottom, c.top, c.e, c.f)
+            out.append(svg.polyline(xs(grid), ys(y), f'{attrs} stroke-width="1.8"'))
+        mine = (points.lot == lot) & (conc > 0)
+        out.append(svg.dots(xs(conc[mine]), ys(lysis[mine]), 5.5, f'{attrs} opacity="0.85"'))
+        legend.append((f"{lot} (ref.)" if lot == reference else lot, attrs))
+    if curves:
+        top = curves[0].top
+        out.append(svg.line(x0 - 8, ys.at(top), x0 + 8, ys.at(top), 'stroke="#555" stroke-dasharray="3 2"'))
+    untreated = ~treated
+    out.append(svg.dots(np.full(untreated.sum(), x0), ys(lysis[untreated]), 5.5, f'stroke="{UNTREATED_COLOUR}"'))
+    legend.append(("untreated (dose 0)", f'stroke="{UNTREATED_COLOUR}"'))
+    out.append(_legend(frame.right + 22, frame.top + 8, legend))
+    out.append(svg.text(frame.right + 22, frame.top + 8 + 16 * len(legend) + 6, f"E:T {et_ratio:g}:1", extra=' fill="#555"'))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def titration_svg(et: np.ndarray, lysis: np.ndarray, lu_a: float, lu_k: float, title: str) -> str:
+    """Untreated E:T titration: per-well % specific lysis and the fit y = A(1 − e^(−k·E:T))."""
+    w, h = 330, 300
+    frame = svg.Frame(left=56, top=14, right=w - 14, bottom=h - 46)
+    fitted = math.isfinite(lu_a) and math.isfinite(lu_k)
+    xmax = float(et.max()) * 1.08 if et.size else 50.0
+    ys = svg.Scale(*_y_range(np.append(lysis, lu_a if fitted else np.nan)), frame.bottom, frame.top)
+    xs = svg.Scale(0.0, xmax, frame.left, frame.right)
+    out = [svg.svg_open(w, h, title)]
+    out.append(svg.y_axis(frame, ys, svg.nice_ticks(ys.lo, ys.hi), "% specific lysis"))
+    out.append(svg.x_axis(frame, xs, svg.nice_ticks(0.0, xmax, 5), "E:T (effectors per target)"))
+    if ys.lo <= 20 <= ys.hi:
+        y20 = ys.at(20)
+        out.append(svg.line(frame.left, y20, frame.right, y20, 'stroke="#999" stroke-dasharray="4 3"'))
+        out.append(svg.text(frame.right - 2, y20 - 4, "20 % (LU20)", "end", ' fill="#666"'))
+    if fitted:
+        grid = np.linspace(0.0, xmax, 25)
+        y = lu_a * (1.0 - np.exp(-lu_k * grid))
+        out.append(svg.polyline(xs(grid), ys(y), 'stroke="#111" stroke-width="1.8"'))
+        label = f"A = {lu_a:.4g} %, k = {lu_k:.4g}"
+    else:
+        label = "no fit"
+    out.append(svg.dots(xs(et), ys(lysis), 5.5, f'stroke="{UNTREATED_COLOUR}"'))
+    out.append(svg.text(frame.left + 8, frame.top + 12, label, extra=' fill="#333"'))
+    out.append("</svg>")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class ForestRow:
+    """One estimate of the forest plot: a plate's RP (or the combined RP) with its CI."""
+
+    label: str
+    rp: float
+    lo: float
+    hi: float
+    included: bool = True
+
+
+@dataclass(frozen=True)
+class ForestGroup:
+    """A lot's block: its plates' estimates and its combined estimate (None without one)."""
+
+    lot: str
+    plates: Sequence[ForestRow]
+    combined: ForestRow | None
+
+
+#: Up to this many plates per lot each get a labelled row; more are overlaid in one band.
+FOREST_LABELLED_ROWS = 12
+
+
+def _forest_range(groups: Sequence[ForestGroup]) -> tuple[float, float]:
+    vals = [1.0]
+    for g in groups:
+        for r in [*g.plates, *([g.combined] if g.combined else [])]:
+            vals += [v for v in (r.lo, r.hi, r.rp) if math.isfinite(v) and v > 0]
+    lo, hi = max(min(vals), 1 / 64), min(max(vals), 64.0)
+    return lo / 1.15, hi * 1.15
+
+
+def forest_svg(groups: Sequence[ForestGroup], references: Sequence[str], ci_level: float) -> str:
+    """Forest plot: per lot, each plate's RP with its CI, then the combined RP (diamond) and CI."""
+    row_h, w = 15, 780
+    heights = [
+        row_h * (len(g.plates) if len(g.plates) <= FOREST_LABELLED_ROWS else 4) + row_h + 30 for g in groups
+    ]
+    top = 40
+    h = top + sum(heights) + 50
+    frame = svg.Frame(left=170, top=top, right=590, bottom=h - 46)
+    xs = svg.Scale(*_forest_range(groups), frame.left, frame.right, log=True)
+    ref_text = ", ".join(references) if references else "the reference lot"
+    out = [svg.svg_open(w, h, f"Relative potency per lot and plate vs {ref_text}")]
+    out.append(svg.x_axis(frame, xs, svg.log_ticks(xs.lo, xs.hi), "Relative potency (IC50 reference / IC50 lot), log scale"))
+    x1 = xs.at(1.0)
+    out.append(svg.line(x1, frame.top - 8, x1, frame.bottom, 'stroke="#444" stroke-dasharray="5 3"'))
+    out.append(svg.text(x1, frame.top - 14, f"RP = 1: reference lot {ref_text}", "middle", ' font-weight="600"'))
+    out.append(svg.text(frame.right + 12, frame.top - 14, f"RP ({ci_level:.0%} CI)", extra=' font-weight="600"'))
+    y = frame.top + 8
+    for g, gh in zip(groups, heights):
+        out.append(_forest_group(g, xs, frame, y, row_h))
+        y += gh
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _ci_text(r: ForestRow) -> str:
+    return f"{r.rp:.4g} ({r.lo:.4g}–{r.hi:.4g})"
+
+
+def _clip(xs: svg.Scale, v: float) -> float:
+    return xs.at(min(max(v, xs.lo), xs.hi)) if math.isfinite(v) and v > 0 else math.nan
+
+
+def _forest_group(g: ForestGroup, xs: svg.Scale, frame: svg.Frame, y: float, row_h: int) -> str:
+    attrs = svg.series_attrs(lot_class(g.lot))
+    out = [svg.text(8, y + 4, _short(g.lot, 24), extra=' font-weight="700"')]
+    y += row_h
+    labelled = len(g.plates) <= FOREST_LABELLED_ROWS
+    for i, r in enumerate(g.plates):
+        yy = y + (i * row_h if labelled else (i % 40) * (3 * row_h / 40))
+        style = f'{attrs} stroke-width="1.5"' + ("" if r.included else ' stroke-dasharray="2 2" opacity="0.6"')
+        if not labelled:
+            style += ' opacity="0.35"'
+        out.append(svg.line(_clip(xs, r.lo), yy, _clip(xs, r.hi), yy, style))
+        out.append(svg.dots([_clip(xs, r.rp)], [yy], 5, style))
+        if labelled:
+            out.append(svg.text(20, yy + 4, _short(r.label, 22) + ("" if r.included else " (not combined)"), extra=' fill="#444"'))
+            out.append(svg.text(frame.right + 12, yy + 4, _ci_text(r), extra=' fill="#444"'))
+    y += (len(g.plates) if labelled else 4) * row_h
+    if not labelled:
+        out.append(svg.text(20, y - 2 * row_h + 4, f"{len(g.plates)} plates (overlaid)", extra=' fill="#444"'))
+    c = g.combined
+    if c is not None and math.isfinite(c.rp):
+        lo, mid, hi = _clip(xs, c.lo), _clip(xs, c.rp), _clip(xs, c.hi)
+        pts = f"{svg.num(lo)},{svg.num(y)} {svg.num(mid)},{svg.num(y - 6)} {svg.num(hi)},{svg.num(y)} {svg.num(mid)},{svg.num(y + 6)}"
+        fill = attrs.replace('stroke="currentColor"', 'stroke="currentColor" fill="currentColor"')
+        out.append(f'<polygon points="{pts}" {fill} fill-opacity="0.35" stroke-width="1.5"/>')
+        out.append(svg.text(20, y + 4, c.label, extra=' font-weight="700"'))
+        out.append(svg.text(frame.right + 12, y + 4, _ci_text(c), extra=' font-weight="700"'))
+    else:
+        out.append(svg.text(20, y + 4, "combined: no valid plates", extra=' fill="#a00"'))
+    return "".join(out)

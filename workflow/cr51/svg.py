@@ -1,0 +1,168 @@
+"""Hand-written SVG for the report's figures: scales, axes, ticks, lines, dots, text.
+
+Figures are built as strings (no matplotlib: a figure costs well under a millisecond here, and
+the report draws several per plate). Coordinates are rounded to 0.1 px to keep files small.
+Colours are either CSS colours or ``currentColor`` with a class (see :func:`series_attrs`), so the
+HTML report can set one colour per lot in its stylesheet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+
+import numpy as np
+import numpy.typing as npt
+
+FONT = "font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif"
+
+
+def esc(text: object) -> str:
+    """Text escaped for an SVG/HTML text node or attribute value."""
+    return escape(str(text), quote=True)
+
+
+def num(v: float) -> str:
+    """A coordinate with at most one decimal, without a trailing ``.0``."""
+    s = f"{v:.1f}"
+    return s[:-2] if s.endswith(".0") else s
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Maps data values on [lo, hi] (log10 of them when ``log``) onto pixels [p0, p1]."""
+
+    lo: float
+    hi: float
+    p0: float
+    p1: float
+    log: bool = False
+
+    def __call__(self, v: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Pixel positions of data values (vectorised)."""
+        x = np.asarray(v, dtype=float)
+        if self.log:
+            x = np.log10(x)
+        lo, hi = (math.log10(self.lo), math.log10(self.hi)) if self.log else (self.lo, self.hi)
+        return self.p0 + (x - lo) / (hi - lo) * (self.p1 - self.p0)
+
+    def at(self, v: float) -> float:
+        """Pixel position of one value."""
+        return float(self(v))
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values (1, 2, 5 × 10^k steps) covering [lo, hi]."""
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values 1, 3 × 10^k (or powers of ten only over more than three decades) in [lo, hi]."""
+    ticks = []
+    mantissas = (1.0,) if math.log10(hi / lo) > 3 else (1.0, 3.0)
+    for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        values = (float(f"{m * 10.0**k:.12g}") for m in mantissas)
+        ticks += [v for v in values if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
+    return ticks
+
+
+def tick_label(v: float) -> str:
+    """Short tick text: 0.03, 0.1, 1, 10, 1e+04."""
+    return f"{v:g}"
+
+
+def svg_open(width: int, height: int, title: str, attrs: str = "") -> str:
+    """Opening ``<svg>`` tag with a viewBox (scales with the page) and an accessible title."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" style="{FONT};font-size:11px"{attrs}><title>{esc(title)}</title>'
+    )
+
+
+def text(x: float, y: float, s: str, anchor: str = "start", extra: str = "") -> str:
+    """A text label at (x, y); ``anchor`` is start, middle or end."""
+    a = "" if anchor == "start" else f' text-anchor="{anchor}"'
+    return f'<text x="{num(x)}" y="{num(y)}"{a}{extra}>{esc(s)}</text>'
+
+
+def line(x1: float, y1: float, x2: float, y2: float, attrs: str = 'stroke="#222"') -> str:
+    """A straight line."""
+    return f'<line x1="{num(x1)}" y1="{num(y1)}" x2="{num(x2)}" y2="{num(y2)}" {attrs}/>'
+
+
+def rect(x: float, y: float, w: float, h: float, attrs: str) -> str:
+    """A rectangle."""
+    return f'<rect x="{num(x)}" y="{num(y)}" width="{num(w)}" height="{num(h)}" {attrs}/>'
+
+
+def path_points(xs: Iterable[float], ys: Iterable[float]) -> str:
+    """``x,y x,y …`` for a polyline."""
+    return " ".join(f"{num(x)},{num(y)}" for x, y in zip(xs, ys))
+
+
+def polyline(xs: Sequence[float], ys: Sequence[float], attrs: str) -> str:
+    """An open polyline through the points (NaN points are dropped)."""
+    pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    return f'<polyline fill="none" points="{path_points(*zip(*pts))}" {attrs}/>' if pts else ""
+
+
+def dots(xs: Sequence[float], ys: Sequence[float], size: float, attrs: str) -> str:
+    """Round dots of diameter ``size`` as one path (zero-length segments with round caps: small files)."""
+    d = "".join(f"M{num(x)} {num(y)}h0" for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y))
+    return f'<path d="{d}" stroke-width="{size}" stroke-linecap="round" {attrs}/>' if d else ""
+
+
+def series_attrs(css_class: str | None, colour: str = "#222") -> str:
+    """Stroke attributes of a data series: a class whose CSS ``color`` is the series colour, or a fixed colour."""
+    return f'class="{css_class}" stroke="currentColor"' if css_class else f'stroke="{colour}"'
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The plotting area of a figure, in pixels."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+def y_axis(frame: Frame, ys: Scale, ticks: Sequence[float], label: str) -> str:
+    """Left axis with ticks, light horizontal grid lines and a rotated label."""
+    out = [line(frame.left, frame.top, frame.left, frame.bottom)]
+    for t in ticks:
+        y = ys.at(t)
+        out.append(line(frame.left, y, frame.right, y, 'stroke="#e4e4e4"'))
+        out.append(line(frame.left - 4, y, frame.left, y))
+        out.append(text(frame.left - 6, y + 4, tick_label(t), "end"))
+    mid = (frame.top + frame.bottom) / 2
+    out.append(
+        f'<text transform="translate({num(frame.left - 38)},{num(mid)}) rotate(-90)" '
+        f'text-anchor="middle">{esc(label)}</text>'
+    )
+    return "".join(out)
+
+
+def x_axis(frame: Frame, xs: Scale, ticks: Sequence[float], label: str, start: float | None = None) -> str:
+    """Bottom axis (from ``start`` px, default the frame's left) with ticks and a centred label."""
+    x0 = frame.left if start is None else start
+    out = [line(x0, frame.bottom, frame.right, frame.bottom)]
+    for t in ticks:
+        x = xs.at(t)
+        out.append(line(x, frame.bottom, x, frame.bottom + 4))
+        out.append(text(x, frame.bottom + 16, tick_label(t), "middle"))
+    out.append(text((x0 + frame.right) / 2, frame.bottom + 32, label, "middle"))
+    return "".join(out)
+
+
+def axis_break(x: float, y: float) -> str:
+    """The ``//`` mark of a broken axis at (x, y)."""
+    return "".join(line(x + dx - 3, y + 5, x + dx + 3, y - 5) for dx in (-2.5, 2.5))

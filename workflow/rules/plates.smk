@@ -1,0 +1,23 @@
+# One job per batch of plates: raw files -> wells -> lysis -> QC -> fits -> potency -> report sections.
+# Plates are batched (not one job per plate) because every job pays ~1.5 s of Python start-up;
+# a plate's batch depends only on its name, so a new plate reruns only its batch.
+
+
+rule process_batch:
+    input:
+        unpack(batch_files),
+    output:
+        **{name: f"{RESULTS}/batches/{{batch}}/{name}.csv" for name in TABLES},
+        plates=f"{RESULTS}/batches/{{batch}}/plates.html",
+    log:
+        f"{RESULTS}/logs/batches/{{batch}}.log",
+    conda:
+        "../envs/cr51.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        plates=batch_plates,
+        settings=batch_settings(),
+    script:
+        "../scripts/process_batch.py"
