@@ -34,3 +34,9 @@ clean-results:
 .PHONY: batch
 batch: $(STAMP)
 	$(BIN)/cr51-batch --cores $(CORES)
+
+# Benchmark (not part of the tests): 1,000 simulated plates, times as ratios to `python -c "import lmfit"`.
+# PLATES=10000 for the scaling check. Figures and profile: docs/benchmarks.md
+PLATES ?= 1000
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py --plates $(PLATES) --cores $(CORES)

@@ -14,7 +14,6 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/plates.smk"
 include: "workflow/rules/collect.smk"
-include: "workflow/rules/report.smk"
 include: "workflow/rules/audit.smk"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
@@ -235,12 +234,17 @@ def test_f_test_by_hand() -> None:
     assert test.p == pytest.approx(1.2**-5, rel=1e-12)  # F(2, n) tail: (1 + 2F/n)^(-n/2)
 
 
-def test_ll4_fit_time(ryegrass: fit.FitResult) -> None:
-    d = pd.read_csv(DATA / "ryegrass.csv")
-    x, y = d["conc"].to_numpy(float), d["rootl"].to_numpy(float)
-    start = time.perf_counter()
-    for _ in range(50):
-        fit.fit_curve(x, y)
-    per_fit = (time.perf_counter() - start) / 50
-    print(f"LL.4 fit: {per_fit * 1e3:.2f} ms")
-    assert per_fit < 0.01  # generous CI bound; target is <= 3 ms
+def test_free_model_split_equals_joint_optimisation() -> None:
+    """The FREE model is fitted group by group (its RSS separates); the result must equal the
+    unsplit joint optimisation of the same design: estimates, RSS and drc covariance."""
+    data = np.genfromtxt(DATA / "S.alba.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    x, y, g = data["Dose"].astype(float), data["DryMatter"].astype(float), data["Herbicide"].astype(str)
+    split = fit.fit_joint(x, y, g, "LL.4", fit.FREE)
+    design = fit._build_design(x, g, fit.MODELS["LL.4"], fit.FREE & set(fit.MODELS["LL.4"].params), split.groups)
+    joint = fit._optimise(design, x, y, g, split.per_group)
+    assert split.names == joint.names
+    # the free S.alba model has a flat direction (see the EDcomp note above): two optimisers stop
+    # ~1e-5 apart in the parameters while agreeing on the RSS to 1e-9
+    np.testing.assert_allclose(split.estimates, joint.estimates, rtol=1e-4)
+    assert split.rss == pytest.approx(joint.rss, rel=1e-9)
+    np.testing.assert_allclose(split.vcov, joint.vcov, rtol=2e-2, atol=1e-9)

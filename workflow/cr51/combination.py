@@ -24,6 +24,10 @@ def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, a
         return "plate failed QC" if qc_status == "fail" else "plate has no QC result"
     if row["status"] != "ok":
         return f"no relative potency: {row['reason']}"
+    lo, hi = (float(row[k]) if pd.notna(row[k]) else np.nan for k in ("rp_lo", "rp_hi"))
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
+        # Ph. Eur. 5.3 combines log potencies: an interval reaching 0 has no log-scale width
+        return "relative-potency interval not bounded above zero: too imprecise to combine"
     p = float(row["parallel_f_p"]) if pd.notna(row["parallel_f_p"]) else np.nan
     f_ok = bool(p >= alpha)
     eq_ok = bool(row["equivalent"] is True or str(row["equivalent"]).lower() == "true")

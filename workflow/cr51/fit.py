@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-import lmfit
+from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
-from scipy import special, stats
+from scipy import special
+
+if TYPE_CHECKING:  # lmfit is imported where a fit runs: the curve maths alone stays light
+    import lmfit
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -357,7 +360,7 @@ class FitResult:
 
     def t_quantile(self, level: float = 0.95) -> float:
         """Two-sided t quantile on the residual df."""
-        return float(stats.t.ppf(0.5 + level / 2.0, self.df)) if self.df > 0 else np.nan
+        return float(special.stdtrit(self.df, 0.5 + level / 2.0)) if self.df > 0 else np.nan
 
     def index(self, param: str, group: str | None = None) -> int | None:
         """Position of a curve parameter (for ``group``); None if fixed."""
@@ -455,6 +458,8 @@ def _make_params(design: _Design, start: FloatArray) -> lmfit.Parameters:
     lx_pos = design.lx[np.isfinite(design.lx)]
     margin = E_DECADES * np.log(10.0)
     bounds = {"b": (-B_BOUND, B_BOUND), "e": (lx_pos.min() - margin, lx_pos.max() + margin), "f": F_BOUNDS}
+    import lmfit
+
     params = lmfit.Parameters()
     for i, name in enumerate(design.names):
         lo, hi = bounds.get(name.split(":")[0], (-np.inf, np.inf))
@@ -629,6 +634,8 @@ def _optimise(
 
     start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)
+    import lmfit
+
     minimizer = lmfit.Minimizer(residual, params, calc_covar=False)
     out = minimizer.minimize(method="leastsq", Dfun=jacobian)
     theta = design.to_reported(_values(out.params))
@@ -726,7 +733,7 @@ def fieller_ratio(
     ``(v11 - 2 r v12 + r^2 v22) / mu_b^2`` with ``r = mu_a / mu_b``; its CI is
     ``r +/- t SE``.
     """
-    t = float(stats.t.ppf(0.5 + level / 2.0, df)) if df > 0 else np.nan
+    t = float(special.stdtrit(df, 0.5 + level / 2.0)) if df > 0 else np.nan
     q = t * t
     ratio = mu_a / mu_b if mu_b != 0 else np.nan
     se = float(np.sqrt(max(v11 - 2 * ratio * v12 + ratio**2 * v22, 0.0)) / abs(mu_b)) if mu_b != 0 else np.nan
@@ -769,7 +776,7 @@ def f_test(rss_reduced: float, df_reduced: int, rss_full: float, df_full: int) -
     if df1 <= 0 or df_full <= 0 or not np.isfinite(rss_reduced) or not np.isfinite(rss_full) or rss_full <= 0:
         return FTest(np.nan, df1, df_full, np.nan)
     f = max((rss_reduced - rss_full) / df1, 0.0) / (rss_full / df_full)
-    return FTest(float(f), df1, df_full, float(stats.f.sf(f, df1, df_full)))
+    return FTest(float(f), df1, df_full, float(special.fdtrc(df1, df_full, f)))
 
 
 def compare_fits(reduced: FitResult, full: FitResult) -> FTest:

@@ -41,6 +41,7 @@ class PlateInput:
     name: str
     layout: str
     export: str
+    includes: tuple[str, ...] = ()  # layout templates the layout includes (for the plate cache key)
 
 
 @dataclass

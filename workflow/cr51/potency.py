@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from cr51 import fit as fitting
 
@@ -259,7 +259,7 @@ def log_ed50_wald_p(joint: fitting.FitResult, lot: str, ref: str) -> float:
     grad = np.array([1.0 / est[0], -1.0 / est[1]])
     se = float(np.sqrt(grad @ cov @ grad))
     t = float(np.log(est[0] / est[1]) / se)
-    return float(2.0 * stats.t.sf(abs(t), joint.df))
+    return float(2.0 * special.stdtr(joint.df, -abs(t)))
 
 
 def _usable(data: _Points, lot: str, cfg: PotencyConfig) -> bool:
@@ -448,18 +448,18 @@ def combine_lot(
     lo, hi, dfs = (np.asarray(a, dtype=float) for a in (rp_lo, rp_hi, df))
     if m.size == 1:
         return Combined(1, float(np.exp(m[0])), float(lo[0]), float(hi[0]), np.nan, np.nan, "single plate")
-    t_i = stats.t.ppf(0.5 + level / 2.0, dfs)
+    t_i = special.stdtrit(dfs, 0.5 + level / 2.0)
     w = 4.0 * t_i**2 / (np.log(hi) - np.log(lo)) ** 2
     mbar = float(np.sum(w * m) / np.sum(w))
     chi2 = float(np.sum(w * (m - mbar) ** 2))
-    p = float(stats.chi2.sf(chi2, m.size - 1))
+    p = float(special.chdtrc(m.size - 1, chi2))
     if p >= homogeneity_alpha:
         centre, weights, df_t, method = mbar, w, float(np.sum(dfs)), "weighted"
     else:
         s2 = max(float(np.sum((m - mbar) ** 2) / (m.size - 1) - np.mean(1.0 / w)), 0.0)
         weights = 1.0 / (1.0 / w + s2)
         centre, df_t, method = float(np.sum(weights * m) / np.sum(weights)), float(m.size - 1), "semi-weighted"
-    half = float(stats.t.ppf(0.5 + level / 2.0, df_t)) * np.sqrt(1.0 / np.sum(weights))
+    half = float(special.stdtrit(df_t, 0.5 + level / 2.0)) * np.sqrt(1.0 / np.sum(weights))
     return Combined(m.size, float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half)), chi2, p, method)
 
 

@@ -132,16 +132,21 @@ def check_include_name(name: str) -> None:
 
 
 def resolve_includes(
-    layout: Path, search_dirs: list[Path], _seen: frozenset[Path] = frozenset()
+    layout: Path,
+    search_dirs: list[Path],
+    _seen: frozenset[Path] = frozenset(),
+    meta: dict | None = None,
 ) -> list[Path]:
     """Resolve a layout's includes (recursively) to template paths.
 
     Each include must be a bare file name; it is looked for in ``search_dirs`` in order.
+    ``meta`` is the layout's ``[meta]`` table when the caller has already parsed it.
     Raises :class:`IncludeError` for a disallowed name, a missing template or a cycle,
     and :class:`tomllib.TOMLDecodeError` for a template that is not TOML.
     """
-    with open(layout, "rb") as fh:
-        meta = tomllib.load(fh).get("meta", {})
+    if meta is None:
+        with open(layout, "rb") as fh:
+            meta = tomllib.load(fh).get("meta", {})
     found: list[Path] = []
     for name in _include_names(meta):
         check_include_name(name)
@@ -232,7 +237,7 @@ def scan(
         if isinstance(path, str) and path:
             claimed.setdefault(path, []).append(e.name)
         try:
-            incs = resolve_includes(Path(e.path), search_dirs)
+            incs = resolve_includes(Path(e.path), search_dirs, meta=meta)
         except (IncludeError, OSError) as err:
             statuses[e.name] = FileStatus(e.name, "rejected", plate, str(err))
             continue

@@ -1,12 +1,16 @@
-# Aggregation: cheap, so on a cluster it runs on the submitting host.
+# The run's products from the batch tables, in one job (each job costs ~1 s of start-up):
+# the result tables, the combination of plates per lot (Ph. Eur. 5.3), and the report a lab
+# reads (report.html, self-contained, + SVG figures for slides; the plate sections were drawn
+# by the batch jobs and are only assembled here). Cheap: on a cluster it runs on the submitting host.
 localrules:
     collect,
-    combine,
 
 
 rule collect:
     input:
         **{name: batch_tables(name) for name in TABLES},
+        sections=batch_tables("plates", ext="html"),
+        templates=report_templates(),
         raw=SCAN.files,
     output:
         **{
@@ -17,6 +21,27 @@ rule collect:
             )
             for name in TABLES
         },
+        combined=report(
+            f"{RESULTS}/potency_combined.csv",
+            category="Tables",
+            caption="../report/potency_combined.rst",
+        ),
+        combined_inputs=report(
+            f"{RESULTS}/potency_combined_inputs.csv",
+            category="Tables",
+            caption="../report/potency_combined_inputs.rst",
+        ),
+        html=report(
+            f"{RESULTS}/report.html",
+            category="Report",
+            caption="../report/report_html.rst",
+        ),
+        forest=report(
+            f"{RESULTS}/figures/forest.svg",
+            category="Potency",
+            caption="../report/forest.rst",
+        ),
+        plates=directory(f"{RESULTS}/figures/plates"),
     log:
         f"{RESULTS}/logs/collect.log",
     conda:
@@ -28,33 +53,8 @@ rule collect:
         others=unassigned_files(),
         raw_dir=config["raw_dir"],
         max_export_bytes=config["max_export_bytes"],
+        settings=batch_settings(),
+        tables=TABLES,
+        config=config,
     script:
         "../scripts/collect.py"
-
-
-rule combine:
-    input:
-        potency=f"{RESULTS}/potency.csv",
-        qc=f"{RESULTS}/qc.csv",
-    output:
-        combined=report(
-            f"{RESULTS}/potency_combined.csv",
-            category="Tables",
-            caption="../report/potency_combined.rst",
-        ),
-        inputs=report(
-            f"{RESULTS}/potency_combined_inputs.csv",
-            category="Tables",
-            caption="../report/potency_combined_inputs.rst",
-        ),
-    log:
-        f"{RESULTS}/logs/combine.log",
-    conda:
-        "../envs/cr51.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=15,
-    params:
-        settings=batch_settings(),
-    script:
-        "../scripts/combine.py"

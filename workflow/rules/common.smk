@@ -45,7 +45,7 @@ def batch_files(wildcards):
 def batch_plates(wildcards):
     """The plates of one batch, for the batch script (names are data, never shell)."""
     return [
-        {"name": p.name, "layout": p.layout, "export": p.export}
+        {"name": p.name, "layout": p.layout, "export": p.export, "includes": p.includes}
         for p in SCAN.plates_in(wildcards.batch)
     ]
 
@@ -56,9 +56,14 @@ def batch_settings():
     return {key: config[key] for key in keys}
 
 
-def batch_tables(name):
-    """One table of every batch that holds plates."""
-    return expand(f"{RESULTS}/batches/{{batch}}/{name}.csv", batch=BATCHES)
+def batch_tables(name, ext="csv"):
+    """One output of every batch that holds plates."""
+    return expand(f"{RESULTS}/batches/{{batch}}/{name}.{ext}", batch=BATCHES)
+
+
+def report_templates():
+    """Layout templates the accepted plates include (their sha256 goes into the report)."""
+    return sorted({i for p in SCAN.plates.values() for i in p.includes})
 
 
 def unassigned_files():

@@ -19,5 +19,6 @@ rule process_batch:
     params:
         plates=batch_plates,
         settings=batch_settings(),
+        cache=lambda wildcards: f"{RESULTS}/cache/{wildcards.batch}",
     script:
         "../scripts/process_batch.py"
