@@ -4,6 +4,7 @@ a corrected re-export replaces its plate's results and the audit log keeps the s
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,25 @@ def runs(tmp_path_factory):
     p3 = run_batch(work, raw, results)
     assert p3.returncode == 0, p3.stdout + p3.stderr
     out["run3"] = dict(proc=p3, rows={n: rows_of(results, n) for n in (first, second, new)}, old_sha=old_sha)
+
+    # run 4: the second plate re-exported with its old modification time kept (cp -p, rsync -t)
+    export = raw / f"{second}.csv"
+    st = export.stat()
+    corrected = simulate_plate(second, np.random.default_rng(98), lots=LOTS, donor="D02")
+    export.write_bytes(render_export(corrected, "well_list"))
+    os.utime(export, ns=(st.st_atime_ns, st.st_mtime_ns))
+    p4 = run_batch(work, raw, results)
+    assert p4.returncode == 0, p4.stdout + p4.stderr
+    out["run4"] = dict(proc=p4, rows={n: rows_of(results, n) for n in (first, second, new)})
     return out
+
+
+def test_a_reexport_with_an_old_mtime_is_still_seen(runs):
+    first, second, new = runs["names"]
+    sha = hashlib.sha256((runs["raw"] / f"{second}.csv").read_bytes()).hexdigest()
+    assert runs["run4"]["rows"][second]["wells"] != runs["run3"]["rows"][second]["wells"]
+    assert all(sha in ln for ln in runs["run4"]["rows"][second]["wells"])
+    assert runs["run4"]["rows"][first] == runs["run3"]["rows"][first]
 
 
 def test_a_new_plate_reruns_only_its_batch(runs):
@@ -96,19 +115,21 @@ def test_a_corrected_reexport_replaces_the_plate_and_is_audited(runs):
     new_sha = hashlib.sha256((raw / f"{first}.csv").read_bytes()).hexdigest()
     assert all(new_sha in ln for ln in runs["run3"]["rows"][first]["wells"])
     records = audit_records(results)
-    assert len(records) == 3 and [r["status"] for r in records] == ["ok"] * 3
-    assert records[-1]["replaced"] == [
+    assert len(records) == 4 and [r["status"] for r in records] == ["ok"] * 4
+    run3 = records[2]
+    assert run3["replaced"] == [
         {"file": f"{first}.csv", "plate": first, "sha256": new_sha, "superseded_sha256": runs["run3"]["old_sha"]}
     ]
-    assert records[-1]["new"] == [] and records[-1]["removed"] == []
+    assert run3["new"] == [] and run3["removed"] == []
     assert "(0 new, 1 replaced)" in runs["run3"]["proc"].stdout
+    assert "(0 new, 1 replaced)" in runs["run4"]["proc"].stdout
     written = {Path(o["path"]).name: o["sha256"] for o in records[-1]["outputs"]}
     assert written["wells.csv"] == hashlib.sha256((results / "wells.csv").read_bytes()).hexdigest()
 
 
 def test_each_run_is_audited(runs):
     records = audit_records(runs["results"])
-    assert [len({e["plate"] for e in r["new"]}) for r in records] == [2, 1, 0]
+    assert [len({e["plate"] for e in r["new"]}) for r in records] == [2, 1, 0, 0]
     for r in records:
         assert r["invoked_by"] == "cr51-batch" and r["snakemake_version"] and r["cr51_version"]
         assert len(r["config_hash"]) == 64 and r["start"] <= r["end"]

@@ -25,7 +25,7 @@ import os
 import re
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 IGNORED_NAMES = frozenset({"README.md"})
@@ -52,6 +52,7 @@ class PlateFiles:
     export: str  # path of the counter export
     includes: tuple[str, ...]  # resolved paths of included templates
     batch: str
+    digest: str = ""  # sha256 of the plate's file contents (see content_digest)
 
 
 @dataclass
@@ -96,6 +97,24 @@ def unusable_name(name: str) -> str | None:
 def display_name(name: str) -> str:
     """``name`` as printable UTF-8 text (undecodable bytes shown as ``\\xNN``)."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def content_digest(paths: list[str], max_bytes: int) -> str:
+    """sha256 of the files' sizes and bytes (a file over ``max_bytes``: its size and mtime only).
+
+    Given to the plate's batch job as a parameter, so that new content reruns the batch even when
+    the file's modification time did not move (a re-export copied with ``cp -p`` or ``rsync -t``).
+    """
+    h = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{path}\n{st.st_size}\n".encode("utf-8", "surrogateescape"))
+        if st.st_size <= max_bytes:
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.hexdigest()
 
 
 class IncludeError(ValueError):
@@ -178,6 +197,7 @@ def scan(
     batch_count: int,
     settle_seconds: float,
     now: float | None = None,
+    max_bytes: int = 20_000_000,
 ) -> Scan:
     """Classify the files of the drop folder ``raw_dir`` (top level only)."""
     raw = Path(raw_dir)
@@ -313,13 +333,15 @@ def scan(
             for n in (layout_name, path):
                 statuses[n] = FileStatus(n, "pending", plate, wait_reason(unsettled[0]))
             continue
-        result.plates[plate] = PlateFiles(
+        files = PlateFiles(
             name=plate,
             layout=str(raw / layout_name),
             export=str(raw / path),
             includes=tuple(str(p) for p in includes_of[layout_name]),
             batch=batch_of(plate, batch_count),
         )
+        digest = content_digest([files.layout, *files.includes, files.export], max_bytes)
+        result.plates[plate] = replace(files, digest=digest)
 
     in_plates = {Path(p.layout).name for p in result.plates.values()} | {
         Path(p.export).name for p in result.plates.values()

@@ -24,6 +24,7 @@ SCAN = cr51_scan.scan(
     layouts_dir=config["layouts_dir"],
     batch_count=config["batch_count"],
     settle_seconds=config["settle_seconds"],
+    max_bytes=config["max_export_bytes"],
 )
 BATCHES = SCAN.batches()
 
@@ -48,6 +49,11 @@ def batch_plates(wildcards):
         {"name": p.name, "layout": p.layout, "export": p.export, "includes": p.includes}
         for p in SCAN.plates_in(wildcards.batch)
     ]
+
+
+def batch_digests(wildcards):
+    """Content digests of the batch's plates: new bytes rerun the batch whatever the mtimes say."""
+    return [p.digest for p in SCAN.plates_in(wildcards.batch)]
 
 
 def batch_settings():
