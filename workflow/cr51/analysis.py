@@ -16,6 +16,7 @@ import pandas as pd
 
 from .potency import FITS_COLUMNS, JOINT_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS, analyse_plate
 from .qc import vehicle_suppression
+from .tables import concat_frames
 
 #: Extra potency.csv columns (after the potency module's): the lot's excipient-only effect.
 VEHICLE_COLUMNS = ("vehicle_suppression_pct", "vehicle_flag")
@@ -90,12 +91,8 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, 
         potency.append(with_vehicle(tables.potency, grp, veh_limit).merge(tables.joint, on="lot", how="left"))
         differ.append(tables.lots_differ)
 
-    def cat(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> pd.DataFrame:
-        parts = [p for p in parts if not p.empty]
-        return pd.concat(parts, ignore_index=True)[list(cols)] if parts else pd.DataFrame(columns=list(cols))
-
     return {
-        "fits": cat(fits, FITS_COLUMNS),
-        "potency": cat(potency, (*POTENCY_COLUMNS, *VEHICLE_COLUMNS, *JOINT_COLUMNS)),
-        "lots_differ": cat(differ, LOTS_DIFFER_COLUMNS),
+        "fits": concat_frames(fits, FITS_COLUMNS),
+        "potency": concat_frames(potency, (*POTENCY_COLUMNS, *VEHICLE_COLUMNS, *JOINT_COLUMNS)),
+        "lots_differ": concat_frames(differ, LOTS_DIFFER_COLUMNS),
     }

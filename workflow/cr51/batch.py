@@ -26,6 +26,8 @@ from .analysis import analyse_batch
 from .collect import table_columns
 from .plate import PlateInput, ingest_batch
 from .report import plate_sections
+from .scan import content_digest
+from .tables import concat_frames
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = "cr51-plate-cache-1"
@@ -62,14 +64,12 @@ class PlateCache:
         self.used: set[str] = set()
 
     def key(self, plate: PlateInput, max_bytes: int) -> str:
-        """Digest of the plate's name and the bytes of its layout, templates and export."""
+        """Digest of the plate's name and the contents of its layout, templates and export (the
+        scan's digest, computed at parse time, where the plate carries it)."""
+        content = plate.digest or content_digest([plate.layout, *plate.includes, plate.export], max_bytes)
         h = hashlib.sha256(self._salt)
         h.update(plate.name.encode("utf-8", "surrogateescape"))
-        for path in (plate.layout, *plate.includes, plate.export):
-            st = os.stat(path)
-            h.update(f"\n{st.st_size}\n".encode())
-            if st.st_size <= max_bytes:  # an oversized export is refused unread: its size decides
-                h.update(Path(path).read_bytes())
+        h.update(content.encode())
         return h.hexdigest()
 
     def get(self, key: str) -> BatchOutput | None:
@@ -104,14 +104,6 @@ def process_plate(plate: PlateInput, settings: Mapping[str, Any]) -> BatchOutput
     return BatchOutput(tables, plate_sections(tables, settings))
 
 
-def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
-    parts = [p for p in parts if not p.empty]
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    out = pd.concat(parts, ignore_index=True)
-    return out[list(dict.fromkeys(columns + list(out.columns)))]
-
-
 def process_batch(
     plates: list[PlateInput], settings: Mapping[str, Any], cache: PlateCache | None = None
 ) -> BatchOutput:
@@ -133,5 +125,5 @@ def process_batch(
         cache.prune()
         log.info("%d plate(s), %d read back from the plate cache", len(plates), hits)
     columns = table_columns()
-    tables = {name: _concat([o.tables[name] for o in outs], columns[name]) for name in columns}
+    tables = {name: concat_frames([o.tables[name] for o in outs], columns[name]) for name in columns}
     return BatchOutput(tables, "".join(o.plates_html for o in outs))

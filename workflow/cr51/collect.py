@@ -14,7 +14,7 @@ import pandas as pd
 
 from .plate import file_digest
 from .scan import display_name
-from .tables import FILES_COLUMNS, read_table
+from .tables import FILES_COLUMNS, concat_frames, read_table
 
 
 def table_columns() -> dict[str, list[str]]:
@@ -37,12 +37,7 @@ def table_columns() -> dict[str, list[str]]:
 
 def concat_tables(paths: list[str], columns: list[str]) -> pd.DataFrame:
     """Concatenate CSV tables (in the given order); an empty list gives an empty table."""
-    frames = [read_table(p) for p in paths]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    out = pd.concat(frames, ignore_index=True)
-    return out.reindex(columns=list(dict.fromkeys(columns + list(out.columns))))
+    return concat_frames([read_table(p) for p in paths], columns)
 
 
 def other_files(others: list[dict], raw_dir: str, max_bytes: int) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from .lysis import (
     summarise,
 )
 from .qc import QC_COLUMNS, QC_EXTRA, QCConfig, plate_qc
-from .tables import FILES_COLUMNS
+from .tables import FILES_COLUMNS, concat_frames
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class PlateInput:
     layout: str
     export: str
     includes: tuple[str, ...] = ()  # layout templates the layout includes (for the plate cache key)
+    digest: str = ""  # the scan's content digest of these files ('' = compute it when needed)
 
 
 @dataclass
@@ -56,14 +57,10 @@ class BatchTables:
     def frames(self) -> dict[str, pd.DataFrame]:
         """The four tables as DataFrames with their columns in contract order."""
 
-        def cat(parts: list[pd.DataFrame], cols: list[str]) -> pd.DataFrame:
-            parts = [p for p in parts if not p.empty]
-            return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
-
         return {
             "files": pd.DataFrame(self.files, columns=FILES_COLUMNS),
-            "wells": cat(self.wells, WELL_COLUMNS + WELL_EXTRA),
-            "lysis": cat(self.lysis, LYSIS_COLUMNS),
+            "wells": concat_frames(self.wells, WELL_COLUMNS + WELL_EXTRA),
+            "lysis": concat_frames(self.lysis, LYSIS_COLUMNS),
             "qc": pd.DataFrame(self.qc, columns=QC_COLUMNS + QC_EXTRA),
         }
 

@@ -28,6 +28,17 @@ def neutralise(text: object) -> object:
     return text
 
 
+def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """Concatenate tables in order: ``columns`` first, any other columns after them; an empty
+    list (or only empty tables) gives an empty table with ``columns``."""
+    columns = list(columns)
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(parts, ignore_index=True)
+    return out.reindex(columns=list(dict.fromkeys(columns + list(out.columns))))
+
+
 def write_table(
     df: pd.DataFrame,
     path: str | os.PathLike,

@@ -44,16 +44,21 @@ def batch_files(wildcards):
 
 
 def batch_plates(wildcards):
-    """The plates of one batch, for the batch script (names are data, never shell)."""
+    """The plates of one batch, for the batch script (names are data, never shell).
+
+    Each carries the digest of its files' contents: new bytes change this parameter and so rerun
+    the batch even when the files' modification times did not move (cp -p, rsync -t).
+    """
     return [
-        {"name": p.name, "layout": p.layout, "export": p.export, "includes": p.includes}
+        {
+            "name": p.name,
+            "layout": p.layout,
+            "export": p.export,
+            "includes": p.includes,
+            "digest": p.digest,
+        }
         for p in SCAN.plates_in(wildcards.batch)
     ]
-
-
-def batch_digests(wildcards):
-    """Content digests of the batch's plates: new bytes rerun the batch whatever the mtimes say."""
-    return [p.digest for p in SCAN.plates_in(wildcards.batch)]
 
 
 def batch_settings():

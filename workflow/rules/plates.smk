@@ -18,7 +18,6 @@ rule process_batch:
         runtime=30,
     params:
         plates=batch_plates,
-        content=batch_digests,
         settings=batch_settings(),
         cache=lambda wildcards: f"{RESULTS}/cache/{wildcards.batch}",
     script:
