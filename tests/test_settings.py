@@ -51,3 +51,16 @@ def test_snakemake_stops_on_a_bad_value_before_running(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "config key 'batch_count'" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_documented_nested_override_with_a_site_file_validates(tmp_path):
+    """config/README.md: nested keys are changed with a site file layered over the defaults."""
+    site = tmp_path / "site.yaml"
+    site.write_text("qc:\n  max_spontaneous_pct_of_max: 25\n")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", "--configfile", "config/config.yaml", str(site),
+         "--config", "raw_dir=resources/example", f"results_dir={tmp_path / 'r'}", "settle_seconds=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
