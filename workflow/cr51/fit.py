@@ -617,20 +617,11 @@ def _optimise(
     per_group: frozenset[str],
     given: Mapping[str, float] | None = None,
 ) -> FitResult:
-    last: list[tuple[FloatArray, FloatArray, FloatArray]] = []
-
-    def evaluate(params: lmfit.Parameters) -> tuple[FloatArray, FloatArray]:
-        # MINPACK asks for the residual and the Jacobian at the same point: compute both once
-        theta = _values(params)
-        if not last or not np.array_equal(last[0][0], theta):
-            last[:] = [(theta, *design.evaluate(theta))]
-        return last[0][1], last[0][2]
-
     def residual(params: lmfit.Parameters) -> FloatArray:
-        return evaluate(params)[0] - y
+        return design.evaluate(_values(params))[0] - y
 
     def jacobian(params: lmfit.Parameters) -> FloatArray:
-        return evaluate(params)[1]
+        return design.evaluate(_values(params))[1]
 
     start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)
