@@ -1,0 +1,84 @@
+"""Where a plate's time goes (issue 6): per-step wall times of the batch job's per-plate work.
+
+Writes N simulated plates (the benchmark's kind: 96 wells, 6 lots, ``well_list``) to a temporary
+folder and runs :func:`cr51.batch.process_plate`'s steps on each, in one process, printing the mean
+milliseconds per plate of every step. ``--cprofile`` adds a cProfile listing of the whole loop.
+
+    .venv/bin/python tools/profile_plate.py --plates 60 [--cprofile 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+from cr51 import analysis, plate as plate_mod, report  # noqa: E402
+from cr51.simulate import simulate_plate, write_plate  # noqa: E402
+
+
+def settings() -> dict:
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["layouts_dir"] = str(REPO / "config" / "layouts")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plates", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N cProfile rows")
+    args = ap.parse_args(argv)
+    cfg = settings()
+    tmp = Path(tempfile.mkdtemp(prefix="cr51-profile-"))
+    inputs = []
+    for i in range(args.plates):
+        name = f"plate{i:05d}"
+        sim = simulate_plate(name, np.random.default_rng([args.seed, i]), donor=f"D{i % 40:02d}")
+        write_plate(tmp, sim, "well_list")
+        inputs.append(plate_mod.PlateInput(name, str(tmp / f"{name}.toml"), str(tmp / f"{name}.csv")))
+    # warm up imports and lazy lmfit outside the timings
+    first = plate_mod.ingest_batch([inputs[0]], cfg)
+    analysis.analyse_batch(first["wells"], first["qc"], cfg)
+
+    times: dict[str, float] = defaultdict(float)
+    prof = cProfile.Profile() if args.cprofile else None
+    if prof:
+        prof.enable()
+    for inp in inputs:
+        t0 = time.perf_counter()
+        tables = plate_mod.ingest_batch([inp], cfg)
+        t1 = time.perf_counter()
+        tables.update(analysis.analyse_batch(tables["wells"], tables["qc"], cfg))
+        t2 = time.perf_counter()
+        report.plate_sections(tables, cfg)
+        t3 = time.perf_counter()
+        times["ingest"] += t1 - t0
+        times["analysis"] += t2 - t1
+        times["report section"] += t3 - t2
+    if prof:
+        prof.disable()
+    n = len(inputs)
+    total = sum(times.values())
+    for step, s in times.items():
+        print(f"{step:16s} {1000 * s / n:7.1f} ms/plate")
+    print(f"{'total':16s} {1000 * total / n:7.1f} ms/plate ({n} plates)")
+    if prof:
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(args.cprofile)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(args.cprofile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
