@@ -184,6 +184,24 @@ def test_analytic_jacobian_matches_finite_differences() -> None:
         assert jac[:, j] == pytest.approx(numeric, rel=1e-6, abs=1e-8)
 
 
+@pytest.mark.parametrize("model", ["LL.3", "LL.4", "LL.5"])
+@pytest.mark.parametrize("per_group", [fit.COMMON_E, fit.PARALLEL, fit.COMMON_CD, fit.FREE])
+@pytest.mark.parametrize("b_sign", [1.0, -1.0])
+def test_analytic_rss_hessian_matches_finite_differences(model: str, per_group: frozenset, b_sign: float) -> None:
+    """The fits' analytic RSS Hessian (hence every SE and CI) equals central differences of the
+    analytic gradient, with dose 0 in the data and either sign of the slope."""
+    rng = np.random.default_rng(3)
+    x = np.tile([0.0, 0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0], 2)
+    groups = ("A", "B")
+    own = frozenset(per_group) & set(fit.MODELS[model].params)
+    design = fit._build_design(x, np.repeat(groups, 9), fit.MODELS[model], own, groups)
+    theta = np.abs(rng.normal(1.0, 0.3, design.n_params)) + 0.3
+    theta[[i for i, name in enumerate(design.names) if name[0] == "b"]] *= b_sign
+    y = rng.normal(30.0, 10.0, x.size)
+    numeric = fit.rss_hessian_numeric(design, theta, y)
+    assert design.rss_hessian(theta, y) == pytest.approx(numeric, rel=1e-7, abs=1e-7 * np.abs(numeric).max())
+
+
 def test_ll5_ed_closed_form() -> None:
     x = np.repeat([0.0, 0.3, 1, 3, 10, 30, 100], 3)
     rng = np.random.default_rng(5)

@@ -12,8 +12,8 @@ Fits are unweighted least squares done by :mod:`lmfit` (Levenberg-Marquardt,
 analytic Jacobian, ``ln e`` optimised internally). Standard errors follow drc:
 ``vcov = 2 * sigma^2 * H^-1`` with ``H`` the Hessian of the residual sum of
 squares with respect to the reported parameters (b, c, d, e[, f]) and
-``sigma^2 = RSS / (n - p)``. ``H`` is obtained by central differences of the
-analytic RSS gradient.
+``sigma^2 = RSS / (n - p)``. ``H`` is analytic (second derivatives of the curve);
+:func:`rss_hessian_numeric` (central differences of the analytic gradient) checks it in the tests.
 
 Joint fits over groups (drc's ``pmodels``) let every curve parameter be either
 shared by all groups or estimated per group; see :func:`fit_joint`.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
@@ -73,36 +74,57 @@ def log_dose(x: FloatArray) -> FloatArray:
     return out
 
 
-def _curve_and_partials(
+def _curve_terms(
     lx: FloatArray,
     b: FloatArray,
     c: FloatArray,
     d: FloatArray,
     le: FloatArray,
     f: FloatArray,
-) -> tuple[FloatArray, dict[str, FloatArray]]:
-    """LL.5 values and partial derivatives w.r.t. b, c, d, ln e and f.
+    order: int = 1,
+) -> tuple[FloatArray, dict[str, FloatArray], dict[tuple[str, str], FloatArray]]:
+    """LL.5 values and, up to ``order``, first and second partial derivatives.
 
-    All arguments are per-observation arrays of equal length; ``lx`` is
-    ``ln x`` (``-inf`` at dose 0). Partials at dose 0 are exactly 0 for
-    b, ln e and f.
+    Derivatives are w.r.t. b, c, d, ln e (key ``"e"``) and f. All arguments are per-observation
+    arrays of equal length; ``lx`` is ``ln x`` (``-inf`` at dose 0). With ``u = b (ln x - ln e)``,
+    ``s = ln(1 + exp(u))`` and ``g = exp(-f s)`` the curve is ``c + (d - c) g``; every derivative
+    involving b, ln e or f is exactly 0 at dose 0. Second derivatives are keyed by the ordered
+    pair of names (``("b", "e")`` etc.); pairs not listed (c-c, c-d, d-d) are 0.
     """
     zero = np.isneginf(lx)
     dlx = np.where(zero, 0.0, lx - le)
     u = np.where(zero, np.where(b > 0, -np.inf, np.inf), b * dlx)
     s = np.logaddexp(0.0, u)  # ln(1 + exp(u)), overflow-free
     g = np.exp(-f * s)
-    dg_du = -f * g * special.expit(u)
     span = d - c
-    s_times_g = np.multiply(s, g, out=np.zeros_like(s), where=np.isfinite(s))
-    partials = {
-        "b": span * dg_du * dlx,
-        "c": 1.0 - g,
-        "d": g,
-        "e": -span * dg_du * b,  # w.r.t. ln e
-        "f": -span * s_times_g,
+    value = c + span * g
+    if order < 1:
+        return value, {}, {}
+    sig = special.expit(u)
+    g_u = -f * g * sig
+    finite = np.isfinite(s)  # s = inf only where g = 0 (dose 0 with b < 0)
+    s_g = np.multiply(s, g, out=np.zeros_like(s), where=finite)
+    partials = {"b": span * g_u * dlx, "c": 1.0 - g, "d": g, "e": -span * g_u * b, "f": -span * s_g}
+    if order < 2:
+        return value, partials, {}
+    g_uu = f * g * sig * ((f + 1.0) * sig - 1.0)
+    g_ff = np.multiply(s, s_g, out=np.zeros_like(s), where=finite)
+    g_uf = sig * (f * s_g - g)
+    second = {
+        ("b", "b"): span * g_uu * dlx**2,
+        ("b", "e"): -span * (b * dlx * g_uu + g_u),
+        ("e", "e"): span * g_uu * b**2,
+        ("b", "f"): span * g_uf * dlx,
+        ("e", "f"): -span * g_uf * b,
+        ("f", "f"): span * g_ff,
+        ("b", "c"): -g_u * dlx,
+        ("b", "d"): g_u * dlx,
+        ("c", "e"): g_u * b,
+        ("d", "e"): -g_u * b,
+        ("c", "f"): s_g,
+        ("d", "f"): -s_g,
     }
-    return c + span * g, partials
+    return value, partials, second
 
 
 def curve(x: npt.ArrayLike, b: float, c: float, d: float, e: float, f: float = 1.0) -> FloatArray:
@@ -122,7 +144,7 @@ def curve(x: npt.ArrayLike, b: float, c: float, d: float, e: float, f: float = 1
     """
     lx = log_dose(np.asarray(x, dtype=float))
     ones = np.ones_like(lx)
-    value, _ = _curve_and_partials(lx, b * ones, c * ones, d * ones, np.log(e) * ones, f * ones)
+    value, _, _ = _curve_terms(lx, b * ones, c * ones, d * ones, np.log(e) * ones, f * ones, order=0)
     return value
 
 
@@ -152,15 +174,56 @@ class _Design:
         vals.update({k: theta_int[cols] for k, cols in self.columns.items()})
         return vals
 
+    def _terms(self, theta_int: FloatArray, order: int) -> tuple[FloatArray, dict, dict]:
+        v = self._expand(theta_int)
+        return _curve_terms(self.lx, v["b"], v["c"], v["d"], v["e"], v["f"], order)
+
+    @cached_property
+    def _onehot(self) -> dict[str, FloatArray]:
+        """Per free curve parameter, the (n, p) 0/1 matrix placing each observation's entry in theta."""
+        out = {}
+        for k, cols in self.columns.items():
+            m = np.zeros((self.lx.size, self.n_params))
+            m[np.arange(self.lx.size), cols] = 1.0
+            out[k] = m
+        return out
+
+    def values(self, theta_int: FloatArray) -> FloatArray:
+        """Model values at the internal vector (ln e)."""
+        return self._terms(theta_int, 0)[0]
+
     def evaluate(self, theta_int: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Model values and Jacobian w.r.t. the internal vector (ln e)."""
-        v = self._expand(theta_int)
-        value, partials = _curve_and_partials(self.lx, v["b"], v["c"], v["d"], v["e"], v["f"])
+        value, partials, _ = self._terms(theta_int, 1)
         jac = np.zeros((self.lx.size, self.n_params))
         rows = np.arange(self.lx.size)
         for k, cols in self.columns.items():
             jac[rows, cols] = partials[k]
         return value, jac
+
+    def rss_hessian(self, theta: FloatArray, y: FloatArray) -> FloatArray:
+        """Analytic Hessian of the RSS w.r.t. the reported parameters (e, not ln e).
+
+        ``H = 2 sum_i (J_i J_i' - r_i F''_i)`` on the internal scale (``r = y - F``), then the change
+        of variable ``e = exp(ln e)``: ``H_ee = (H_LL - dRSS/dL) / e^2`` on the diagonal and a factor
+        ``1/e`` per e index elsewhere.
+        """
+        value, partials, second = self._terms(self.to_internal(theta), 2)
+        resid = y - value
+        onehot = self._onehot
+        jac = sum(onehot[k] * partials[k][:, None] for k in self.columns)
+        hess = jac.T @ jac
+        for (k1, k2), deriv in second.items():
+            if k1 in self.columns and k2 in self.columns:
+                block = onehot[k1].T @ (onehot[k2] * (resid * deriv)[:, None])
+                hess -= block if k1 == k2 else block + block.T
+        hess *= 2.0
+        scale = np.ones(self.n_params)
+        scale[self.e_index] = 1.0 / theta[self.e_index]
+        grad = -2.0 * jac.T @ resid
+        hess *= np.outer(scale, scale)
+        hess[self.e_index, self.e_index] -= grad[self.e_index] * scale[self.e_index] ** 2
+        return 0.5 * (hess + hess.T)
 
     def to_internal(self, theta: FloatArray) -> FloatArray:
         out = theta.copy()
@@ -483,8 +546,9 @@ def _at_bound(params: lmfit.Parameters, names: tuple[str, ...]) -> str | None:
     return None
 
 
-def rss_hessian(design: _Design, theta: FloatArray, y: FloatArray) -> FloatArray:
-    """Hessian of the RSS w.r.t. the reported parameters by central differences.
+def rss_hessian_numeric(design: _Design, theta: FloatArray, y: FloatArray) -> FloatArray:
+    """Hessian of the RSS w.r.t. the reported parameters by central differences (the check on
+    :meth:`_Design.rss_hessian`, which the fits use).
 
     Differences the analytic gradient with steps ``1e-5 max(|theta_j|, 1e-3)``;
     the truncation error is ``O(step^2)``, about 1e-10 relative.
@@ -623,7 +687,7 @@ def _optimise(
     given: Mapping[str, float] | None = None,
 ) -> FitResult:
     def residual(params: lmfit.Parameters) -> FloatArray:
-        return design.evaluate(_values(params))[0] - y
+        return design.values(_values(params)) - y
 
     def jacobian(params: lmfit.Parameters) -> FloatArray:
         return design.evaluate(_values(params))[1]
@@ -664,7 +728,7 @@ def _values(params: lmfit.Parameters) -> FloatArray:
 
 def _drc_vcov(design: _Design, theta: FloatArray, y: FloatArray, sigma2: float) -> tuple[FloatArray, str | None]:
     """``2 sigma^2 H^-1``; NaN and a reason if H is not positive definite."""
-    hess = rss_hessian(design, theta, y)
+    hess = design.rss_hessian(theta, y)
     try:
         np.linalg.cholesky(hess)
     except np.linalg.LinAlgError:
