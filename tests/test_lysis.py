@@ -14,6 +14,7 @@ from cr51.lysis import (
     add_lysis,
     control_means,
     flag_outliers,
+    _join_counts_outer,
     join_counts,
     specific_lysis,
     summarise,
@@ -137,3 +138,30 @@ def test_tube_export_needs_mapping(layout):
     tubes = pd.DataFrame({"well": [None], "rack": pd.array([1], "Int64"), "pos": pd.array([1], "Int64"), "cpm": [1.0]})
     with pytest.raises(PlateError, match="tubes"):
         join_counts(layout, SimpleNamespace(counts=tubes), source_file="x", source_sha256="y")
+
+
+@pytest.mark.parametrize("drop", [(), ("B3",), ("A1", "B7")])
+def test_direct_join_equals_outer_merge(layout, drop):
+    """The direct join (every export row belongs to one layout well) gives exactly the outer
+    merge's table: same rows, order, values and dtypes, for wells and for Rack/Pos tubes."""
+    counts = {k: v for k, v in CPM.items() if k not in drop}
+    exp = export(counts)
+    args = dict(source_file="e.csv", source_sha256="ab" * 32)
+    fast = join_counts(layout, exp, **args)
+    pd.testing.assert_frame_equal(fast, _join_counts_outer(layout, exp, False, **args))
+    # the same plate read from tubes: rack 1, positions in layout order
+    lw = layout.wells.assign(rack=1.0, pos=np.arange(1.0, len(layout.wells) + 1))
+    tubes_layout = SimpleNamespace(**{**layout.__dict__, "wells": lw})
+    tube_of = dict(zip(lw["well"], lw["pos"]))
+    tubes = pd.DataFrame(
+        {
+            "well": [None] * len(counts),
+            "rack": pd.array([1] * len(counts), "Int64"),
+            "pos": pd.array([int(tube_of[w]) for w in counts], "Int64"),
+            "cpm": [float(v) for v in counts.values()],
+        }
+    )
+    exp = SimpleNamespace(format="wizard2", counts=tubes, notes=())
+    fast = join_counts(tubes_layout, exp, **args)
+    pd.testing.assert_frame_equal(fast, _join_counts_outer(tubes_layout, exp, True, **args))
+    assert fast["cpm"].notna().sum() == len(counts)

@@ -37,17 +37,72 @@ class PlateError(ValueError):
 
 
 def join_counts(layout: Layout, export: Export, *, source_file: str, source_sha256: str) -> pd.DataFrame:
-    """One row per layout well (and per export well/tube the layout does not define)."""
+    """One row per layout well (and per export well/tube the layout does not define), in plate
+    order A1, A2, …, H12; counts for tubes the layout does not map come last."""
     lw = layout.wells
     counts = export.counts
     tube_export = counts["well"].isna().all() and len(counts) > 0
+    if tube_export and lw["rack"].isna().all():
+        raise PlateError(
+            "the export identifies tubes by Rack/Pos, but the layout does not say which "
+            'tube holds which well: add [expt] tubes = "rows" (and rack_size) or rack/pos '
+            "fields to the layout"
+        )
+    matched = _match_counts(lw, counts, tube_export)
+    if matched is None:
+        return _join_counts_outer(layout, export, tube_export, source_file=source_file, source_sha256=source_sha256)
+    found, cpm = matched
+    exclude = lw["exclude"].to_numpy(bool) & found
+    reasons = lw["exclude_reason"].tolist()
+    wells = lw.assign(
+        plate=layout.plate,
+        cpm=cpm,
+        excluded=~found | exclude,
+        exclusion_reason=[
+            "no count in the export" if not f else (f"excluded in the layout{': ' + r if r else ''}" if x else "")
+            for f, x, r in zip(found.tolist(), exclude.tolist(), reasons)
+        ],
+        source_file=source_file,
+        source_sha256=source_sha256,
+        outlier=False,
+        lysis_pct=np.nan,
+    )
+    order = np.lexsort((lw["col"].to_numpy(), [ord(r) for r in lw["row"].tolist()]))
+    return wells.take(order)[WELL_COLUMNS + WELL_EXTRA].reset_index(drop=True)
+
+
+def _match_counts(
+    lw: pd.DataFrame, counts: pd.DataFrame, tube_export: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each layout well's count, when every export row belongs to exactly one layout well:
+    (found, cpm) aligned with ``lw``. None otherwise (extra, repeated or missing keys), where
+    :func:`_join_counts_outer` lists every unmatched row."""
     if tube_export:
-        if lw["rack"].isna().all():
-            raise PlateError(
-                "the export identifies tubes by Rack/Pos, but the layout does not say which "
-                'tube holds which well: add [expt] tubes = "rows" (and rack_size) or rack/pos '
-                "fields to the layout"
-            )
+        left = list(zip(lw["rack"].tolist(), lw["pos"].tolist()))
+        right = list(zip(counts["rack"].astype(float).tolist(), counts["pos"].astype(float).tolist()))
+    else:
+        left, right = lw["well"].tolist(), counts["well"].tolist()
+    if any(_has_nan(k) for k in (*left, *right)):
+        return None
+    cpm_of = dict(zip(right, counts["cpm"].astype(float).tolist()))
+    if len(cpm_of) != len(right) or len(set(left)) != len(left) or not set(cpm_of) <= set(left):
+        return None
+    found = np.array([k in cpm_of for k in left], dtype=bool)
+    return found, np.array([cpm_of.get(k, np.nan) for k in left], dtype=float)
+
+
+def _has_nan(key: object) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(v is None or v != v for v in parts)
+
+
+def _join_counts_outer(
+    layout: Layout, export: Export, tube_export: bool, *, source_file: str, source_sha256: str
+) -> pd.DataFrame:
+    """:func:`join_counts` by an outer merge: also lists export rows no layout well takes."""
+    lw = layout.wells
+    counts = export.counts
+    if tube_export:
         c = counts[["rack", "pos", "cpm"]].astype({"rack": float, "pos": float})
         merged = lw.merge(c, on=["rack", "pos"], how="outer", indicator=True)
         extra_reason = "tube not mapped to a well by the layout"
