@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .potency import FITS_COLUMNS, JOINT_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS, analyse_plate
@@ -41,16 +42,29 @@ def potency_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def plates_fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The points of every plate in ``wells`` that enter the fits (with ``plate``), and each plate's E:T."""
-    use = wells[(wells["role"] == "sample") & ~wells["excluded"].astype(bool) & wells["lysis_pct"].notna()]
-    plates = wells["plate"].unique().tolist()
+    """The points of every plate in ``wells`` that enter the fits (with ``plate``), and each plate's E:T.
+
+    Plain arrays rather than pandas selections: this runs for every plate in the batch jobs.
+    """
+    codes, plates = pd.factorize(wells["plate"])
+    et = wells["et_ratio"].to_numpy(float)
+    lysis = wells["lysis_pct"].to_numpy(float)
+    use = (
+        (wells["role"] == "sample").to_numpy(bool)
+        & ~wells["excluded"].to_numpy(bool)
+        & ~np.isnan(lysis)
+    )
     if et_ratio is None:
-        top = use[use["lot"].notna()].groupby("plate")["et_ratio"].max().to_dict()
-        ets = {p: float(top.get(p, math.nan)) for p in plates}
+        top = np.full(len(plates), -np.inf)
+        lot_wells = use & wells["lot"].notna().to_numpy(bool)
+        np.maximum.at(top, codes[lot_wells], et[lot_wells])
+        top[np.isneginf(top)] = math.nan
     else:
-        ets = dict.fromkeys(plates, float(et_ratio))
-    pts = use[use["et_ratio"] == use["plate"].map(ets)]
-    return pts.rename(columns={"lysis_pct": "lysis"})[["plate", "lot", "conc", "lysis"]], ets
+        top = np.full(len(plates), float(et_ratio))
+    ets = {str(p): float(t) for p, t in zip(plates, top)}
+    keep = np.flatnonzero(use & (et == top[codes]))
+    pts = wells.iloc[keep][["plate", "lot", "conc", "lysis_pct"]].rename(columns={"lysis_pct": "lysis"})
+    return pts, ets
 
 
 def fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.DataFrame, float]:
