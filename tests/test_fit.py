@@ -266,3 +266,14 @@ def test_free_model_split_equals_joint_optimisation() -> None:
     np.testing.assert_allclose(split.estimates, joint.estimates, rtol=1e-4)
     assert split.rss == pytest.approx(joint.rss, rel=1e-9)
     np.testing.assert_allclose(split.vcov, joint.vcov, rtol=2e-2, atol=1e-9)
+
+
+def test_minimizer_skips_only_lmfits_own_errors() -> None:
+    """The fits' Minimizer overrides lmfit's error-bar step (drc's covariance is used instead); the
+    hook must still exist in the pinned lmfit, or the override silently stops saving the work."""
+    import lmfit
+
+    assert hasattr(lmfit.Minimizer, "_calculate_uncertainties_correlations")
+    minimizer = fit._minimizer_class()
+    assert issubclass(minimizer, lmfit.Minimizer)
+    assert minimizer._calculate_uncertainties_correlations is not lmfit.Minimizer._calculate_uncertainties_correlations

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
@@ -694,10 +694,7 @@ def _optimise(
 
     start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)
-    import lmfit
-
-    minimizer = lmfit.Minimizer(residual, params, calc_covar=False)
-    out = minimizer.minimize(method="leastsq", Dfun=jacobian)
+    out = _minimizer_class()(residual, params, calc_covar=False).minimize(method="leastsq", Dfun=jacobian)
     theta = design.to_reported(_values(out.params))
     n, p = x.size, design.n_params
     if not out.success or not np.all(np.isfinite(theta)):
@@ -720,6 +717,23 @@ def _optimise(
         design.groups,
         per_group,
     )
+
+
+@cache
+def _minimizer_class() -> type[lmfit.Minimizer]:
+    """``lmfit.Minimizer`` without lmfit's own standard errors.
+
+    The fits report drc's covariance (``2 sigma^2 H^-1`` from the analytic Hessian, see
+    :func:`_drc_vcov`); lmfit's ``J'J`` errors, correlations and ``uncertainties`` variables
+    would be computed after every fit and never read (about 0.1 ms a fit).
+    """
+    import lmfit
+
+    class Minimizer(lmfit.Minimizer):
+        def _calculate_uncertainties_correlations(self) -> None:
+            self.result.errorbars = False
+
+    return Minimizer
 
 
 def _values(params: lmfit.Parameters) -> FloatArray:
