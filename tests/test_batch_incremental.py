@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
+
+import subprocess
 
 import numpy as np
 import pytest
 
-from batchkit import LOTS, add_plate, audit_records, pipeline_copy, run_batch
+from batchkit import BIN, LOTS, QUICK, add_plate, audit_records, pipeline_copy, run_batch
 from cr51.scan import batch_of
 from cr51.simulate import render_export, simulate_plate
 
@@ -52,7 +55,7 @@ def runs(tmp_path_factory):
     first, second, new = names_in_distinct_batches(3)
     add_plate(raw, first, 1)
     add_plate(raw, second, 2)
-    out = {"names": (first, second, new), "raw": raw, "results": results}
+    out = {"names": (first, second, new), "raw": raw, "results": results, "work": work}
 
     p1 = run_batch(work, raw, results)
     assert p1.returncode == 0, p1.stdout + p1.stderr
@@ -134,3 +137,26 @@ def test_each_run_is_audited(runs):
         assert r["invoked_by"] == "cr51-batch" and r["snakemake_version"] and r["cr51_version"]
         assert len(r["config_hash"]) == 64 and r["start"] <= r["end"]
         assert r["files"]["ok"] >= 4 and r["files"]["rejected"] == 0
+
+
+def test_a_software_change_reruns_every_batch(runs):
+    """Snakemake's rerun triggers see a rule's script, not the package it imports: the package's
+    digest is a parameter of the batch jobs, so changed software reprocesses every plate."""
+    work, raw, results = runs["work"], runs["raw"], runs["results"]
+    cmd = [str(BIN / "snakemake"), "-n", "--cores", "1", "--config", f"raw_dir={raw}", f"results_dir={results}", *QUICK]
+
+    def planned() -> str:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    assert "process_batch" not in planned()  # up to date after the fixture's runs
+    module = work / "workflow" / "cr51" / "report.py"
+    original = module.read_bytes()
+    try:
+        module.write_bytes(original + b"\n# a software change\n")
+        jobs = dict(re.findall(r"^(process_batch|collect)\s+(\d+)\s*$", planned(), re.M))
+        assert jobs == {"process_batch": "3", "collect": "1"}  # the three plates' batches, then collect
+    finally:
+        module.write_bytes(original)
+    assert "process_batch" not in planned()

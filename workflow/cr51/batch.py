@@ -16,7 +16,6 @@ import os
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from .analysis import analyse_batch
 from .collect import table_columns
 from .plate import PlateInput, ingest_batch
 from .report import plate_sections
-from .scan import content_digest
+from .scan import code_digest, content_digest
 from .tables import concat_frames
 
 log = logging.getLogger(__name__)
@@ -39,16 +38,6 @@ class BatchOutput:
 
     tables: dict[str, pd.DataFrame]
     plates_html: str
-
-
-@cache
-def code_digest() -> str:
-    """sha256 of the package's source files: any code change invalidates cached results."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 class PlateCache:

@@ -75,6 +75,16 @@ class Scan:
         )
 
 
+
+def code_digest() -> str:
+    """sha256 of the ``cr51`` package's source files (stdlib only, so the Snakefile can use it at
+    parse time): a change of the software reruns every batch and invalidates every cached plate."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
 def batch_of(plate: str, batch_count: int) -> str:
     """Stable batch id of a plate: depends on the plate's name only."""
     digest = hashlib.sha256(plate.encode("utf-8", "surrogateescape")).hexdigest()

@@ -61,6 +61,11 @@ def batch_plates(wildcards):
     ]
 
 
+#: sha256 of the cr51 package's sources: Snakemake's rerun triggers see a rule's script, not the
+#: modules it imports, so the package's digest is a parameter of the batch jobs.
+CODE_DIGEST = cr51_scan.code_digest()
+
+
 def batch_settings():
     """The configuration a batch job reads (a change reruns every batch)."""
     keys = ["layouts_dir", "max_export_bytes", "qc", "outliers", "fit", "potency"]
