@@ -18,14 +18,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
+from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 from cr51 import analysis, plate as plate_mod, report  # noqa: E402
-from cr51.simulate import simulate_plate, write_plate  # noqa: E402
 
 
 def settings() -> dict:
@@ -40,20 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N cProfile rows")
     args = ap.parse_args(argv)
-    cfg = settings()
-    tmp = Path(tempfile.mkdtemp(prefix="cr51-profile-"))
-    inputs = []
-    for i in range(args.plates):
-        name = f"plate{i:05d}"
-        sim = simulate_plate(name, np.random.default_rng([args.seed, i]), donor=f"D{i % 40:02d}")
-        write_plate(tmp, sim, "well_list")
-        inputs.append(plate_mod.PlateInput(name, str(tmp / f"{name}.toml"), str(tmp / f"{name}.csv")))
-    # warm up imports and lazy lmfit outside the timings
-    first = plate_mod.ingest_batch([inputs[0]], cfg)
+    with tempfile.TemporaryDirectory(prefix="cr51-profile-") as tmp:
+        write_plates(Path(tmp), 0, args.plates + 1, args.seed)  # the benchmark's plates
+        inputs = [
+            plate_mod.PlateInput(p.stem, str(p), str(p.with_suffix(".csv"))) for p in sorted(Path(tmp).glob("*.toml"))
+        ]
+        return profile(inputs, settings(), args.cprofile)
+
+
+def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int:
+    """Time every plate but the first, which warms up imports and the lazy lmfit import."""
+    warm, inputs = inputs[0], inputs[1:]
+    first = plate_mod.ingest_batch([warm], cfg)
     analysis.analyse_batch(first["wells"], first["qc"], cfg)
 
     times: dict[str, float] = defaultdict(float)
-    prof = cProfile.Profile() if args.cprofile else None
+    prof = cProfile.Profile() if cprofile else None
     if prof:
         prof.enable()
     for inp in inputs:
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{step:16s} {1000 * s / n:7.1f} ms/plate")
     print(f"{'total':16s} {1000 * total / n:7.1f} ms/plate ({n} plates)")
     if prof:
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(args.cprofile)
-        pstats.Stats(prof).sort_stats("tottime").print_stats(args.cprofile)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(cprofile)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(cprofile)
     return 0
 
 

@@ -195,11 +195,15 @@ class _Design:
     def evaluate(self, theta_int: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Model values and Jacobian w.r.t. the internal vector (ln e)."""
         value, partials, _ = self._terms(theta_int, 1)
+        return value, self._jacobian(partials)
+
+    def _jacobian(self, partials: Mapping[str, FloatArray]) -> FloatArray:
+        """The (n, p) Jacobian: each observation's curve partials placed at its parameters' columns."""
         jac = np.zeros((self.lx.size, self.n_params))
         rows = np.arange(self.lx.size)
         for k, cols in self.columns.items():
             jac[rows, cols] = partials[k]
-        return value, jac
+        return jac
 
     def rss_hessian(self, theta: FloatArray, y: FloatArray) -> FloatArray:
         """Analytic Hessian of the RSS w.r.t. the reported parameters (e, not ln e).
@@ -211,7 +215,7 @@ class _Design:
         value, partials, second = self._terms(self.to_internal(theta), 2)
         resid = y - value
         onehot = self._onehot
-        jac = sum(onehot[k] * partials[k][:, None] for k in self.columns)
+        jac = self._jacobian(partials)
         hess = jac.T @ jac
         for (k1, k2), deriv in second.items():
             if k1 in self.columns and k2 in self.columns:

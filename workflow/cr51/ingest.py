@@ -72,6 +72,16 @@ class _Source:
         self.name, self.sheet = name, sheet
         self.unit = "line" if sheet is None else "row"
 
+    def check_width(self, cells: list[str], width: int, line: int, short: str, wide: str | None = None) -> None:
+        """Refuse a row with fewer cells than ``width`` (``short``: truncated) or with text beyond
+        them (``wide``, default ``short``: an unquoted ',' split a number)."""
+        if len(cells) < width:
+            raise self.err(f"{short}; the file looks truncated or damaged", line)
+        if any(cells[width:]):
+            raise self.err(
+                f"{wide or short}; a number with an unquoted ',' (decimal comma or thousands separator)?", line
+            )
+
     def err(self, msg: str, line: int | None = None) -> InputError:
         where = self.name if self.sheet is None else f"{self.name} (sheet '{self.sheet}')"
         if line is not None:
@@ -268,12 +278,7 @@ def _table_rows(rows: list[Row], header: int, src: _Source, notes: list[str]) ->
             if rest:
                 notes.append(f"table ends at blank {src.unit} {line}; {rest} non-blank line(s) after it ignored")
             break
-        if len(cells) < width:
-            raise src.err(f"row has {len(cells)} cells but the header ({src.unit} {hline}) has {width}; "
-                          "the file looks truncated or damaged", line)
-        if any(cells[width:]):
-            raise src.err(f"row has {len(cells)} cells but the header ({src.unit} {hline}) has {width}; "
-                          "a number with an unquoted ',' (decimal comma or thousands separator)?", line)
+        src.check_width(cells, width, line, f"row has {len(cells)} cells but the header ({src.unit} {hline}) has {width}")
         body.append((line, cells))
     if not body:
         raise src.err("no data rows below the header", hline)
@@ -354,12 +359,11 @@ def _parse_grid(rows: list[Row], src: _Source, default_decimal: str, block: str 
             found = f"'{cells[0]}'" if cells and cells[0] else "a blank line"
             raise src.err(f"{label} (header {src.unit} {hline}): expected row {letter}, found {found}; "
                           "the grid is incomplete", line)
-        if len(cells) < width:
-            raise src.err(f"{label} row {letter} has {len(cells) - 1} of 12 columns; "
-                          "the file looks truncated or damaged", line)
-        if any(cells[width:]):
-            raise src.err(f"{label} row {letter} has {len(cells) - 1} values for 12 columns; "
-                          "a number with an unquoted ',' (decimal comma or thousands separator)?", line)
+        src.check_width(
+            cells, width, line,
+            short=f"{label} row {letter} has {len(cells) - 1} of 12 columns",
+            wide=f"{label} row {letter} has {len(cells) - 1} values for 12 columns",
+        )  # fmt: skip
         items += [(line, f"{letter}{c}", cells[c]) for c in range(1, 13) if cells[c]]
     if not items:
         raise src.err(f"{label} (header {src.unit} {hline}) has no values")

@@ -59,7 +59,7 @@ def join_counts(layout: Layout, export: Export, *, source_file: str, source_sha2
         cpm=cpm,
         excluded=~found | exclude,
         exclusion_reason=[
-            "no count in the export" if not f else (f"excluded in the layout{': ' + r if r else ''}" if x else "")
+            "no count in the export" if not f else (_layout_exclusion(r) if x else "")
             for f, x, r in zip(found.tolist(), exclude.tolist(), reasons)
         ],
         source_file=source_file,
@@ -91,6 +91,11 @@ def _match_counts(
     return found, np.array([cpm_of.get(k, np.nan) for k in left], dtype=float)
 
 
+def _layout_exclusion(reason: str) -> str:
+    """exclusion_reason of a well the layout excludes (with the layout's reason, if any)."""
+    return f"excluded in the layout: {reason}" if reason else "excluded in the layout"
+
+
 def _has_nan(key: object) -> bool:
     parts = key if isinstance(key, tuple) else (key,)
     return any(v is None or v != v for v in parts)
@@ -118,9 +123,7 @@ def _join_counts_outer(
     merged.loc[only_layout, ["excluded", "exclusion_reason"]] = [True, "no count in the export"]
     manual = merged["exclude"].fillna(False).astype(bool) & ~only_layout
     merged.loc[manual, "excluded"] = True
-    merged.loc[manual, "exclusion_reason"] = "excluded in the layout" + merged.loc[
-        manual, "exclude_reason"
-    ].map(lambda r: f": {r}" if r else "")
+    merged.loc[manual, "exclusion_reason"] = merged.loc[manual, "exclude_reason"].map(_layout_exclusion)
     merged["plate"] = layout.plate
     merged["source_file"] = source_file
     merged["source_sha256"] = source_sha256
