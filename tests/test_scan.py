@@ -61,6 +61,18 @@ def test_pending_and_refused(tmp_path, layouts_dir):
     assert f["up.toml"].status == "rejected"
 
 
+def test_unassigned_files_are_the_files_in_no_plate(tmp_path, layouts_dir):
+    # collect's raw inputs: a plate's own files reach it through its batch
+    write(tmp_path, "p1.toml", LAYOUT.format(export="p1.csv"))
+    write(tmp_path, "p1.csv")
+    write(tmp_path, "orphan.csv")
+    write(tmp_path, "bad.toml", "[meta\npath=")
+    write(tmp_path, "a{x}.csv")  # unusable name: in files.csv, never a Snakemake input
+    s = run(tmp_path, layouts_dir)
+    assert list(s.plates) == ["p1"]
+    assert sorted(os.path.basename(f) for f in s.unassigned_files()) == ["bad.toml", "orphan.csv"]
+
+
 def test_settle_zero_accepts_fresh_files(tmp_path, layouts_dir):
     write(tmp_path, "fresh.toml", LAYOUT.format(export="fresh.csv"), age=0)
     write(tmp_path, "fresh.csv", age=0)

@@ -1,10 +1,12 @@
-"""Run a Snakemake ``script:`` job: log to the rule's log file, record versions and failures."""
+"""Snakemake plumbing: run a ``script:`` job (log to the rule's log file, record versions and
+failures), and let the Snakemake process exit as soon as its work is done."""
 
 from __future__ import annotations
 
 import logging
 import os
 import platform
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,3 +32,27 @@ def run_job(smk: Any, main: Callable[[Any], None]) -> None:
         log.exception("job failed")
         raise
     log.info("done")
+
+
+#: Module whose ``threading.Timer`` s :func:`cancel_reevaluation_timers` cancels.
+SCHEDULER_MODULE = "snakemake.scheduling.job_scheduler"
+
+
+def cancel_reevaluation_timers() -> int:
+    """Cancel Snakemake's pending scheduler re-evaluation timers; return how many.
+
+    After every round of job submissions Snakemake's job rate limiter starts a (non-daemon)
+    ``threading.Timer`` of ``--max-jobs-per-timespan``'s timespan (default 1 s) to look at the
+    queue again. After the last round (the ``all`` job) nothing is left to schedule, but the
+    interpreter still waits for that timer before it exits: every run ended ~1 s after its work.
+    Called from the ``onsuccess``/``onerror`` handlers, when scheduling is over; only timers created
+    by Snakemake's scheduler module are touched.
+    """
+    timers = [
+        t
+        for t in threading.enumerate()
+        if isinstance(t, threading.Timer) and getattr(t.function, "__module__", None) == SCHEDULER_MODULE
+    ]
+    for t in timers:
+        t.cancel()
+    return len(timers)

@@ -74,6 +74,11 @@ class Scan:
             (p for p in self.plates.values() if p.batch == batch), key=lambda p: p.name
         )
 
+    def unassigned_files(self) -> list[str]:
+        """Listed files (usable names only) that belong to no plate: pending, refused, templates."""
+        in_plates = {f for p in self.plates.values() for f in (p.layout, p.export)}
+        return [f for f in self.files if f not in in_plates]
+
 
 
 def code_digest() -> str:
