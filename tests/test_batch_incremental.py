@@ -43,7 +43,7 @@ def rows_of(results: Path, plate: str) -> dict[str, list[str]]:
 
 
 def batch_mtimes(results: Path) -> dict[str, int]:
-    return {p.parent.name: p.stat().st_mtime_ns for p in (results / "batches").glob("*/files.csv")}
+    return {p.stem: p.stat().st_mtime_ns for p in (results / "batches").glob("*.pkl")}
 
 
 @pytest.fixture(scope="module")

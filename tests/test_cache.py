@@ -42,7 +42,8 @@ def assert_same(a, b):
     for name in a.tables:
         pd.testing.assert_frame_equal(a.tables[name], b.tables[name], check_dtype=False)
         assert a.tables[name].to_csv(index=False) == b.tables[name].to_csv(index=False)
-    assert a.plates_html == b.plates_html
+    assert a.rows == b.rows
+    assert a.sections == b.sections
 
 
 def forbid_compute(monkeypatch, allowed=()):

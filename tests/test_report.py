@@ -99,10 +99,10 @@ def run(tmp_path_factory):
         ignore_index=True,
     )  # fmt: skip
     tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(tables["potency"], tables["qc"], CONFIG)
-    report = build_report(ReportInputs(tables, split_sections(out.plates_html), CONFIG, [str(LAYOUTS / "standard_96.toml")]))
+    report = build_report(ReportInputs(tables, out.sections, CONFIG, [str(LAYOUTS / "standard_96.toml")]))
     parser = Cells()
     parser.feed(report.html)
-    return tables, out.plates_html, report, parser
+    return tables, "\n".join(out.sections.values()), report, parser
 
 
 def values(parser: Cells, table: str, key: str, col: str) -> dict[str, str]:

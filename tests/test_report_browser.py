@@ -13,7 +13,7 @@ from PIL import Image
 from cr51.batch import process_batch
 from cr51.combination import combine_plates
 from cr51.plate import PlateInput
-from cr51.report import ReportInputs, build_report, split_sections, write_report
+from cr51.report import ReportInputs, build_report, write_report
 from cr51.simulate import simulate_plate, write_plate
 
 pytestmark = pytest.mark.browser
@@ -47,7 +47,7 @@ def report_file(tmp_path_factory) -> Path:
     out = process_batch(plates, CONFIG)
     tables = dict(out.tables)
     tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(tables["potency"], tables["qc"], CONFIG)
-    report = build_report(ReportInputs(tables, split_sections(out.plates_html), CONFIG))
+    report = build_report(ReportInputs(tables, out.sections, CONFIG))
     # the first plate opened, as a reader would, so that its figures are in the screenshot
     html = report.html.replace('<details class="plate" ', '<details open class="plate" ', 1)
     write_report(type(report)(html, report.figures), base / "report.html", base / "figures")

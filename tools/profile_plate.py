@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
-from cr51 import analysis, plate as plate_mod, report  # noqa: E402
+from cr51 import analysis, batch, plate as plate_mod, report  # noqa: E402
+from cr51.collect import table_columns  # noqa: E402
+from cr51.tables import render_rows  # noqa: E402
 
 
 def settings() -> dict:
@@ -48,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int:
-    """Time every plate but the first, which warms up imports and the lazy lmfit import."""
+    """Time every plate but the first, which warms up imports and the lazy lmfit import
+    (the steps of :func:`cr51.batch.process_plate`)."""
     warm, inputs = inputs[0], inputs[1:]
     first = plate_mod.ingest_batch([warm], cfg)
     analysis.analyse_batch(first["wells"], first["qc"], cfg)
 
     times: dict[str, float] = defaultdict(float)
+    columns = table_columns()
     prof = cProfile.Profile() if cprofile else None
     if prof:
         prof.enable()
@@ -63,11 +67,15 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
         t1 = time.perf_counter()
         tables.update(analysis.analyse_batch(tables["wells"], tables["qc"], cfg))
         t2 = time.perf_counter()
-        report.plate_sections(tables, cfg)
+        report.split_sections(report.plate_sections(tables, cfg))
         t3 = time.perf_counter()
+        for name in batch.TEXT_TABLES:
+            render_rows(tables[name], columns[name])
+        t4 = time.perf_counter()
         times["ingest"] += t1 - t0
         times["analysis"] += t2 - t1
         times["report section"] += t3 - t2
+        times["rendered rows"] += t4 - t3
     if prof:
         prof.disable()
     n = len(inputs)

@@ -5,6 +5,8 @@ rows do not depend on its batch. A :class:`PlateCache` keeps each plate's result
 made of everything they depend on (the plate's file contents, the settings and the package's
 source code): when a batch reruns because one plate was added or changed, the other plates are
 read back instead of recomputed. A stale key is never read; entries a run did not use are removed.
+Each plate also renders its rows of the per-well tables to CSV text once (:data:`TEXT_TABLES`), for
+``collect`` to concatenate (see :mod:`cr51.collect`).
 """
 
 from __future__ import annotations
@@ -24,20 +26,60 @@ import pandas as pd
 from .analysis import analyse_batch
 from .collect import table_columns
 from .plate import PlateInput, ingest_batch
-from .report import plate_sections
+from .report import plate_sections, split_sections
 from .scan import code_digest, content_digest
-from .tables import concat_frames
+from .tables import Rows, concat_frames, render_rows
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = "cr51-plate-cache-1"
+CACHE_FORMAT = "cr51-plate-cache-2"
+
+
+#: Tables each plate renders to CSV text once, so that ``collect`` writes them by concatenation
+#: (the per-well tables: ~200 rows a plate, most of the bytes and of the time to write them).
+TEXT_TABLES = ("wells", "lysis")
+
+
+@dataclass(frozen=True)
+class PlateOutput:
+    """One plate's results: its tables, its rows of :data:`TEXT_TABLES` rendered for the result
+    CSVs, and its report section (``{plate: html}``, empty for a plate without a QC row)."""
+
+    tables: dict[str, pd.DataFrame]
+    rows: dict[str, Rows | None]
+    sections: dict[str, str]
 
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """What a batch job writes: its tables and its plates' report sections (``plates.html``)."""
+    """What a batch job writes (``results/batches/<batch>.pkl``, read by ``collect``): every table
+    of its plates, in plate order; per text table the rendered rows of each plate that has rows;
+    the report sections by plate."""
 
     tables: dict[str, pd.DataFrame]
-    plates_html: str
+    rows: dict[str, list[tuple[str, Rows]]]
+    sections: dict[str, str]
+
+
+def save_batch(out: BatchOutput, path: str | os.PathLike) -> None:
+    """Write a batch's output atomically (pickle: an intermediate between jobs of the same code)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_batch(path: str | os.PathLike) -> BatchOutput:
+    """Read what :func:`save_batch` wrote."""
+    with open(path, "rb") as fh:
+        out = pickle.load(fh)
+    if not isinstance(out, BatchOutput):
+        raise TypeError(f"{path} does not hold a batch output")
+    return out
 
 
 class PlateCache:
@@ -61,16 +103,16 @@ class PlateCache:
         h.update(content.encode())
         return h.hexdigest()
 
-    def get(self, key: str) -> BatchOutput | None:
+    def get(self, key: str) -> PlateOutput | None:
         self.used.add(key)
         try:
             with open(self.directory / f"{key}.pkl", "rb") as fh:
                 out = pickle.load(fh)
         except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
             return None
-        return out if isinstance(out, BatchOutput) else None
+        return out if isinstance(out, PlateOutput) else None
 
-    def put(self, key: str, out: BatchOutput) -> None:
+    def put(self, key: str, out: PlateOutput) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{key}.{os.getpid()}.tmp"
         with open(tmp, "wb") as fh:
@@ -86,11 +128,13 @@ class PlateCache:
                 path.unlink(missing_ok=True)
 
 
-def process_plate(plate: PlateInput, settings: Mapping[str, Any]) -> BatchOutput:
-    """One plate's tables — files, wells, lysis, qc; fits, potency, lots_differ — and report section."""
+def process_plate(plate: PlateInput, settings: Mapping[str, Any]) -> PlateOutput:
+    """One plate's tables — files, wells, lysis, qc; fits, potency, lots_differ — rows and section."""
     tables = ingest_batch([plate], settings)
     tables.update(analyse_batch(tables["wells"], tables["qc"], settings))
-    return BatchOutput(tables, plate_sections(tables, settings))
+    columns = table_columns()
+    rows = {name: render_rows(tables[name], columns[name]) for name in TEXT_TABLES}
+    return PlateOutput(tables, rows, split_sections(plate_sections(tables, settings)))
 
 
 def process_batch(
@@ -115,4 +159,9 @@ def process_batch(
         log.info("%d plate(s), %d read back from the plate cache", len(plates), hits)
     columns = table_columns()
     tables = {name: concat_frames([o.tables[name] for o in outs], columns[name]) for name in columns}
-    return BatchOutput(tables, "".join(o.plates_html for o in outs))
+    rows = {
+        name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None]
+        for name in TEXT_TABLES
+    }
+    sections = {k: v for o in outs for k, v in o.sections.items()}
+    return BatchOutput(tables, rows, sections)

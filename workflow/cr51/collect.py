@@ -1,4 +1,9 @@
-"""Concatenate the batch tables into the result tables; list every raw file; find duplicates.
+"""Concatenate the batch outputs into the result tables; list every raw file; find duplicates.
+
+Every result table is sorted by plate (``files.csv`` by file). The per-well tables each plate
+rendered once (``wells``, ``lysis``) are written by concatenating the plates' rendered rows in
+plate order when all plates rendered the same columns with the same dtypes — byte for byte what
+writing the concatenated table gives — and from the concatenated table otherwise.
 
 Duplicates: an accepted plate whose export has the same sha256 as another accepted plate's
 export is a ``duplicate`` of the one whose export was modified first (ties: file name order),
@@ -8,13 +13,19 @@ and its rows leave every result table.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from .plate import file_digest
 from .scan import display_name
-from .tables import FILES_COLUMNS, concat_frames, read_table
+from .tables import FILES_COLUMNS, Rows, concat_frames, same_layout, write_rows, write_table
+
+if TYPE_CHECKING:
+    from .batch import BatchOutput
 
 
 def table_columns() -> dict[str, list[str]]:
@@ -33,11 +44,6 @@ def table_columns() -> dict[str, list[str]]:
         "potency": [*POTENCY_COLUMNS, *VEHICLE_COLUMNS, *JOINT_COLUMNS],
         "lots_differ": list(LOTS_DIFFER_COLUMNS),
     }
-
-
-def concat_tables(paths: list[str], columns: list[str]) -> pd.DataFrame:
-    """Concatenate CSV tables (in the given order); an empty list gives an empty table."""
-    return concat_frames([read_table(p) for p in paths], columns)
 
 
 def other_files(others: list[dict], raw_dir: str, max_bytes: int) -> pd.DataFrame:
@@ -77,12 +83,46 @@ def find_duplicates(files: pd.DataFrame, raw_dir: str) -> dict[str, tuple[str, s
     return dup
 
 
-def collect(parts: dict[str, list[str]], others: list[dict], raw_dir: str, max_bytes: int) -> dict[str, pd.DataFrame]:
-    """The result tables from the batch tables ``parts`` ({table: [paths]})."""
+@dataclass
+class Collected:
+    """The result tables: as DataFrames, or (per-well tables) as rendered rows in plate order."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    rows: dict[str, list[Rows]] = field(default_factory=dict)
+
+    def write(self, name: str, path: str | os.PathLike) -> None:
+        """Write table ``name`` as the CSV at ``path``."""
+        if name in self.rows:
+            write_rows(path, table_columns()[name], self.rows[name])
+        else:
+            write_table(self.tables[name], path)
+
+
+def plate_rows(batches: Sequence[BatchOutput], name: str, dropped: set[str], force_frames: bool = False) -> list[Rows] | None:
+    """Rendered rows of table ``name`` in plate order, leaving out ``dropped`` plates; ``None`` when
+    the plates did not all render the same columns and dtypes (or ``force_frames``)."""
+    if force_frames:
+        return None
+    parts = sorted(
+        ((plate, rows) for b in batches for plate, rows in b.rows.get(name, []) if plate not in dropped),
+        key=lambda item: item[0],
+    )
+    rows = [r for _, r in parts]
+    return rows if same_layout(rows) else None
+
+
+def collect(
+    batches: Sequence[BatchOutput],
+    others: list[dict],
+    raw_dir: str,
+    max_bytes: int,
+    *,
+    force_frames: bool = False,
+) -> Collected:
+    """The result tables from the batch outputs (``force_frames``: no rendered rows, for tests)."""
     cols = table_columns()
-    tables = {name: concat_tables(paths, cols[name]) for name, paths in parts.items()}
-    files = pd.concat(
-        [tables["files"], other_files(others, raw_dir, max_bytes)], ignore_index=True
+    files = concat_frames(
+        [*(b.tables["files"] for b in batches), other_files(others, raw_dir, max_bytes)], FILES_COLUMNS
     ).reindex(columns=FILES_COLUMNS)
     dup = find_duplicates(files, raw_dir)
     if dup:
@@ -92,11 +132,17 @@ def collect(parts: dict[str, list[str]], others: list[dict], raw_dir: str, max_b
             lambda p: f"same export content as '{dup[p][1]}' of plate '{dup[p][0]}', "
             "which was accepted first"
         )
-        for name in tables:
-            if name != "files" and "plate" in tables[name].columns:
-                tables[name] = tables[name][~tables[name]["plate"].isin(dup.keys())]
-    tables["files"] = files.sort_values("file", kind="stable").reset_index(drop=True)
-    for name in tables:
-        if name not in ("files",) and "plate" in tables[name].columns:
-            tables[name] = tables[name].sort_values("plate", kind="stable").reset_index(drop=True)
-    return tables
+    out = Collected({"files": files.sort_values("file", kind="stable").reset_index(drop=True)})
+    for name in cols:
+        if name == "files":
+            continue
+        rows = plate_rows(batches, name, set(dup), force_frames) if any(name in b.rows for b in batches) else None
+        if rows is not None:
+            out.rows[name] = rows
+            continue
+        table = concat_frames([b.tables[name] for b in batches], cols[name])
+        if "plate" in table.columns:
+            table = table[~table["plate"].isin(dup.keys())]
+            table = table.sort_values("plate", kind="stable")
+        out.tables[name] = table.reset_index(drop=True)
+    return out

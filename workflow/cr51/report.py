@@ -4,7 +4,7 @@ Two stages, so that an unchanged plate is not drawn again:
 
 * :func:`plate_sections` — inside each batch job: one collapsed ``<details>`` section per accepted
   plate (plate map, QC against its limits, suppression curves, E:T titration, potency rows),
-  written as the batch's ``plates.html`` fragment;
+  kept per plate in the batch output (:func:`split_sections` keys them by plate);
 * :func:`build_report` — the final job: run summary, potency (forest plot, combined potencies,
   verdicts, vehicle controls), a plate index, the plate sections in plate order and provenance.
 
@@ -164,7 +164,7 @@ def _missing(v: object) -> bool:
 
 
 def plate_sections(tables: Mapping[str, pd.DataFrame], settings: Mapping[str, Any]) -> str:
-    """The batch's ``plates.html``: one section per accepted plate (qc.csv row), in plate order.
+    """HTML of one section per accepted plate (qc.csv row) of ``tables``, in plate order.
 
     The batch's tables are split by plate once, with plain Python rows: a plate costs about a
     millisecond, so that the report stays fast at thousands of plates.
@@ -354,7 +354,7 @@ def differ_text(differ: Mapping[str, Any] | None, limits: Limits) -> str:
 
 
 def split_sections(fragment: str) -> dict[str, str]:
-    """{plate: section} of one batch's ``plates.html``."""
+    """{plate: section} of the HTML :func:`plate_sections` returns."""
     out = {}
     starts = [m.start() for m in _SECTION_START.finditer(fragment)]
     for a, b in zip(starts, [*starts[1:], len(fragment)]):
@@ -379,7 +379,7 @@ class ReportInputs:
     """What the report reads: the final tables, the plate sections and the run's configuration."""
 
     tables: Mapping[str, pd.DataFrame]  # files, qc, potency, lots_differ, potency_combined, potency_combined_inputs
-    sections: Mapping[str, str]  # plate -> section (from the batch fragments)
+    sections: Mapping[str, str]  # plate -> section (from the batch outputs)
     config: Mapping[str, Any]
     templates: Sequence[str] = ()  # layout templates the plates included (hashed for provenance)
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import pandas as pd
 
@@ -28,6 +31,25 @@ def neutralise(text: object) -> object:
     return text
 
 
+def neutralised(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every formula-like text cell neutralised (``df`` itself when none is)."""
+    out = df
+    for col, dtype in zip(df.columns, df.dtypes):
+        if not (dtype == object or isinstance(dtype, pd.StringDtype)):
+            continue
+        values = df[col].to_numpy().tolist()
+        try:
+            values = set(values)  # a plate's text columns repeat a few values
+        except TypeError:  # an unhashable cell: look at every one
+            pass
+        if not any(isinstance(v, str) and v.startswith(_FORMULA_START) for v in values):
+            continue  # the common case: nothing to change, no copy
+        if out is df:
+            out = df.copy()
+        out[col] = df[col].map(neutralise)
+    return out
+
+
 def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
     """Concatenate tables in order: ``columns`` first, any other columns after them; an empty
     list (or only empty tables) gives an empty table with ``columns``."""
@@ -39,36 +61,70 @@ def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...
     return out.reindex(columns=list(dict.fromkeys(columns + list(out.columns))))
 
 
-def write_table(
-    df: pd.DataFrame,
-    path: str | os.PathLike,
-    columns: list[str] | None = None,
-    *,
-    safe: bool = True,
-) -> None:
-    """Write ``df`` (optionally these columns, in this order) atomically as CSV.
-
-    ``safe`` neutralises formula-like text; the batch tables inside ``results/batches/`` are
-    written with ``safe=False`` so that file and plate names survive exactly until the
-    user-facing tables are written.
-    """
-    if columns is not None:
-        df = df.reindex(columns=columns)
-    df = df.copy()
-    if safe:
-        for col in df.columns:
-            if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
-                df[col] = df[col].map(neutralise)
+def _write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> None:
+    """Write a text file through ``write(fh)`` into a temporary file, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            df.to_csv(fh, index=False, lineterminator="\n")
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, columns: list[str] | None = None) -> None:
+    """Write ``df`` (optionally these columns, in this order) atomically as CSV, formula-like text
+    neutralised."""
+    if columns is not None:
+        df = df.reindex(columns=columns)
+    df = neutralised(df)
+    _write_atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One plate's rows of a result table rendered as :func:`write_table` writes them, without
+    the header, with the columns and dtypes they were rendered from.
+
+    Rows of many plates concatenated under one header are byte for byte what :func:`write_table`
+    writes for the concatenation of their tables *when every part has the same columns and
+    dtypes* (a value's text depends only on its column's dtype); :func:`same_layout` checks that.
+    """
+
+    columns: tuple[str, ...]
+    dtypes: tuple[Any, ...]
+    text: str
+
+
+def render_rows(df: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> Rows | None:
+    """``df``'s rows as :func:`write_table` would write them after :func:`concat_frames` with
+    ``columns`` (``None`` for an empty table, which :func:`concat_frames` leaves out)."""
+    if df.empty:
+        return None
+    if list(df.columns) != list(columns):
+        df = concat_frames([df], columns)
+    text = neutralised(df).to_csv(index=False, header=False, lineterminator="\n")
+    return Rows(tuple(df.columns), tuple(df.dtypes), text)
+
+
+def same_layout(parts: list[Rows]) -> bool:
+    """Whether all parts have the same columns and dtypes (so their texts can be concatenated)."""
+    return all(p.columns == parts[0].columns and p.dtypes == parts[0].dtypes for p in parts[1:])
+
+
+def write_rows(path: str | os.PathLike, columns: list[str] | tuple[str, ...], parts: list[Rows]) -> None:
+    """Write rendered rows under one header, atomically (``parts`` must pass :func:`same_layout`)."""
+    header = pd.DataFrame(columns=list(parts[0].columns if parts else columns))
+
+    def write(fh: IO[str]) -> None:
+        header.to_csv(fh, index=False, lineterminator="\n")
+        for part in parts:
+            fh.write(part.text)
+
+    _write_atomic(path, write)
 
 
 #: Text columns that must never be parsed as numbers or NA (a lot may be called "NA" or "007").

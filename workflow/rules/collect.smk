@@ -1,4 +1,4 @@
-# The run's products from the batch tables, in one job (each job costs ~1 s of start-up):
+# The run's products from the batch outputs, in one job (each job costs ~1 s of start-up):
 # the result tables, the combination of plates per lot (Ph. Eur. 5.3), and the report a lab
 # reads (report.html, self-contained, + SVG figures for slides; the plate sections were drawn
 # by the batch jobs and are only assembled here). Cheap: on a cluster it runs on the submitting host.
@@ -11,8 +11,7 @@ localrules:
 
 rule collect:
     input:
-        **{name: batch_tables(name) for name in TABLES},
-        sections=batch_tables("plates", ext="html"),
+        batches=batch_outputs(),
         templates=report_templates(),
         raw=SCAN.unassigned_files(),
     output:

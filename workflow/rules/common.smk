@@ -72,9 +72,9 @@ def batch_settings():
     return {key: config[key] for key in keys}
 
 
-def batch_tables(name, ext="csv"):
-    """One output of every batch that holds plates."""
-    return expand(f"{RESULTS}/batches/{{batch}}/{name}.{ext}", batch=BATCHES)
+def batch_outputs():
+    """The output of every batch that holds plates."""
+    return expand(f"{RESULTS}/batches/{{batch}}.pkl", batch=BATCHES)
 
 
 def report_templates():

@@ -1,14 +1,14 @@
 # One job per batch of plates: raw files -> wells -> lysis -> QC -> fits -> potency -> report sections.
 # Plates are batched (not one job per plate) because every job pays ~1.5 s of Python start-up;
 # a plate's batch depends only on its name, so a new plate reruns only its batch.
+# One output file (tables, rendered rows, sections): Snakemake checksums every input once per output.
 
 
 rule process_batch:
     input:
         unpack(batch_files),
     output:
-        **{name: f"{RESULTS}/batches/{{batch}}/{name}.csv" for name in TABLES},
-        plates=f"{RESULTS}/batches/{{batch}}/plates.html",
+        batch=f"{RESULTS}/batches/{{batch}}.pkl",
     log:
         f"{RESULTS}/logs/batches/{{batch}}.log",
     conda:

@@ -1,0 +1,131 @@
+"""collect: the result CSVs written from the plates' rendered rows are byte for byte the CSVs written
+from the concatenated tables, and the ones the earlier path wrote (batch CSVs read back, concatenated)."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cr51.batch import BatchOutput, load_batch, process_batch, save_batch
+from cr51.collect import collect, table_columns
+from cr51.plate import PlateInput
+from cr51.simulate import simulate_plate, write_plate
+from cr51.tables import Rows, read_table, render_rows, same_layout
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "layouts_dir": str(REPO / "config" / "layouts"),
+    "max_export_bytes": 20_000_000,
+    "qc": {},
+    "outliers": {"rule": "dixon_q", "exclude": False},
+    "fit": {"models": ["LL.4"], "et_ratio": None},
+    "potency": {},
+}
+TABLES = list(table_columns())
+
+
+def add(raw: Path, name: str, seed: int, fmt: str = "well_list", **kw) -> PlateInput:
+    p = simulate_plate(name, np.random.default_rng(seed), fmt=fmt, **kw)
+    write_plate(raw, p, fmt)
+    return PlateInput(p.name, str(raw / f"{p.name}.toml"), str(raw / p.export_name))
+
+
+def plates_of(raw: Path, formats: list[str]) -> list[PlateInput]:
+    """Plates of these export formats, one with an outlier, one vehicle layout, one failing QC, a
+    rejected plate and a duplicate export (same bytes under another name: dropped by collect)."""
+    plates = [add(raw, f"p{i}", i, fmt) for i, fmt in enumerate(formats)]
+    plates.append(add(raw, "q_outlier", 11, outlier_well="B3", outlier_factor=2.5))
+    plates.append(add(raw, "r_vehicle", 12, layout="vehicle"))
+    plates.append(add(raw, "s_highspont", 13, high_spontaneous=True))
+    (raw / "bad.toml").write_text('[meta]\npath = "bad.csv"\n[well.A1]\nrole = "spontaneous"\n')
+    (raw / "bad.csv").write_text("Well,CPM\nA1,abc\n")
+    plates.append(PlateInput("bad", str(raw / "bad.toml"), str(raw / "bad.csv")))
+    shutil.copy(raw / "p0.csv", raw / "t_copy.csv")
+    (raw / "t_copy.toml").write_text((raw / "p0.toml").read_text().replace('"p0.csv"', '"t_copy.csv"'))
+    plates.append(PlateInput("t_copy", str(raw / "t_copy.toml"), str(raw / "t_copy.csv")))
+    return plates
+
+
+def batches_of(plates: list[PlateInput], tmp: Path) -> list[BatchOutput]:
+    """Two batches (interleaved names, as hashing gives), through the batch file the job writes."""
+    outs = []
+    for i, part in enumerate((plates[0::2], plates[1::2])):
+        save_batch(process_batch(part, SETTINGS), tmp / f"b{i:03d}.pkl")
+        outs.append(load_batch(tmp / f"b{i:03d}.pkl"))
+    return outs
+
+
+def written(batches: list[BatchOutput], raw: Path, out: Path, **kw) -> dict[str, bytes]:
+    result = collect(batches, [], str(raw), 20_000_000, **kw)
+    for name in TABLES:
+        result.write(name, out / f"{name}.csv")
+    return {name: (out / f"{name}.csv").read_bytes() for name in TABLES}
+
+
+def earlier_path(batches: list[BatchOutput], tmp: Path) -> list[BatchOutput]:
+    """The batch outputs as the earlier path saw them: each table written as CSV by the batch job
+    (names exact), read back by collect; no rendered rows."""
+    out = []
+    for i, b in enumerate(batches):
+        tables = {}
+        for name, df in b.tables.items():
+            path = tmp / f"old{i}" / f"{name}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(path, index=False, lineterminator="\n")
+            tables[name] = read_table(path)
+        out.append(BatchOutput(tables, {}, b.sections))
+    return out
+
+
+@pytest.fixture(scope="module", params=["one_format", "mixed_formats"])
+def case(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param)
+    raw = tmp / "raw"
+    raw.mkdir()
+    formats = ["well_list", "plate_grid", "xlsx_well_list", "well_list_semicolon"]
+    if request.param == "mixed_formats":
+        formats += ["wizard2"]  # Rack/Pos tubes: rack and pos where the others have none
+    plates = plates_of(raw, formats)
+    return request.param, raw, tmp, batches_of(plates, tmp)
+
+
+def test_rendered_rows_write_the_same_bytes_as_the_tables(case):
+    kind, raw, tmp, batches = case
+    result = collect(batches, [], str(raw), 20_000_000)
+    assert set(result.rows) == {"wells", "lysis"}  # the fast path is the one taken
+    fast = written(batches, raw, tmp / f"fast_{kind}")
+    frames = written(batches, raw, tmp / f"frames_{kind}", force_frames=True)
+    earlier = written(earlier_path(batches, tmp), raw, tmp / f"earlier_{kind}")
+    for name in TABLES:
+        assert fast[name] == frames[name], name
+        assert fast[name] == earlier[name], name
+    files = read_table(tmp / f"fast_{kind}" / "files.csv")
+    assert set(files.loc[files["plate"] == "t_copy", "status"]) == {"duplicate"}
+    wells = read_table(tmp / f"fast_{kind}" / "wells.csv")
+    assert "t_copy" not in set(wells["plate"]) and "p0" in set(wells["plate"])
+    assert list(dict.fromkeys(wells["plate"])) == sorted(set(wells["plate"]))  # plate order
+
+
+def test_plates_rendered_differently_are_written_from_the_table(case):
+    kind, raw, tmp, batches = case
+    b = batches[0]
+    plate, rows = b.rows["wells"][0]
+    odd = Rows(rows.columns, (object,) * len(rows.columns), rows.text)  # e.g. a column of another dtype
+    changed = [BatchOutput(b.tables, {**b.rows, "wells": [(plate, odd), *b.rows["wells"][1:]]}, b.sections), *batches[1:]]
+    result = collect(changed, [], str(raw), 20_000_000)
+    assert "wells" in result.tables and "wells" not in result.rows and "lysis" in result.rows
+    assert written(changed, raw, tmp / f"odd_{kind}") == written(batches, raw, tmp / f"plain_{kind}", force_frames=True)
+
+
+def test_render_rows_neutralises_and_reports_its_layout():
+    import pandas as pd
+
+    df = pd.DataFrame({"plate": ["=cmd", "p"], "n": [1, 2], "x": [0.1, float("nan")]})
+    rows = render_rows(df, ["plate", "n", "x"])
+    assert isinstance(rows, Rows)
+    assert rows.text == "'=cmd,1,0.1\np,2,\n"
+    assert rows.columns == ("plate", "n", "x")
+    other = render_rows(df.assign(n=[1.0, 2.0]), ["plate", "n", "x"])
+    assert not same_layout([rows, other])  # int vs float: 1 vs 1.0, so never concatenated
+    assert render_rows(df.iloc[:0], ["plate"]) is None
