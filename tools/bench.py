@@ -9,8 +9,8 @@ temporary folder, then measures on this machine:
 
 and the peak RSS (sum over the Snakemake process tree, sampled every 100 ms). Each time is printed
 with its ratio to a baseline measured in the same run: the median wall time of a process running
-``python -c "import lmfit"``. Targets (ratios): full <= 40, one new plate <= 8, nothing new <= 3,
-peak RSS <= 1 GiB.
+``python -c "import lmfit"`` (5 times before and 5 times after the runs: the VM's speed drifts).
+Targets (ratios): full <= 40, one new plate <= 8, nothing new <= 3, peak RSS <= 1 GiB.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ RSS_LIMIT = 1 << 30
 SAMPLE_S = 0.1
 
 
-def baseline(repeats: int = 5) -> float:
-    """Median wall time of `python -c "import lmfit"`."""
+def baseline(repeats: int = 5) -> list[float]:
+    """Wall times of ``repeats`` runs of `python -c "import lmfit"`."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import lmfit"], check=True)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
 
 
 def write_plates(raw: Path, start: int, n: int, seed: int) -> None:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", nargs="*", default=[], help="extra KEY=VALUE config overrides")
     args = ap.parse_args(argv)
 
-    base = baseline()
+    before = baseline()
     tmp = Path(tempfile.mkdtemp(prefix="cr51-bench-"))
     raw, results = tmp / "raw", tmp / "results"
     raw.mkdir()
@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         "cores": args.cores,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "python": platform.python_version(),
-        "baseline_s": base,
         "generate_s": gen,
     }
     try:
@@ -130,11 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    after = baseline()
+    # the VM's speed drifts over minutes: a baseline measured on both sides of the runs
+    base = statistics.median([*before, *after])
     peak = max(rss_full, rss_one, rss_none)
+    figures.update(baseline_s=base, baseline_before_s=before, baseline_after_s=after)
     figures.update(full_s=full, one_new_s=one, nothing_new_s=none, peak_rss_bytes=peak)
 
     print(f"machine: {figures['machine']}; Python {figures['python']}; {args.cores} cores")
-    print(f"baseline (python -c 'import lmfit', median of 5): {base:.2f} s")
+    print(
+        f"baseline (python -c 'import lmfit', median of 5 before and 5 after the runs): {base:.2f} s "
+        f"(before {statistics.median(before):.2f} s, after {statistics.median(after):.2f} s)"
+    )
     print(f"generated {args.plates} plates in {gen:.1f} s")
     ok = True
     for key, wall in (("full", full), ("one_new", one), ("nothing_new", none)):

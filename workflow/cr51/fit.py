@@ -168,9 +168,18 @@ class _Design:
     def n_params(self) -> int:
         return len(self.names)
 
+    @cached_property
+    def _fixed(self) -> dict[str, FloatArray]:
+        """Per-observation arrays of the model's fixed parameters (read-only: shared by every call)."""
+        out = {}
+        for k, v in self.model.fixed.items():
+            arr = np.full(self.lx.size, v)
+            arr.flags.writeable = False
+            out[k] = arr
+        return out
+
     def _expand(self, theta_int: FloatArray) -> dict[str, FloatArray]:
-        n = self.lx.size
-        vals = {k: np.full(n, v) for k, v in self.model.fixed.items()}
+        vals = dict(self._fixed)
         vals.update({k: theta_int[cols] for k, cols in self.columns.items()})
         return vals
 

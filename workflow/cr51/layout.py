@@ -221,7 +221,7 @@ def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
     try:
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
-        includes = resolve_includes(path, [path.parent, Path(layouts_dir)])
+        includes = resolve_includes(path, [path.parent, Path(layouts_dir)], meta=doc.get("meta", {}))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise LayoutError(f"layout is not valid TOML: {err}") from None
     except IncludeError as err:
