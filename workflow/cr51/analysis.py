@@ -79,9 +79,13 @@ def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -
     ``vehicle_flag`` is ``VEHICLE_SUPPRESSION`` when that suppression exceeds ``limit_pct``
     (config ``qc.max_vehicle_suppression_pct``), else empty. Lots without vehicle wells get NaN.
     """
-    veh = vehicle_suppression(wells).groupby("lot")["vehicle_suppression_pct"].max()
+    veh = vehicle_suppression(wells)
     out = potency.copy()
-    out["vehicle_suppression_pct"] = out["lot"].map(veh).astype(float)
+    if veh.empty:  # no vehicle wells (most layouts)
+        out["vehicle_suppression_pct"] = np.nan
+    else:
+        per_lot = veh.groupby("lot")["vehicle_suppression_pct"].max()
+        out["vehicle_suppression_pct"] = out["lot"].map(per_lot).astype(float)
     out["vehicle_flag"] = (out["vehicle_suppression_pct"] > limit_pct).map(
         {True: "VEHICLE_SUPPRESSION", False: ""}
     )
@@ -95,7 +99,9 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, 
     veh_limit = float(settings.get("qc", {}).get("max_vehicle_suppression_pct", 10.0))
     refs = dict(zip(qc["plate"], qc["reference_lot"]))
     fits, potency, differ = [], [], []
-    for plate, grp in wells.groupby("plate", sort=True):
+    plates = wells["plate"].unique()
+    groups = [(plates[0], wells)] if len(plates) == 1 else wells.groupby("plate", sort=True)  # one: a batch job's plate
+    for plate, grp in groups:
         points, _ = fit_points(grp, et_cfg)
         ref = refs.get(plate)
         if points["lot"].notna().sum() == 0:

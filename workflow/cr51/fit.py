@@ -82,6 +82,7 @@ def _curve_terms(
     le: FloatArray,
     f: FloatArray,
     order: int = 1,
+    zero: npt.NDArray[np.bool_] | bool | None = None,
 ) -> tuple[FloatArray, dict[str, FloatArray], dict[tuple[str, str], FloatArray]]:
     """LL.5 values and, up to ``order``, first and second partial derivatives.
 
@@ -89,11 +90,17 @@ def _curve_terms(
     arrays of equal length; ``lx`` is ``ln x`` (``-inf`` at dose 0). With ``u = b (ln x - ln e)``,
     ``s = ln(1 + exp(u))`` and ``g = exp(-f s)`` the curve is ``c + (d - c) g``; every derivative
     involving b, ln e or f is exactly 0 at dose 0. Second derivatives are keyed by the ordered
-    pair of names (``("b", "e")`` etc.); pairs not listed (c-c, c-d, d-d) are 0.
+    pair of names (``("b", "e")`` etc.); pairs not listed (c-c, c-d, d-d) are 0. ``zero`` is
+    ``isneginf(lx)`` when the caller has it, ``False`` when no dose is 0.
     """
-    zero = np.isneginf(lx)
-    dlx = np.where(zero, 0.0, lx - le)
-    u = np.where(zero, np.where(b > 0, -np.inf, np.inf), b * dlx)
+    if zero is None:
+        zero = np.isneginf(lx)
+    if zero is False:
+        dlx = lx - le
+        u = b * dlx
+    else:
+        dlx = np.where(zero, 0.0, lx - le)
+        u = np.where(zero, np.where(b > 0, -np.inf, np.inf), b * dlx)
     s = np.logaddexp(0.0, u)  # ln(1 + exp(u)), overflow-free
     g = np.exp(-f * s)
     span = d - c
@@ -178,14 +185,26 @@ class _Design:
             out[k] = arr
         return out
 
+    @cached_property
+    def _index(self) -> tuple[tuple[str, ...], npt.NDArray[np.intp]]:
+        """The free curve parameters and their (k, n) theta indices, for one gather per call."""
+        return tuple(self.columns), np.stack(list(self.columns.values()))
+
     def _expand(self, theta_int: FloatArray) -> dict[str, FloatArray]:
         vals = dict(self._fixed)
-        vals.update({k: theta_int[cols] for k, cols in self.columns.items()})
+        names, index = self._index
+        vals.update(zip(names, theta_int[index]))
         return vals
+
+    @cached_property
+    def _zero(self) -> npt.NDArray[np.bool_] | bool:
+        """Observations at dose 0 (``False`` if there are none)."""
+        zero = np.isneginf(self.lx)
+        return zero if zero.any() else False
 
     def _terms(self, theta_int: FloatArray, order: int) -> tuple[FloatArray, dict, dict]:
         v = self._expand(theta_int)
-        return _curve_terms(self.lx, v["b"], v["c"], v["d"], v["e"], v["f"], order)
+        return _curve_terms(self.lx, v["b"], v["c"], v["d"], v["e"], v["f"], order, self._zero)
 
     @cached_property
     def _onehot(self) -> dict[str, FloatArray]:

@@ -57,8 +57,9 @@ def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...
     parts = [p for p in parts if not p.empty]
     if not parts:
         return pd.DataFrame(columns=columns)
-    out = pd.concat(parts, ignore_index=True)
-    return out.reindex(columns=list(dict.fromkeys(columns + list(out.columns))))
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+    order = list(dict.fromkeys(columns + list(out.columns)))
+    return out if list(out.columns) == order else out.reindex(columns=order)
 
 
 def _write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> None:
