@@ -1,5 +1,6 @@
 """The drop-folder scan: plates, pending files, refused layouts, stable batches."""
 
+import json
 import os
 import time
 
@@ -141,3 +142,35 @@ def test_names_the_workflow_cannot_use_are_refused(tmp_path, layouts_dir):
     assert "control character" in f["line\nbreak.csv"].reason
     assert "UTF-8" in f[os.fsdecode(b"caf\xe9.csv")].reason
     assert not any("{" in p or "\n" in p for p in s.files)  # never given to Snakemake as inputs
+
+
+def test_meta_cache_gives_the_same_scan_and_skips_parsing_unchanged_layouts(tmp_path, layouts_dir, monkeypatch):
+    import cr51.scan as scan_mod
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write(raw, "p1.toml", LAYOUT.format(export="p1.csv"))
+    write(raw, "p1.csv")
+    write(raw, "p2.toml", LAYOUT.format(export="p2.csv") + '[expt]\ndate = 2026-01-05\n')
+    write(raw, "p2.csv")
+    write(raw, "dated.toml", '[meta]\npath = "d.csv"\nwhen = 2026-01-05\n')  # a date: not JSON, not cached
+    write(raw, "d.csv")
+    write(raw, "bad.toml", "[meta\npath=")
+    cache = tmp_path / "results" / ".scan-cache.json"
+    plain = run(raw, layouts_dir)
+    first = run(raw, layouts_dir, meta_cache=cache)
+    assert first == plain and cache.exists()
+    assert len(json.loads(cache.read_text())) == 2  # p1, p2 (dated: not JSON; bad: not TOML)
+
+    real = scan_mod.tomllib.loads
+    parsed = []
+    monkeypatch.setattr(scan_mod.tomllib, "loads", lambda text: parsed.append(text) or real(text))
+    assert run(raw, layouts_dir, meta_cache=cache) == plain
+    assert len(parsed) == 2  # only the two not in the cache: dated.toml and bad.toml
+    write(raw, "p1.toml", LAYOUT.format(export="other.csv"))  # new content: parsed again
+    parsed.clear()
+    again = run(raw, layouts_dir, meta_cache=cache)
+    assert len(parsed) == 3 and by_file(again)["p1.toml"].reason == "waiting for its export 'other.csv'"
+    assert again == run(raw, layouts_dir)
+    cache.write_text("{not json")  # a damaged cache is an empty one
+    assert run(raw, layouts_dir, meta_cache=cache) == again

@@ -21,6 +21,7 @@ Rules (documented for users in ``config/README.md``):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -205,6 +206,54 @@ def _reason_toml(err: Exception) -> str:
     return f"layout is not valid TOML: {err}"
 
 
+class MetaCache:
+    """The ``[meta]`` tables of layouts by the sha256 of the layout's bytes, kept in a JSON file
+    between runs: parsing every layout's whole TOML was most of a run with nothing new to do.
+
+    Keyed by content, so a changed layout is parsed again; only tables that survive a JSON round
+    trip unchanged are kept (TOML dates, for instance, are not). A missing or unreadable file is
+    an empty cache. :meth:`save` keeps the entries of this scan only, so the file does not grow.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            loaded = {}
+        self._old: dict = loaded if isinstance(loaded, dict) else {}
+        self._new: dict = {}
+
+    def meta(self, path: str | os.PathLike) -> object:
+        """The layout's ``[meta]`` (``{}`` if none); raises as :func:`tomllib.load` does."""
+        with open(path, "rb") as fh:
+            data = fh.read()
+        key = hashlib.sha256(data).hexdigest()
+        if key in self._old:
+            meta = self._old[key]
+        else:
+            meta = tomllib.loads(data.decode()).get("meta", {})
+            try:
+                if json.loads(json.dumps(meta)) != meta:
+                    return meta
+            except (TypeError, ValueError):
+                return meta
+        self._new[key] = meta
+        return meta
+
+    def save(self) -> None:
+        """Write the entries this scan used, atomically (a cache: failing to write is harmless)."""
+        if self._new == self._old:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._new), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
 def scan(
     raw_dir: str | os.PathLike,
     *,
@@ -213,12 +262,15 @@ def scan(
     settle_seconds: float,
     now: float | None = None,
     max_bytes: int = 20_000_000,
+    meta_cache: str | os.PathLike | None = None,
 ) -> Scan:
-    """Classify the files of the drop folder ``raw_dir`` (top level only)."""
+    """Classify the files of the drop folder ``raw_dir`` (top level only); ``meta_cache``: a
+    :class:`MetaCache` file."""
     raw = Path(raw_dir)
     result = Scan(raw_dir=str(raw))
     if not raw.is_dir():
         return result
+    cache = MetaCache(meta_cache) if meta_cache is not None else None
     now = time.time() if now is None else now
     entries = sorted(
         (
@@ -257,8 +309,11 @@ def scan(
             continue
         plate = e.name[: -len(LAYOUT_SUFFIX)]
         try:
-            with open(e.path, "rb") as fh:
-                meta = tomllib.load(fh).get("meta", {})
+            if cache is not None:
+                meta = cache.meta(e.path)
+            else:
+                with open(e.path, "rb") as fh:
+                    meta = tomllib.load(fh).get("meta", {})
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             statuses[e.name] = FileStatus(e.name, "rejected", plate, _reason_toml(err))
             continue
@@ -358,6 +413,8 @@ def scan(
         digest = content_digest([files.layout, *files.includes, files.export], max_bytes)
         result.plates[plate] = replace(files, digest=digest)
 
+    if cache is not None:
+        cache.save()
     in_plates = {Path(p.layout).name for p in result.plates.values()} | {
         Path(p.export).name for p in result.plates.values()
     }

@@ -25,6 +25,7 @@ SCAN = cr51_scan.scan(
     batch_count=config["batch_count"],
     settle_seconds=config["settle_seconds"],
     max_bytes=config["max_export_bytes"],
+    meta_cache=f"{RESULTS}/.scan-cache.json",
 )
 BATCHES = SCAN.batches()
 
