@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .scan import IncludeError, check_include_name, resolve_includes
+from .tables import records
 
 ROLES = ("spontaneous", "maximum", "sample", "background", "vehicle")
 #: Ids typed by technicians (lots, donors): start with a letter or digit, so that a spreadsheet
@@ -127,7 +128,7 @@ def _validate(wells: pd.DataFrame) -> pd.DataFrame:
     if "role" not in cols:
         raise LayoutError("no well has a role (spontaneous, maximum, sample, background, vehicle)")
     out = []
-    for rec in wells.to_dict("records"):
+    for rec in records(wells):
         well = rec["well"]
         role = rec.get("role")
         if role is None or (isinstance(role, float) and math.isnan(role)):

@@ -48,6 +48,7 @@ from .figures import (
 from .plate import file_digest
 from .potency import JOINT_COLUMNS
 from .qc import FLAG_TEXT, QCConfig, untreated
+from .tables import records
 
 PACKAGES = ("snakemake", "numpy", "pandas", "scipy", "lmfit", "wellmap", "openpyxl", "jsonschema", "pyyaml")
 ROWS, COLS = "ABCDEFGH", range(1, 13)
@@ -143,12 +144,6 @@ class Limits:
             float(pot.get("ci_level", 0.95)),
             settings.get("fit", {}).get("et_ratio"),
         )
-
-
-def records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of ``df`` as dicts (much faster than ``DataFrame.to_dict("records")``)."""
-    cols = list(df.columns)
-    return [dict(zip(cols, row)) for row in zip(*(df[c].tolist() for c in cols))] if len(df) else []
 
 
 def by_plate(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

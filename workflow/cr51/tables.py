@@ -50,6 +50,13 @@ def neutralised(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``df`` as dicts of Python values, like ``DataFrame.to_dict("records")`` but
+    several times faster (one ``tolist`` per column)."""
+    cols = list(df.columns)
+    return [dict(zip(cols, row)) for row in zip(*(df[c].tolist() for c in cols))] if len(df) else []
+
+
 def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
     """Concatenate tables in order: ``columns`` first, any other columns after them; an empty
     list (or only empty tables) gives an empty table with ``columns``."""
