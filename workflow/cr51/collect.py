@@ -98,10 +98,10 @@ class Collected:
             write_table(self.tables[name], path)
 
 
-def plate_rows(batches: Sequence[BatchOutput], name: str, dropped: set[str], force_frames: bool = False) -> list[Rows] | None:
+def plate_rows(batches: Sequence[BatchOutput], name: str, dropped: set[str]) -> list[Rows] | None:
     """Rendered rows of table ``name`` in plate order, leaving out ``dropped`` plates; ``None`` when
-    the plates did not all render the same columns and dtypes (or ``force_frames``)."""
-    if force_frames:
+    the table is not rendered by plates or the plates did not all render the same columns and dtypes."""
+    if not any(name in b.rows for b in batches):
         return None
     parts = sorted(
         ((plate, rows) for b in batches for plate, rows in b.rows.get(name, []) if plate not in dropped),
@@ -123,7 +123,7 @@ def collect(
     cols = table_columns()
     files = concat_frames(
         [*(b.tables["files"] for b in batches), other_files(others, raw_dir, max_bytes)], FILES_COLUMNS
-    ).reindex(columns=FILES_COLUMNS)
+    )
     dup = find_duplicates(files, raw_dir)
     if dup:
         is_dup = files["plate"].isin(dup.keys()) & (files["status"] == "ok")
@@ -136,7 +136,7 @@ def collect(
     for name in cols:
         if name == "files":
             continue
-        rows = plate_rows(batches, name, set(dup), force_frames) if any(name in b.rows for b in batches) else None
+        rows = None if force_frames else plate_rows(batches, name, set(dup))
         if rows is not None:
             out.rows[name] = rows
             continue
