@@ -36,7 +36,10 @@ batch: $(STAMP)
 	$(BIN)/cr51-batch --cores $(CORES)
 
 # Benchmark (not part of the tests): 1,000 simulated plates, times as ratios to `python -c "import lmfit"`.
-# PLATES=10000 for the scaling check. Figures and profile: docs/benchmarks.md
+# PLATES=10000 for the scaling check (against the last 1,000-plate run's .bench/bench-1000.json).
+# Figures and profile: docs/benchmarks.md
 PLATES ?= 1000
+BENCH_DIR ?= .bench
 bench: $(STAMP)
-	$(BIN)/python tools/bench.py --plates $(PLATES) --cores $(CORES)
+	$(BIN)/python tools/bench.py --plates $(PLATES) --cores $(CORES) --json $(BENCH_DIR)/bench-$(PLATES).json \
+		$(if $(filter-out 1000,$(PLATES)),--compare $(BENCH_DIR)/bench-1000.json)
