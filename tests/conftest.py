@@ -10,6 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 LAYOUTS = REPO / "config" / "layouts"
 
+#: The settings a batch job gets (cr51.batch.process_batch), with the shipped defaults.
+BATCH_SETTINGS = {
+    "layouts_dir": str(LAYOUTS),
+    "max_export_bytes": 20_000_000,
+    "qc": {},
+    "outliers": {"rule": "dixon_q", "exclude": False},
+    "fit": {"models": ["LL.4"], "et_ratio": None},
+    "potency": {},
+}
+
 
 @pytest.fixture
 def repo() -> Path:

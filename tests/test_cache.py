@@ -10,16 +10,9 @@ from cr51 import batch
 from cr51.batch import PlateCache, process_batch
 from cr51.plate import PlateInput
 from cr51.simulate import simulate_plate, write_plate
+from conftest import BATCH_SETTINGS
 
-REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {
-    "layouts_dir": str(REPO / "config" / "layouts"),
-    "max_export_bytes": 20_000_000,
-    "qc": {},
-    "outliers": {"rule": "dixon_q", "exclude": False},
-    "fit": {"models": ["LL.4"], "et_ratio": None},
-    "potency": {},
-}
+SETTINGS = BATCH_SETTINGS
 
 
 @pytest.fixture

@@ -12,16 +12,9 @@ from cr51.collect import collect, table_columns
 from cr51.plate import PlateInput
 from cr51.simulate import simulate_plate, write_plate
 from cr51.tables import Rows, read_table, render_rows, same_layout
+from conftest import BATCH_SETTINGS
 
-REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {
-    "layouts_dir": str(REPO / "config" / "layouts"),
-    "max_export_bytes": 20_000_000,
-    "qc": {},
-    "outliers": {"rule": "dixon_q", "exclude": False},
-    "fit": {"models": ["LL.4"], "et_ratio": None},
-    "potency": {},
-}
+SETTINGS = BATCH_SETTINGS
 TABLES = list(table_columns())
 
 
