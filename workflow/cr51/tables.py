@@ -54,7 +54,7 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The rows of ``df`` as dicts of Python values, like ``DataFrame.to_dict("records")`` but
     several times faster (one ``tolist`` per column)."""
     cols = list(df.columns)
-    return [dict(zip(cols, row)) for row in zip(*(df[c].tolist() for c in cols))] if len(df) else []
+    return [dict(zip(cols, row)) for row in zip(*(s.tolist() for _, s in df.items()))] if len(df) else []
 
 
 def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
