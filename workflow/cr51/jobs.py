@@ -34,7 +34,7 @@ def run_job(smk: Any, main: Callable[[Any], None]) -> None:
     log.info("done")
 
 
-#: Module whose ``threading.Timer`` s :func:`cancel_reevaluation_timers` cancels.
+#: Snakemake's scheduler module: :func:`cancel_reevaluation_timers` cancels the timers it started.
 SCHEDULER_MODULE = "snakemake.scheduling.job_scheduler"
 
 
