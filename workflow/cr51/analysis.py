@@ -99,9 +99,7 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, 
     veh_limit = float(settings.get("qc", {}).get("max_vehicle_suppression_pct", 10.0))
     refs = dict(zip(qc["plate"], qc["reference_lot"]))
     fits, potency, differ = [], [], []
-    plates = wells["plate"].unique()
-    groups = [(plates[0], wells)] if len(plates) == 1 else wells.groupby("plate", sort=True)  # one: a batch job's plate
-    for plate, grp in groups:
+    for plate, grp in wells.groupby("plate", sort=True):
         points, _ = fit_points(grp, et_cfg)
         ref = refs.get(plate)
         if points["lot"].notna().sum() == 0:

@@ -81,7 +81,6 @@ class Scan:
         return [f for f in self.files if f not in in_plates]
 
 
-
 def code_digest() -> str:
     """sha256 of the ``cr51`` package's source files (stdlib only, so the Snakefile can use it at
     parse time): a change of the software reruns every batch and invalidates every cached plate."""
@@ -90,6 +89,7 @@ def code_digest() -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
 
 def batch_of(plate: str, batch_count: int) -> str:
     """Stable batch id of a plate: depends on the plate's name only."""
