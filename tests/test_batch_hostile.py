@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from batchkit import LOTS, add_plate, pipeline_copy, rename_plate, run_batch, snapshot
+
 from cr51.simulate import simulate_plate
 from cr51.tables import read_table
 

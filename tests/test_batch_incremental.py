@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from pathlib import Path
-
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
-
 from batchkit import BIN, LOTS, QUICK, add_plate, audit_records, pipeline_copy, run_batch
+
 from cr51.scan import batch_of
 from cr51.simulate import render_export, simulate_plate
 
@@ -37,8 +36,7 @@ def names_in_distinct_batches(n: int, batch_count: int = 4) -> list[str]:
 def rows_of(results: Path, plate: str) -> dict[str, list[str]]:
     """The CSV lines of one plate in each result table (plate is the first column)."""
     return {
-        t: [ln for ln in (results / f"{t}.csv").read_text().splitlines() if ln.startswith(f"{plate},")]
-        for t in TABLES
+        t: [ln for ln in (results / f"{t}.csv").read_text().splitlines() if ln.startswith(f"{plate},")] for t in TABLES
     }
 
 
@@ -64,7 +62,9 @@ def runs(tmp_path_factory):
     add_plate(raw, new, 3)
     p2 = run_batch(work, raw, results)
     assert p2.returncode == 0, p2.stdout + p2.stderr
-    out["run2"] = dict(proc=p2, rows={n: rows_of(results, n) for n in (first, second, new)}, mtimes=batch_mtimes(results))
+    out["run2"] = dict(
+        proc=p2, rows={n: rows_of(results, n) for n in (first, second, new)}, mtimes=batch_mtimes(results)
+    )
 
     old_sha = hashlib.sha256((raw / f"{first}.csv").read_bytes()).hexdigest()
     corrected = simulate_plate(first, np.random.default_rng(99), lots=LOTS, donor="D01")

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from batchkit import RUN_TIMEOUT, add_plate, audit_records, pipeline_copy, result_tables, run_batch, runner_cmd
+
 from cr51 import runner
 
 pytestmark = pytest.mark.slow
@@ -32,9 +32,7 @@ def clean_run(setup):
     """Two runners started together on one results folder: one runs, the other exits at once."""
     base, work, raw = setup
     results = base / "clean"
-    procs = [
-        subprocess.Popen(runner_cmd(raw, results), cwd=work, stdout=subprocess.PIPE, text=True) for _ in range(2)
-    ]
+    procs = [subprocess.Popen(runner_cmd(raw, results), cwd=work, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=RUN_TIMEOUT)[0] for p in procs]
     return results, [p.returncode for p in procs], outs
 
@@ -91,7 +89,10 @@ def test_results_folder_below_a_file_is_not_writable(setup, tmp_path):
     blocker.write_text("a file where a folder is expected")
     proc = run_batch(work, raw, blocker / "results")
     assert proc.returncode == runner.EXIT_NOT_WRITABLE
-    assert proc.stdout == f"cr51 batch: results folder {blocker / 'results'} is not writable (Not a directory); nothing was run\n"
+    assert (
+        proc.stdout
+        == f"cr51 batch: results folder {blocker / 'results'} is not writable (Not a directory); nothing was run\n"
+    )
 
 
 def test_disk_full_is_refused(setup, tmp_path):

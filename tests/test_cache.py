@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BATCH_SETTINGS
 
 from cr51 import batch
 from cr51.batch import PlateCache, process_batch
 from cr51.plate import PlateInput
 from cr51.simulate import simulate_plate, write_plate
-from conftest import BATCH_SETTINGS
 
 SETTINGS = BATCH_SETTINGS
 
@@ -81,12 +81,12 @@ def test_settings_or_template_change_recomputes(tmp_path, plates, monkeypatch):
     process_batch(plates, other, PlateCache(tmp_path / "cache", other))
     assert sorted(calls) == sorted(p.name for p in plates)
     template = tmp_path / "t.toml"
-    template.write_text('[expt]\ntargets_per_well = 5000\n')
+    template.write_text("[expt]\ntargets_per_well = 5000\n")
     with_tmpl = [PlateInput(plates[0].name, plates[0].layout, plates[0].export, (str(template),)), *plates[1:]]
     cache = PlateCache(tmp_path / "cache", other)
     keys = cache.key(plates[0], 10**9), cache.key(with_tmpl[0], 10**9)
     assert keys[0] != keys[1]
-    template.write_text('[expt]\ntargets_per_well = 6000\n')
+    template.write_text("[expt]\ntargets_per_well = 6000\n")
     assert cache.key(with_tmpl[0], 10**9) != keys[1]
 
 

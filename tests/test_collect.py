@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BATCH_SETTINGS
 
 from cr51.batch import BatchOutput, load_batch, process_batch, save_batch
 from cr51.collect import collect, table_columns
 from cr51.plate import PlateInput
 from cr51.simulate import simulate_plate, write_plate
 from cr51.tables import Rows, read_table, render_rows, same_layout
-from conftest import BATCH_SETTINGS
 
 SETTINGS = BATCH_SETTINGS
 TABLES = list(table_columns())
@@ -105,7 +105,10 @@ def test_plates_rendered_differently_are_written_from_the_table(case):
     b = batches[0]
     plate, rows = b.rows["wells"][0]
     odd = Rows(rows.columns, (object,) * len(rows.columns), rows.text)  # e.g. a column of another dtype
-    changed = [BatchOutput(b.tables, {**b.rows, "wells": [(plate, odd), *b.rows["wells"][1:]]}, b.sections), *batches[1:]]
+    changed = [
+        BatchOutput(b.tables, {**b.rows, "wells": [(plate, odd), *b.rows["wells"][1:]]}, b.sections),
+        *batches[1:],
+    ]
     result = collect(changed, [], str(raw), 20_000_000)
     assert "wells" in result.tables and "wells" not in result.rows and "lysis" in result.rows
     assert written(changed, raw, tmp / f"odd_{kind}") == written(batches, raw, tmp / f"plain_{kind}", force_frames=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import math
 from pathlib import Path
 
 import openpyxl
@@ -99,6 +98,7 @@ def set_cell(index: int, value: str):
         cells = line.split(",")
         cells[index] = value
         return ",".join(cells)
+
     return edit
 
 
@@ -139,8 +139,7 @@ def test_wizard2_nan_cpm(tmp_path):
 
 
 def test_wizard2_several_nuclides(tmp_path):
-    text = ("Rack,Pos,I-125 Counts,I-125 CPM,Cr-51 Counts,Cr-51 CPM\n"
-            "1,1,10,5.5,20,7.25\n1,2,10,6,20,8\n")
+    text = "Rack,Pos,I-125 Counts,I-125 CPM,Cr-51 Counts,Cr-51 CPM\n1,1,10,5.5,20,7.25\n1,2,10,6,20,8\n"
     exp = read_export(write(tmp_path, text))
     assert cpm_of(exp) == {(1, 1): 7.25, (1, 2): 8.0}
     assert "Cr-51 CPM" in exp.notes[0]
@@ -441,31 +440,39 @@ def test_not_utf8(tmp_path):
 
 
 def test_unrecognised(tmp_path):
-    raises(write(tmp_path, "Sample,Value\nx,1\n"), "unrecognised format", "no well/CPM columns",
-           "no 8×12 grid", "no Wizard2 columns")
+    raises(
+        write(tmp_path, "Sample,Value\nx,1\n"),
+        "unrecognised format",
+        "no well/CPM columns",
+        "no 8×12 grid",
+        "no Wizard2 columns",
+    )
 
 
 # ---------------------------------------------------------------------------------------- content errors
 
 
-@pytest.mark.parametrize("text, fragments", [
-    ("Well,CPM\nA1,5\nA2\n", ["line 3", "1 cells", "header (line 1) has 2", "truncated"]),
-    ("Well,CPM\nA1,abc\n", ["line 2", "well A1", "'abc'", "not a number"]),
-    ("Well,CPM\nA1,\n", ["line 2", "well A1", "no count value"]),
-    ("Well,CPM\nA1,5\nB7,nan\n", ["line 3", "well B7", "not a finite number"]),
-    ("Well,CPM\nB7,inf\n", ["line 2", "well B7", "not a finite number"]),
-    ("Well,CPM\nB7,1e999\n", ["line 2", "well B7", "not a finite number"]),
-    ("Well,CPM\nC3,-12.5\n", ["line 2", "well C3", "'-12.5'", "negative"]),
-    ("Well,CPM\nA1,5\nB1,6\nA01,7\n", ["line 4", "well A1", "twice", "line 2"]),
-    ("Well,CPM\nI1,5\n", ["line 2", "'I1'", "outside", "A1–H12"]),
-    ("Well,CPM\nA13,5\n", ["line 2", "'A13'", "outside"]),
-    ("Well,CPM\nA1,5\nTotal,5\n", ["line 3", "'Total'", "not a well id"]),
-    ("Well,CPM\n,5\n", ["line 2", "no well id"]),
-    ("Well,CPM\n", ["line 1", "no data rows"]),
-    ("Well;CPM\nA1;1234.5\nA2;12,5\n", ["mix decimal marks", "'1234.5' (line 2)", "'12,5' (line 3)"]),
-    ("Well,CPM\nA1,1,234\n", ["line 2", "3 cells", "has 2", "unquoted ','"]),  # thousands not mis-read
-    ("Well,CPM\nA1,\"12,34.5\"\n", ["line 2", "'12,34.5'", "not a number"]),  # bad thousands grouping
-])
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("Well,CPM\nA1,5\nA2\n", ["line 3", "1 cells", "header (line 1) has 2", "truncated"]),
+        ("Well,CPM\nA1,abc\n", ["line 2", "well A1", "'abc'", "not a number"]),
+        ("Well,CPM\nA1,\n", ["line 2", "well A1", "no count value"]),
+        ("Well,CPM\nA1,5\nB7,nan\n", ["line 3", "well B7", "not a finite number"]),
+        ("Well,CPM\nB7,inf\n", ["line 2", "well B7", "not a finite number"]),
+        ("Well,CPM\nB7,1e999\n", ["line 2", "well B7", "not a finite number"]),
+        ("Well,CPM\nC3,-12.5\n", ["line 2", "well C3", "'-12.5'", "negative"]),
+        ("Well,CPM\nA1,5\nB1,6\nA01,7\n", ["line 4", "well A1", "twice", "line 2"]),
+        ("Well,CPM\nI1,5\n", ["line 2", "'I1'", "outside", "A1–H12"]),
+        ("Well,CPM\nA13,5\n", ["line 2", "'A13'", "outside"]),
+        ("Well,CPM\nA1,5\nTotal,5\n", ["line 3", "'Total'", "not a well id"]),
+        ("Well,CPM\n,5\n", ["line 2", "no well id"]),
+        ("Well,CPM\n", ["line 1", "no data rows"]),
+        ("Well;CPM\nA1;1234.5\nA2;12,5\n", ["mix decimal marks", "'1234.5' (line 2)", "'12,5' (line 3)"]),
+        ("Well,CPM\nA1,1,234\n", ["line 2", "3 cells", "has 2", "unquoted ','"]),  # thousands not mis-read
+        ('Well,CPM\nA1,"12,34.5"\n', ["line 2", "'12,34.5'", "not a number"]),  # bad thousands grouping
+    ],
+)
 def test_well_list_errors(tmp_path, text, fragments):
     raises(write(tmp_path, text), *fragments)
 

@@ -3,8 +3,9 @@
 import inspect
 import threading
 
-from cr51.jobs import SCHEDULER_MODULE, cancel_reevaluation_timers
 from snakemake.scheduling.job_scheduler import JobScheduler
+
+from cr51.jobs import SCHEDULER_MODULE, cancel_reevaluation_timers
 
 
 def _noop() -> None:

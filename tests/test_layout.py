@@ -65,9 +65,7 @@ role = "sample"
 conc = 0
 et_ratio = 6.25
 """
-ROWS = "".join(
-    f'[row.{r}]\nrole = "sample"\nlot = "LOT-{r}"\net_ratio = 50\n' for r in "BCDEF"
-)
+ROWS = "".join(f'[row.{r}]\nrole = "sample"\nlot = "LOT-{r}"\net_ratio = 50\n' for r in "BCDEF")
 
 
 def make(tmp_path, text, name="plate.toml", export="run_0423.csv"):
@@ -114,7 +112,7 @@ def test_template_include_and_unused_rows(tmp_path, layouts_dir):
         ('[well.A1]\nrole = "sample"\nlot = "=HYPERLINK(1)"\nconc = 1\net_ratio = 50\n', "formula"),
         ('[well.A1]\nrole = "sample"\nlot = "-2+3"\nconc = 1\net_ratio = 50\n', "formula"),
         ('[expt]\ndonor = "@SUM(A1)"\n[well.A1]\nrole = "spontaneous"\n', "formula"),
-        ('[well.A1]\nconc = 1\n', "no well has a role"),
+        ("[well.A1]\nconc = 1\n", "no well has a role"),
     ],
 )
 def test_bad_fields_are_refused_with_reason(tmp_path, layouts_dir, snippet, message):

@@ -97,7 +97,9 @@ def test_lots_differ(six_lot_tables: potency.PlateTables) -> None:
 
 
 def test_different_slope_fails_equivalence() -> None:
-    points = simulate_plate(np.random.default_rng(5), {"REF": 1.0, "SAME": 1.2, "STEEP": 1.2}, sd=0.5, slopes={"STEEP": 3.0})
+    points = simulate_plate(
+        np.random.default_rng(5), {"REF": 1.0, "SAME": 1.2, "STEEP": 1.2}, sd=0.5, slopes={"STEEP": 3.0}
+    )
     table = potency.analyse_plate(points, "P", "REF").potency.set_index("lot")
     assert bool(table.loc["SAME", "equivalent"]) is True
     assert bool(table.loc["STEEP", "equivalent"]) is False
@@ -126,7 +128,9 @@ def test_single_lot_and_sparse_lot() -> None:
 
 
 def test_garbage_does_not_raise() -> None:
-    points = pd.DataFrame({"lot": ["REF", "T", None, "T"], "conc": [1.0, 1.0, 0.0, np.nan], "lysis": [5.0, 5.0, 5.0, 1.0]})
+    points = pd.DataFrame(
+        {"lot": ["REF", "T", None, "T"], "conc": [1.0, 1.0, 0.0, np.nan], "lysis": [5.0, 5.0, 5.0, 1.0]}
+    )
     tables = potency.analyse_plate(points, "P", "REF")
     assert (tables.potency["status"] == "failed").all()
     assert not tables.fits["converged"].any()

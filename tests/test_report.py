@@ -98,7 +98,9 @@ def run(tmp_path_factory):
                                          "plate": "", "reason": "no layout names this export"}])],
         ignore_index=True,
     )  # fmt: skip
-    tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(tables["potency"], tables["qc"], CONFIG)
+    tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(
+        tables["potency"], tables["qc"], CONFIG
+    )
     report = build_report(ReportInputs(tables, out.sections, CONFIG, [str(LAYOUTS / "standard_96.toml")]))
     parser = Cells()
     parser.feed(report.html)
@@ -180,7 +182,7 @@ def test_flags_failures_and_rejected_files_are_explained(run):
     assert "negative" in report.html  # the rejected export's reason, in words
     assert "no layout names this export" in report.html
     assert FLAG_TEXT["OUTLIER"] in split_sections(html)["run_01"]
-    assert 'class="h' in html and " o\"" in split_sections(html)["run_01"]  # outlier well marked on the map
+    assert 'class="h' in html and ' o"' in split_sections(html)["run_01"]  # outlier well marked on the map
     vehicle = values(parser, "vehicle", "plate", "vehicle_suppression_pct")
     assert "run_02" in vehicle and "VEHICLE_SUPPRESSION" in report.html
 

@@ -46,7 +46,9 @@ def report_file(tmp_path_factory) -> Path:
         plates.append(PlateInput(p.name, str(base / f"{p.name}.toml"), str(base / p.export_name)))
     out = process_batch(plates, CONFIG)
     tables = dict(out.tables)
-    tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(tables["potency"], tables["qc"], CONFIG)
+    tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(
+        tables["potency"], tables["qc"], CONFIG
+    )
     report = build_report(ReportInputs(tables, out.sections, CONFIG))
     # the first plate opened, as a reader would, so that its figures are in the screenshot
     html = report.html.replace('<details class="plate" ', '<details open class="plate" ', 1)

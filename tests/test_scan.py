@@ -151,7 +151,7 @@ def test_meta_cache_gives_the_same_scan_and_skips_parsing_unchanged_layouts(tmp_
     raw.mkdir()
     write(raw, "p1.toml", LAYOUT.format(export="p1.csv"))
     write(raw, "p1.csv")
-    write(raw, "p2.toml", LAYOUT.format(export="p2.csv") + '[expt]\ndate = 2026-01-05\n')
+    write(raw, "p2.toml", LAYOUT.format(export="p2.csv") + "[expt]\ndate = 2026-01-05\n")
     write(raw, "p2.csv")
     write(raw, "dated.toml", '[meta]\npath = "d.csv"\nwhen = 2026-01-05\n')  # a date: not JSON, not cached
     write(raw, "d.csv")

@@ -1,4 +1,5 @@
 """Tests of cr51.simulate: layouts, exports, the model, determinism, the plate-set writers and the CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -53,7 +54,7 @@ def read_export(data: bytes, fmt: str, p: SimulatedPlate) -> dict[str, float]:
         start = next(i for i, r in enumerate(rows) if r and r[0] == "Well")
         header = rows[start]
         j = header.index("CPM")
-        for r in rows[start + 1:]:
+        for r in rows[start + 1 :]:
             if not r or r[0] in ("", None):
                 continue
             w = norm_well(str(r[0]))
@@ -62,7 +63,7 @@ def read_export(data: bytes, fmt: str, p: SimulatedPlate) -> dict[str, float]:
     elif fmt in ("plate_grid", "xlsx_plate_grid"):
         start = next(i for i, r in enumerate(rows) if r and r[0] == "CPM")
         assert [int(x) for x in rows[start][1:13]] == list(range(1, 13))
-        for r in rows[start + 1:start + 9]:
+        for r in rows[start + 1 : start + 9]:
             for c in range(1, 13):
                 if r[c] not in ("", None):
                     out[f"{r[0]}{c}"] = float(r[c])
@@ -337,8 +338,12 @@ def test_vehicle_suppression_of_maltose_lot():
         p = plate(seed, layout="vehicle")
         assert p.truth["vehicle_suppression_10"]["LOT-A"] == 0.15
         untreated = lysis_from_cpm(p.cpm, ["G9", "G10", "G11", "G12", "H1", "H2", "H3"])
-        for lot, wells in {"REF-001": ["E3", "E9"], "LOT-A": ["E6", "E12"], "LOT-B": ["F3", "F9"],
-                           "LOT-C": ["F6", "F12"]}.items():
+        for lot, wells in {
+            "REF-001": ["E3", "E9"],
+            "LOT-A": ["E6", "E12"],
+            "LOT-B": ["F3", "F9"],
+            "LOT-C": ["F6", "F12"],
+        }.items():
             supp[lot].append(1 - lysis_from_cpm(p.cpm, wells) / untreated)
     assert 0.10 < np.mean(supp["LOT-A"]) < 0.20
     for lot in ("REF-001", "LOT-B", "LOT-C"):
@@ -399,12 +404,33 @@ def test_example_set(tmp_path):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "o"
-    rc = sim.main(["--out", str(out), "--plates", "3", "--seed", "5", "--format", "well_list",
-                   "--format", "wizard2", "--truth", str(tmp_path / "t.csv")])
+    rc = sim.main(
+        [
+            "--out",
+            str(out),
+            "--plates",
+            "3",
+            "--seed",
+            "5",
+            "--format",
+            "well_list",
+            "--format",
+            "wizard2",
+            "--truth",
+            str(tmp_path / "t.csv"),
+        ]
+    )
     assert rc == 0
     assert sorted(x.name for x in out.iterdir()) == sorted(
-        ["plate0001.toml", "plate0001.csv", "plate0002.toml", "plate0002_wizard2.csv", "plate0003.toml",
-         "plate0003.csv"])
+        [
+            "plate0001.toml",
+            "plate0001.csv",
+            "plate0002.toml",
+            "plate0002_wizard2.csv",
+            "plate0003.toml",
+            "plate0003.csv",
+        ]
+    )
     assert len(pd.read_csv(tmp_path / "t.csv")) == 18
     assert sim.main(["--out", str(tmp_path / "ex"), "--example"]) == 0
     assert len(list((tmp_path / "ex").glob("*.toml"))) == 6

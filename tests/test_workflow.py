@@ -20,9 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(SNAKEMAKE), "--cores", "2", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([str(SNAKEMAKE), "--cores", "2", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

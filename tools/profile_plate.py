@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
-from cr51 import analysis, batch, plate as plate_mod, report  # noqa: E402
+
+from cr51 import analysis, batch, report  # noqa: E402
+from cr51 import plate as plate_mod  # noqa: E402
 from cr51.collect import table_columns  # noqa: E402
 from cr51.tables import render_rows  # noqa: E402
 

@@ -49,11 +49,7 @@ def plates_fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.D
     codes, plates = pd.factorize(wells["plate"])
     et = wells["et_ratio"].to_numpy(float)
     lysis = wells["lysis_pct"].to_numpy(float)
-    use = (
-        (wells["role"] == "sample").to_numpy(bool)
-        & ~wells["excluded"].to_numpy(bool)
-        & ~np.isnan(lysis)
-    )
+    use = (wells["role"] == "sample").to_numpy(bool) & ~wells["excluded"].to_numpy(bool) & ~np.isnan(lysis)
     if et_ratio is None:
         top = np.full(len(plates), -np.inf)
         lot_wells = use & wells["lot"].notna().to_numpy(bool)
@@ -86,9 +82,7 @@ def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -
     else:
         per_lot = veh.groupby("lot")["vehicle_suppression_pct"].max()
         out["vehicle_suppression_pct"] = out["lot"].map(per_lot).astype(float)
-    out["vehicle_flag"] = (out["vehicle_suppression_pct"] > limit_pct).map(
-        {True: "VEHICLE_SUPPRESSION", False: ""}
-    )
+    out["vehicle_flag"] = (out["vehicle_suppression_pct"] > limit_pct).map({True: "VEHICLE_SUPPRESSION", False: ""})
     return out
 
 

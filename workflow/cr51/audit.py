@@ -24,7 +24,7 @@ import os
 import platform
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -89,9 +89,7 @@ def files_rows(results_dir: str | os.PathLike) -> list[dict[str, str]] | None:
 def input_changes(before: dict[str, Record], rows: list[dict[str, str]]) -> Record:
     """``new``, ``replaced`` and ``removed`` files between ``before`` and ``files.csv`` rows."""
     now = {
-        r["file"]: {"plate": r["plate"], "sha256": r["sha256"]}
-        for r in rows
-        if r["status"] in DECIDED and r["sha256"]
+        r["file"]: {"plate": r["plate"], "sha256": r["sha256"]} for r in rows if r["status"] in DECIDED and r["sha256"]
     }
     new, replaced = [], []
     for name, cur in sorted(now.items()):
@@ -123,7 +121,7 @@ def written_outputs(results_dir: str | os.PathLike, since: float) -> list[Record
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def _version(dist: str) -> str | None:

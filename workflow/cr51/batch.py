@@ -160,8 +160,7 @@ def process_batch(
     columns = table_columns()
     tables = {name: concat_frames([o.tables[name] for o in outs], columns[name]) for name in columns}
     rows = {
-        name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None]
-        for name in TEXT_TABLES
+        name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None] for name in TEXT_TABLES
     }
     sections = {k: v for o in outs for k, v in o.sections.items()}
     return BatchOutput(tables, rows, sections)

@@ -129,8 +129,7 @@ def collect(
         is_dup = files["plate"].isin(dup.keys()) & (files["status"] == "ok")
         files.loc[is_dup, "status"] = "duplicate"
         files.loc[is_dup, "reason"] = files.loc[is_dup, "plate"].map(
-            lambda p: f"same export content as '{dup[p][1]}' of plate '{dup[p][0]}', "
-            "which was accepted first"
+            lambda p: f"same export content as '{dup[p][1]}' of plate '{dup[p][0]}', which was accepted first"
         )
     out = Collected({"files": files.sort_values("file", kind="stable").reset_index(drop=True)})
     for name in cols:

@@ -46,14 +46,14 @@ def select(potency: pd.DataFrame, qc: pd.DataFrame, gate: str, alpha: float) -> 
     """potency_combined_inputs.csv: every plate × lot with ``included`` and the reason."""
     status = dict(zip(qc["plate"], qc["status"]))
     out = potency.copy()
-    out["reason"] = [
-        exclusion_reason(r, status.get(r["plate"]), gate, alpha) for r in potency.to_dict("records")
-    ]
+    out["reason"] = [exclusion_reason(r, status.get(r["plate"]), gate, alpha) for r in potency.to_dict("records")]
     out["included"] = out["reason"] == ""
     return out.reindex(columns=INPUT_COLUMNS + ["df"])
 
 
-def combine_plates(potency: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def combine_plates(
+    potency: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(potency_combined, potency_combined_inputs) for the whole run."""
     pot = settings.get("potency", {})
     inputs = select(potency, qc, pot.get("parallelism_gate", "f_test"), float(pot.get("alpha", 0.05)))

@@ -135,7 +135,9 @@ def curves_svg(points: CurvePoints, curves: Sequence[JointCurve], reference: str
     out.append(svg.dots(np.full(untreated.sum(), x0), ys(lysis[untreated]), 5.5, f'stroke="{UNTREATED_COLOUR}"'))
     legend.append(("untreated (dose 0)", f'stroke="{UNTREATED_COLOUR}"'))
     out.append(_legend(frame.right + 22, frame.top + 8, legend))
-    out.append(svg.text(frame.right + 22, frame.top + 8 + 16 * len(legend) + 6, f"E:T {et_ratio:g}:1", extra=' fill="#555"'))
+    out.append(
+        svg.text(frame.right + 22, frame.top + 8 + 16 * len(legend) + 6, f"E:T {et_ratio:g}:1", extra=' fill="#555"')
+    )
     out.append("</svg>")
     return "".join(out)
 
@@ -204,16 +206,16 @@ def _forest_range(groups: Sequence[ForestGroup]) -> tuple[float, float]:
 def forest_svg(groups: Sequence[ForestGroup], references: Sequence[str], ci_level: float) -> str:
     """Forest plot: per lot, each plate's RP with its CI, then the combined RP (diamond) and CI."""
     row_h, w = 15, 780
-    heights = [
-        row_h * (len(g.plates) if len(g.plates) <= FOREST_LABELLED_ROWS else 4) + row_h + 30 for g in groups
-    ]
+    heights = [row_h * (len(g.plates) if len(g.plates) <= FOREST_LABELLED_ROWS else 4) + row_h + 30 for g in groups]
     top = 40
     h = top + sum(heights) + 50
     frame = svg.Frame(left=170, top=top, right=590, bottom=h - 46)
     xs = svg.Scale(*_forest_range(groups), frame.left, frame.right, log=True)
     ref_text = ", ".join(references) if references else "the reference lot"
     out = [svg.svg_open(w, h, f"Relative potency per lot and plate vs {ref_text}")]
-    out.append(svg.x_axis(frame, xs, svg.log_ticks(xs.lo, xs.hi), "Relative potency (IC50 reference / IC50 lot), log scale"))
+    out.append(
+        svg.x_axis(frame, xs, svg.log_ticks(xs.lo, xs.hi), "Relative potency (IC50 reference / IC50 lot), log scale")
+    )
     x1 = xs.at(1.0)
     out.append(svg.line(x1, frame.top - 8, x1, frame.bottom, 'stroke="#444" stroke-dasharray="5 3"'))
     out.append(svg.text(x1, frame.top - 14, f"RP = 1: reference lot {ref_text}", "middle", ' font-weight="600"'))
@@ -247,7 +249,11 @@ def _forest_group(g: ForestGroup, xs: svg.Scale, frame: svg.Frame, y: float, row
         out.append(svg.line(_clip(xs, r.lo), yy, _clip(xs, r.hi), yy, style))
         out.append(svg.dots([_clip(xs, r.rp)], [yy], 5, style))
         if labelled:
-            out.append(svg.text(20, yy + 4, _short(r.label, 22) + ("" if r.included else " (not combined)"), extra=' fill="#444"'))
+            out.append(
+                svg.text(
+                    20, yy + 4, _short(r.label, 22) + ("" if r.included else " (not combined)"), extra=' fill="#444"'
+                )
+            )
             out.append(svg.text(frame.right + 12, yy + 4, _ci_text(r), extra=' fill="#444"'))
     y += (len(g.plates) if labelled else 4) * row_h
     if not labelled:

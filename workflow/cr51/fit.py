@@ -25,6 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
 from scipy import special
@@ -45,6 +46,7 @@ COMMON_E: frozenset[str] = frozenset()
 B_BOUND = 50.0  # |b| limit: steeper curves are not estimable from plate data
 E_DECADES = 3.0  # e may lie at most this many decades outside the dose range
 F_BOUNDS = (0.01, 100.0)  # LL.5 asymmetry limits
+
 
 @dataclass(frozen=True)
 class CurveModel:
@@ -705,9 +707,7 @@ def _fit_free(
         idx = np.array([position[f"{k}:{g}"] for k in part.names])
         theta[idx] = part.estimates
         vcov[np.ix_(idx, idx)] = part.vcov * (sigma2 / (part.rss / part.df))
-    return FitResult(
-        design.model.name, design.names, theta, vcov, rss, n - p, n, True, "ok", design.groups, per_group
-    )
+    return FitResult(design.model.name, design.names, theta, vcov, rss, n - p, n, True, "ok", design.groups, per_group)
 
 
 def _optimise(
@@ -848,11 +848,23 @@ def fieller_ratio(
     disc = f0**2 - (mu_a**2 - q * v11) * denom
     delta = (ratio - t * se, ratio + t * se)
     if not np.isfinite(q) or not np.isfinite(disc):
-        return RatioEstimate(ratio, se, np.nan, np.nan, *delta, False, "Fieller interval not computable (no residual df or NaN inputs)")
+        return RatioEstimate(
+            ratio, se, np.nan, np.nan, *delta, False, "Fieller interval not computable (no residual df or NaN inputs)"
+        )
     if denom <= 0:
-        return RatioEstimate(ratio, se, np.nan, np.nan, *delta, False, "Fieller interval unbounded: denominator not significantly different from 0")
+        return RatioEstimate(
+            ratio,
+            se,
+            np.nan,
+            np.nan,
+            *delta,
+            False,
+            "Fieller interval unbounded: denominator not significantly different from 0",
+        )
     if disc < 0:
-        return RatioEstimate(ratio, se, np.nan, np.nan, *delta, False, "Fieller interval unbounded: negative discriminant")
+        return RatioEstimate(
+            ratio, se, np.nan, np.nan, *delta, False, "Fieller interval unbounded: negative discriminant"
+        )
     root = np.sqrt(disc)
     return RatioEstimate(ratio, se, (f0 - root) / denom, (f0 + root) / denom, *delta, True, "")
 

@@ -19,8 +19,8 @@ import math
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -111,8 +111,10 @@ def read_export(path: str | os.PathLike, *, max_bytes: int = 20_000_000, block: 
     if st.st_size == 0:
         raise InputError(f"{name}: file is empty (0 bytes); export it again")
     if st.st_size > max_bytes:
-        raise InputError(f"{name}: file is {st.st_size:,} bytes, more than the limit of {max_bytes:,} bytes; "
-                         "is this really a counter export?")
+        raise InputError(
+            f"{name}: file is {st.st_size:,} bytes, more than the limit of {max_bytes:,} bytes; "
+            "is this really a counter export?"
+        )
     try:
         with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)  # bounded even if the file grew since stat()
@@ -155,13 +157,13 @@ def _decode(data: bytes, src: _Source) -> str:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
-            raise src.err(f"not UTF-8 text (byte 0x{data[exc.start]:02X} on line {line}); "
-                          "save or export the file as UTF-8 CSV") from None
+            raise src.err(
+                f"not UTF-8 text (byte 0x{data[exc.start]:02X} on line {line}); save or export the file as UTF-8 CSV"
+            ) from None
     bad = CONTROL.search(text)
     if bad:
         line = text.count("\n", 0, bad.start()) + 1
-        raise src.err(f"binary content (control character 0x{ord(bad.group()):02X} on line {line}), "
-                      "not a text export")
+        raise src.err(f"binary content (control character 0x{ord(bad.group()):02X} on line {line}), not a text export")
     return text
 
 
@@ -216,8 +218,9 @@ def _cell_text(v: object) -> str:
 # format detection
 
 
-def _parse_rows(rows: list[Row], src: _Source, block: str | None, default_decimal: str,
-                allow_wizard2: bool) -> Export | None:
+def _parse_rows(
+    rows: list[Row], src: _Source, block: str | None, default_decimal: str, allow_wizard2: bool
+) -> Export | None:
     """Detect the format from the first header-like row and parse it; None if nothing is recognised.
 
     Within the first HEADER_SCAN_LINES rows the first row that is a Wizard2 header, a well-list
@@ -226,8 +229,7 @@ def _parse_rows(rows: list[Row], src: _Source, block: str | None, default_decima
     for k, (_, cells) in enumerate(rows[:HEADER_SCAN_LINES]):
         if _wizard2_columns(cells):
             if not allow_wizard2:
-                raise src.err("Wizard2 table in a workbook is not supported; use the counter's CSV export",
-                              rows[k][0])
+                raise src.err("Wizard2 table in a workbook is not supported; use the counter's CSV export", rows[k][0])
             return _parse_wizard2(rows, k, src, default_decimal, block)
         if _well_list_columns(cells):
             return _parse_well_list(rows, k, src, default_decimal, block)
@@ -274,19 +276,20 @@ def _table_rows(rows: list[Row], header: int, src: _Source, notes: list[str]) ->
     for k in range(header + 1, len(rows)):
         line, cells = rows[k]
         if not any(cells):
-            rest = sum(any(c) for _, c in rows[k + 1:])
+            rest = sum(any(c) for _, c in rows[k + 1 :])
             if rest:
                 notes.append(f"table ends at blank {src.unit} {line}; {rest} non-blank line(s) after it ignored")
             break
-        src.check_width(cells, width, line, f"row has {len(cells)} cells but the header ({src.unit} {hline}) has {width}")
+        src.check_width(
+            cells, width, line, f"row has {len(cells)} cells but the header ({src.unit} {hline}) has {width}"
+        )
         body.append((line, cells))
     if not body:
         raise src.err("no data rows below the header", hline)
     return body
 
 
-def _parse_well_list(rows: list[Row], header: int, src: _Source, default_decimal: str,
-                     block: str | None) -> Export:
+def _parse_well_list(rows: list[Row], header: int, src: _Source, default_decimal: str, block: str | None) -> Export:
     wcol, ccol, notes = _well_list_columns(rows[header][1])  # type: ignore[misc]
     _note_block_ignored(block, notes)
     body = _table_rows(rows, header, src, notes)
@@ -295,8 +298,7 @@ def _parse_well_list(rows: list[Row], header: int, src: _Source, default_decimal
     return Export("well_list", _frame(wells=wells, cpm=cpm), tuple(notes))
 
 
-def _parse_wizard2(rows: list[Row], header: int, src: _Source, default_decimal: str,
-                   block: str | None) -> Export:
+def _parse_wizard2(rows: list[Row], header: int, src: _Source, default_decimal: str, block: str | None) -> Export:
     hline, hcells = rows[header]
     cpm_cols = [i for i, c in enumerate(hcells) if WIZARD_CPM.match(c)]
     if len(cpm_cols) > 1:
@@ -352,13 +354,17 @@ def _parse_grid(rows: list[Row], src: _Source, default_decimal: str, block: str 
     items = []
     for r, letter in enumerate(GRID_ROWS, 1):
         if header + r > last:
-            raise src.err(f"{label} (header {src.unit} {hline}): row {letter} missing at the end of the file; "
-                          "the file looks truncated")
+            raise src.err(
+                f"{label} (header {src.unit} {hline}): row {letter} missing at the end of the file; "
+                "the file looks truncated"
+            )
         line, cells = rows[header + r]
         if not cells or cells[0].upper() != letter:
             found = f"'{cells[0]}'" if cells and cells[0] else "a blank line"
-            raise src.err(f"{label} (header {src.unit} {hline}): expected row {letter}, found {found}; "
-                          "the grid is incomplete", line)
+            raise src.err(
+                f"{label} (header {src.unit} {hline}): expected row {letter}, found {found}; the grid is incomplete",
+                line,
+            )
         src.check_width(
             cells, width, line,
             short=f"{label} row {letter} has {len(cells) - 1} of 12 columns",
@@ -396,8 +402,9 @@ def _whole(text: str, column: str, src: _Source, line: int) -> int:
     return int(text)
 
 
-def _numbers(items: Iterable[tuple[int, object, str]], src: _Source, default_decimal: str,
-             notes: list[str]) -> tuple[list, list[float]]:
+def _numbers(
+    items: Iterable[tuple[int, object, str]], src: _Source, default_decimal: str, notes: list[str]
+) -> tuple[list, list[float]]:
     """Parse count cells; (keys, values). items are (line, well or (rack, pos), text).
 
     Checks for duplicates, non-numeric, non-finite and negative values.
@@ -465,8 +472,9 @@ def _decimal_mark(items: list[tuple[int, object, str]], default: str, src: _Sour
     return decimal
 
 
-def _frame(*, cpm: list[float], wells: list[str] | None = None,
-           tubes: list[tuple[int, int]] | None = None) -> pd.DataFrame:
+def _frame(
+    *, cpm: list[float], wells: list[str] | None = None, tubes: list[tuple[int, int]] | None = None
+) -> pd.DataFrame:
     """The ``counts`` table: well (str or None), rack, pos (Int64), cpm (float64)."""
     n = len(cpm)
     if tubes is not None:

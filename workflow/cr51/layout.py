@@ -134,9 +134,7 @@ def _validate(wells: pd.DataFrame) -> pd.DataFrame:
         if role is None or (isinstance(role, float) and math.isnan(role)):
             continue  # not an assay well (e.g. a template row this plate does not use)
         if role not in ROLES:
-            raise LayoutError(
-                f"well {well}: unknown role {role!r} (allowed: {', '.join(ROLES)})"
-            )
+            raise LayoutError(f"well {well}: unknown role {role!r} (allowed: {', '.join(ROLES)})")
         lot = _clean_id(rec.get("lot"), f"well {well}: lot")
         product = _clean_id(rec.get("product"), f"well {well}: product", PRODUCT_RE)
         conc = _number(rec.get("conc"), "conc", well)
@@ -194,7 +192,7 @@ def _assign_tubes(wells: pd.DataFrame, expt: dict[str, object]) -> pd.DataFrame:
     if order is None:
         return wells
     if order not in TUBE_ORDERS:
-        raise LayoutError(f"[expt] tubes must be \"rows\" or \"columns\", not {order!r}")
+        raise LayoutError(f'[expt] tubes must be "rows" or "columns", not {order!r}')
     rack_size = expt.get("rack_size", 10)
     if isinstance(rack_size, (bool, np.bool_)) or not isinstance(rack_size, (int, np.integer)) or rack_size < 1:
         raise LayoutError(f"[expt] rack_size must be a whole number ≥ 1, not {rack_size!r}")
@@ -235,9 +233,7 @@ def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
         try:
             check_include_name(export_name)
         except IncludeError:
-            raise LayoutError(
-                f"[meta] path '{export_name}' must be a file name in the layout's folder"
-            ) from None
+            raise LayoutError(f"[meta] path '{export_name}' must be a file name in the layout's folder") from None
     raw = _load_wellmap(path, includes, export_name)
     if raw.empty:
         raise LayoutError("the layout defines no wells")

@@ -71,9 +71,7 @@ def join_counts(layout: Layout, export: Export, *, source_file: str, source_sha2
     return wells.take(order)[WELL_COLUMNS + WELL_EXTRA].reset_index(drop=True)
 
 
-def _match_counts(
-    lw: pd.DataFrame, counts: pd.DataFrame, tube_export: bool
-) -> tuple[np.ndarray, np.ndarray] | None:
+def _match_counts(lw: pd.DataFrame, counts: pd.DataFrame, tube_export: bool) -> tuple[np.ndarray, np.ndarray] | None:
     """Each layout well's count, when every export row belongs to exactly one layout well:
     (found, cpm) aligned with ``lw``. None otherwise (extra, repeated or missing keys), where
     :func:`_join_counts_outer` lists every unmatched row."""

@@ -298,7 +298,9 @@ def _lot_row(
     )  # fmt: skip
 
 
-def _lots_differ_row(plate: str, data: _Points, lots: Sequence[str], joint: fitting.FitResult, cfg: PotencyConfig) -> dict[str, Any]:
+def _lots_differ_row(
+    plate: str, data: _Points, lots: Sequence[str], joint: fitting.FitResult, cfg: PotencyConfig
+) -> dict[str, Any]:
     x, y, g = data.select(lots, lots[0])
     e_all = [joint.value("e", lot) for lot in lots]
     start = {name: joint.estimates[i] for i, name in enumerate(joint.names) if ":" not in name}
@@ -380,7 +382,9 @@ def _joint_curves(joint: fitting.FitResult, lots: Sequence[str], ref: str) -> pd
     return pd.DataFrame(rows, columns=["lot", *JOINT_COLUMNS])
 
 
-def _plate_problem(data: _Points, ref: str, lots: Sequence[str], usable: Sequence[str], cfg: PotencyConfig) -> str | None:
+def _plate_problem(
+    data: _Points, ref: str, lots: Sequence[str], usable: Sequence[str], cfg: PotencyConfig
+) -> str | None:
     """Reason why no RP can be computed on this plate, or None."""
     if ref not in lots:
         return f"reference lot {ref} missing on plate"
@@ -460,7 +464,9 @@ def combine_lot(
         weights = 1.0 / (1.0 / w + s2)
         centre, df_t, method = float(np.sum(weights * m) / np.sum(weights)), float(m.size - 1), "semi-weighted"
     half = float(special.stdtrit(df_t, 0.5 + level / 2.0)) * np.sqrt(1.0 / np.sum(weights))
-    return Combined(m.size, float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half)), chi2, p, method)
+    return Combined(
+        m.size, float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half)), chi2, p, method
+    )
 
 
 def combine(potency_rows: pd.DataFrame, level: float = 0.95, homogeneity_alpha: float = 0.05) -> pd.DataFrame:
@@ -487,6 +493,8 @@ def combine(potency_rows: pd.DataFrame, level: float = 0.95, homogeneity_alpha: 
         if ok.empty:
             res = Combined(0, np.nan, np.nan, np.nan, np.nan, np.nan, "no valid plates")
         else:
-            res = combine_lot(np.log(ok["rp"].astype(float)), ok["rp_lo"], ok["rp_hi"], ok["df"], level, homogeneity_alpha)
+            res = combine_lot(
+                np.log(ok["rp"].astype(float)), ok["rp_lo"], ok["rp_hi"], ok["df"], level, homogeneity_alpha
+            )
         rows.append([lot, ref, res.n, res.rp, res.lo, res.hi, res.chi2, res.p, res.method])
     return pd.DataFrame(rows, columns=list(COMBINED_COLUMNS))

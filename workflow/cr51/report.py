@@ -207,7 +207,9 @@ def plate_section(
     lots = sorted({str(w["lot"]) for w in wells if not _missing(w["lot"])})
     status = str(qc["status"])
     flags = [f for f in str(qc["flags"]).split(";") if f and not _missing(qc["flags"])]
-    meta = " · ".join(esc(v) for v in (qc.get("date"), f"donor {qc.get('donor')}", f"reference {ref}") if not _missing(v))
+    meta = " · ".join(
+        esc(v) for v in (qc.get("date"), f"donor {qc.get('donor')}", f"reference {ref}") if not _missing(v)
+    )
     summary = (
         f'<summary><span class="pname">{esc(plate)}</span> <span class="badge {status}">QC {esc(status)}</span>'
         f' <span class="meta">{meta}</span>'
@@ -216,11 +218,15 @@ def plate_section(
     )
     curves = curves_svg(points, _joint_curves(potency, ref), ref, f"Suppression curves, plate {plate}")
     titr = titration_svg(
-        titration[:, 0], titration[:, 1], float(qc["lu_a"]), float(qc["lu_k"]), f"Untreated E:T titration, plate {plate}"
+        titration[:, 0],
+        titration[:, 1],
+        float(qc["lu_a"]),
+        float(qc["lu_k"]),
+        f"Untreated E:T titration, plate {plate}",
     )
     return (
         f'<details class="plate" id="{plate_id(plate)}" data-plate="{esc(plate)}" data-lots="{esc("|".join(lots))}">'
-        f"{summary}<div class=\"pbody\">"
+        f'{summary}<div class="pbody">'
         f'<div class="row"><div><h4>Plate map (CPM)</h4>{plate_map(wells)}</div>'
         f"<div><h4>Quality control</h4>{qc_table(qc, max_cv, limits.qc)}{flag_list(flags)}</div></div>"
         f'<div class="row"><figure class="curves">{curves}<figcaption>Per-well % specific lysis at E:T {points.et_ratio:g}:1 '
@@ -320,14 +326,16 @@ def plate_potency_table(potency: Sequence[Mapping[str, Any]], limits: Limits) ->
         parallel = r["parallel_f_p"] >= limits.alpha if not pd.isna(r["parallel_f_p"]) else None
         eq = None if pd.isna(r["equivalent"]) else _truthy(r["equivalent"])
         veh_flag = isinstance(r["vehicle_flag"], str) and r["vehicle_flag"] != ""
-        status = esc(r["status"]) + (f'<div class="reason">{esc(r["reason"])}</div>' if isinstance(r["reason"], str) and r["reason"] else "")
+        status = esc(r["status"]) + (
+            f'<div class="reason">{esc(r["reason"])}</div>' if isinstance(r["reason"], str) and r["reason"] else ""
+        )
         rows.append(
             f'<tr data-lot="{esc(r["lot"])}"><td><b class="sw {lot_class(str(r["lot"]))}"></b>{esc(r["lot"])}</td>'
-            f'{td(r["rp"], "rp")}{td(r["rp_lo"], "rp_lo")}{td(r["rp_hi"], "rp_hi")}'
-            f'{td(r["parallel_f_p"], "parallel_f_p")}{_verdict(parallel, "not parallel")}'
-            f'{td(r["slope_ratio"], "slope_ratio")}{td(r["slope_ratio_lo"], "slope_ratio_lo")}{td(r["slope_ratio_hi"], "slope_ratio_hi")}'
-            f'{_verdict(eq, "not equivalent")}{td(r["p_holm"], "p_holm")}'
-            f'{td(r["vehicle_suppression_pct"], "vehicle_suppression_pct", "bad" if veh_flag else "")}'
+            f"{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}"
+            f"{td(r['parallel_f_p'], 'parallel_f_p')}{_verdict(parallel, 'not parallel')}"
+            f"{td(r['slope_ratio'], 'slope_ratio')}{td(r['slope_ratio_lo'], 'slope_ratio_lo')}{td(r['slope_ratio_hi'], 'slope_ratio_hi')}"
+            f"{_verdict(eq, 'not equivalent')}{td(r['p_holm'], 'p_holm')}"
+            f"{td(r['vehicle_suppression_pct'], 'vehicle_suppression_pct', 'bad' if veh_flag else '')}"
             f"<td>{status}</td></tr>"
         )
     level = f"{limits.ci_level:.0%}"
@@ -422,11 +430,11 @@ def safe_name(plate: str) -> str:
 
 
 def _header(config: Mapping[str, Any]) -> str:
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in
                   (("summary", "Run summary"), ("potency", "Potency"), ("plates", "Plates"), ("provenance", "Provenance")))  # fmt: skip
     return (
-        '<header><h1>⁵¹Cr release assay — IVIG suppression of NK-cell lysis</h1>'
+        "<header><h1>⁵¹Cr release assay — IVIG suppression of NK-cell lysis</h1>"
         f'<p class="muted">Drop folder <code>{esc(config.get("raw_dir", ""))}</code> · generated {now} · cr51 {esc(__version__)}</p>'
         f"<nav>{nav}</nav></header>"
     )
@@ -453,7 +461,9 @@ def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
             f'<td>{esc(r["reason"])}</td><td class="muted">{esc(NEXT_STEP.get(str(r["status"]), ""))}</td></tr>'
             for r in bad.to_dict("records")
         ]
-        problems = "<h3>Files not accepted</h3>" + table(["file", "status", "plate", "reason", "what to do"], rows, ' data-table="files"')
+        problems = "<h3>Files not accepted</h3>" + table(
+            ["file", "status", "plate", "reason", "what to do"], rows, ' data-table="files"'
+        )
     failed = qc[qc["status"] != "pass"]
     fail_html = ""
     if not failed.empty:
@@ -464,7 +474,9 @@ def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
             for r in failed.to_dict("records")
         )
         fail_html = f"<h3>Plates that failed QC (not used for potency)</h3><ul>{items}</ul>"
-    return f'<section id="summary"><h2>Run summary</h2><div class="cards">{card_html}</div>{problems}{fail_html}</section>'
+    return (
+        f'<section id="summary"><h2>Run summary</h2><div class="cards">{card_html}</div>{problems}{fail_html}</section>'
+    )
 
 
 def forest_groups(inputs: pd.DataFrame, combined: pd.DataFrame) -> list[ForestGroup]:
@@ -480,13 +492,19 @@ def forest_groups(inputs: pd.DataFrame, combined: pd.DataFrame) -> list[ForestGr
         c = comb.get(str(lot))
         crow = None
         if c is not None and c["n_plates"] > 0:
-            crow = ForestRow(f"combined ({int(c['n_plates'])} plates)", float(c["rp"]), float(c["rp_lo"]), float(c["rp_hi"]))
+            crow = ForestRow(
+                f"combined ({int(c['n_plates'])} plates)", float(c["rp"]), float(c["rp_lo"]), float(c["rp_hi"])
+            )
         groups.append(ForestGroup(str(lot), rows, crow))
     return groups
 
 
 def potency_section(
-    t: Mapping[str, pd.DataFrame], forest: str, refs: Sequence[str], colours: Mapping[str, str], alpha: float,
+    t: Mapping[str, pd.DataFrame],
+    forest: str,
+    refs: Sequence[str],
+    colours: Mapping[str, str],
+    alpha: float,
     config: Mapping[str, Any],
 ) -> str:
     """Forest plot, combined potencies, per-lot verdicts, vehicle controls and the lots-differ tests."""
@@ -509,12 +527,14 @@ def combined_table(combined: pd.DataFrame) -> str:
     """potency_combined.csv."""
     rows = [
         f'<tr data-lot="{esc(r["lot"])}"><td><b class="sw {lot_class(str(r["lot"]))}"></b>{esc(r["lot"])}</td><td>{esc(r["reference_lot"])}</td>'
-        f'{td(r["n_plates"], "n_plates")}{td(r["rp"], "rp")}{td(r["rp_lo"], "rp_lo")}{td(r["rp_hi"], "rp_hi")}'
-        f'{td(r["homogeneity_chi2"], "homogeneity_chi2")}{td(r["homogeneity_p"], "homogeneity_p")}<td>{esc(r["method"])}</td></tr>'
+        f"{td(r['n_plates'], 'n_plates')}{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}"
+        f"{td(r['homogeneity_chi2'], 'homogeneity_chi2')}{td(r['homogeneity_p'], 'homogeneity_p')}<td>{esc(r['method'])}</td></tr>"
         for r in combined.to_dict("records")
     ]
     headers = ["lot", "reference", "plates", "RP", "CI low", "CI high", "homogeneity χ²", "homogeneity p", "method"]
-    return table(headers, rows, ' data-table="potency_combined"') if rows else '<p class="muted">No potency results.</p>'
+    return (
+        table(headers, rows, ' data-table="potency_combined"') if rows else '<p class="muted">No potency results.</p>'
+    )
 
 
 def verdict_table(potency: pd.DataFrame, inputs: pd.DataFrame, alpha: float) -> str:
@@ -529,9 +549,16 @@ def verdict_table(potency: pd.DataFrame, inputs: pd.DataFrame, alpha: float) -> 
         equivalent = int(g["equivalent"].map(_truthy).sum())
         rows.append(
             f'<tr data-lot="{esc(lot)}"><td><b class="sw {lot_class(str(lot))}"></b>{esc(lot)}</td>{td(len(g), "plates")}{td(int(ok.sum()), "rp_ok")}'
-            f'{td(parallel, "parallel")}{td(equivalent, "equivalent")}{td(included.get(lot, 0), "included")}</tr>'
+            f"{td(parallel, 'parallel')}{td(equivalent, 'equivalent')}{td(included.get(lot, 0), 'included')}</tr>"
         )
-    headers = ["lot", "plates", "with RP", f"parallel (F test p ≥ {fmt(alpha)})", "equivalent (USP &lt;1032&gt;)", "combined"]
+    headers = [
+        "lot",
+        "plates",
+        "with RP",
+        f"parallel (F test p ≥ {fmt(alpha)})",
+        "equivalent (USP &lt;1032&gt;)",
+        "combined",
+    ]
     return table(headers, rows, ' data-table="verdicts"')
 
 
@@ -549,7 +576,7 @@ def vehicle_block(potency: pd.DataFrame, qc: pd.DataFrame, config: Mapping[str, 
         return text
     rows = [
         f'<tr data-plate="{esc(r["plate"])}" data-lot="{esc(r["lot"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
-        f'<td>{esc(r["lot"])}</td>{td(r["vehicle_suppression_pct"], "vehicle_suppression_pct", "bad")}</tr>'
+        f"<td>{esc(r['lot'])}</td>{td(r['vehicle_suppression_pct'], 'vehicle_suppression_pct', 'bad')}</tr>"
         for r in flagged.to_dict("records")
     ]
     return text + table(["plate", "lot", "vehicle suppression %"], rows, ' data-table="vehicle"')
@@ -559,8 +586,8 @@ def lots_differ_table(differ: pd.DataFrame, alpha: float) -> str:
     """lots_differ.csv (collapsed when long)."""
     rows = [
         f'<tr data-plate="{esc(r["plate"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
-        f'{td(r["f"], "f")}{td(r["df1"], "df1")}{td(r["df2"], "df2")}{td(r["p"], "p")}'
-        f'<td>{"differ" if r["p"] < alpha else ("–" if pd.isna(r["p"]) else "no evidence")}</td></tr>'
+        f"{td(r['f'], 'f')}{td(r['df1'], 'df1')}{td(r['df2'], 'df2')}{td(r['p'], 'p')}"
+        f"<td>{'differ' if r['p'] < alpha else ('–' if pd.isna(r['p']) else 'no evidence')}</td></tr>"
         for r in differ.to_dict("records")
     ]
     n_differ = int((differ["p"] < alpha).sum())
@@ -578,7 +605,7 @@ def plates_section(t: Mapping[str, pd.DataFrame], sections: Sequence[str]) -> st
     n_rp = t["potency"].groupby("plate")["status"].apply(lambda s: f"{int((s == 'ok').sum())}/{len(s)}").to_dict()
     rows = [
         f'<tr data-plate="{esc(r["plate"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
-        f'<td>{esc(r["date"])}</td><td>{esc(r["donor"])}</td><td>{esc(r["reference_lot"])}</td>'
+        f"<td>{esc(r['date'])}</td><td>{esc(r['donor'])}</td><td>{esc(r['reference_lot'])}</td>"
         f'<td><span class="badge {esc(r["status"])}">{esc(r["status"])}</span></td>'
         f'<td class="flags">{esc(str(r["flags"]).replace(";", ", ") if isinstance(r["flags"], str) else "")}</td>'
         f'<td class="n">{esc(n_rp.get(r["plate"], "–"))}</td></tr>'
@@ -608,20 +635,22 @@ def provenance_section(files: pd.DataFrame, config: Mapping[str, Any], templates
             versions.append((pkg, "not installed"))
     vrows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in versions)
     frows = [
-        f'<tr><td><code>{esc(r["file"])}</code></td><td>{esc(r["status"])}</td>{td(r["bytes"], "bytes")}'
-        f'<td><code>{esc(r["sha256"])}</code></td></tr>'
+        f"<tr><td><code>{esc(r['file'])}</code></td><td>{esc(r['status'])}</td>{td(r['bytes'], 'bytes')}"
+        f"<td><code>{esc(r['sha256'])}</code></td></tr>"
         for r in files.to_dict("records")
     ]
     for path in templates:
         sha, size = file_digest(path)
-        frows.append(f"<tr><td><code>{esc(path)}</code></td><td>template</td>{td(size, 'bytes')}<td><code>{sha}</code></td></tr>")
+        frows.append(
+            f"<tr><td><code>{esc(path)}</code></td><td>template</td>{td(size, 'bytes')}<td><code>{sha}</code></td></tr>"
+        )
     cfg = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True)
     return (
         '<section id="provenance"><h2>Provenance</h2><div class="row">'
         f'<div><h3>Software</h3><table class="kv">{vrows}</table></div>'
         f"<div><h3>Configuration used</h3><pre>{esc(cfg)}</pre></div></div>"
         f"<details><summary>Input files and their sha256 ({len(frows)})</summary>"
-        f'{table(["file", "status", "bytes", "sha256"], frows, " data-table=sha256")}</details></section>'
+        f"{table(['file', 'status', 'bytes', 'sha256'], frows, ' data-table=sha256')}</details></section>"
     )
 
 

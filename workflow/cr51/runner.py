@@ -160,9 +160,7 @@ def run_snakemake(cmd: list[str], log: IO[str], lock: IO[str], env: dict[str, st
     """Run ``cmd`` with output to ``log``; the run lock stays held while it runs."""
     log.write(f"$ {cmd!r}\n")
     log.flush()
-    proc = subprocess.run(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock.fileno(),), check=False
-    )
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock.fileno(),), check=False)
     return proc.returncode
 
 

@@ -71,9 +71,7 @@ class Scan:
 
     def plates_in(self, batch: str) -> list[PlateFiles]:
         """The plates of one batch, sorted by name."""
-        return sorted(
-            (p for p in self.plates.values() if p.batch == batch), key=lambda p: p.name
-        )
+        return sorted((p for p in self.plates.values() if p.batch == batch), key=lambda p: p.name)
 
     def unassigned_files(self) -> list[str]:
         """Listed files (usable names only) that belong to no plate: pending, refused, templates."""
@@ -190,10 +188,7 @@ def resolve_includes(
             if cand.is_file():
                 break
         else:
-            raise IncludeError(
-                f"[meta] include '{name}' not found in "
-                + " or ".join(f"'{d}'" for d in search_dirs)
-            )
+            raise IncludeError(f"[meta] include '{name}' not found in " + " or ".join(f"'{d}'" for d in search_dirs))
         real = cand.resolve()
         if real in _seen or real == layout.resolve():
             raise IncludeError(f"[meta] include '{name}' includes itself")
@@ -276,9 +271,7 @@ def scan(
         (
             e
             for e in os.scandir(raw)
-            if e.is_file(follow_symlinks=False)
-            and not e.name.startswith(".")
-            and e.name not in IGNORED_NAMES
+            if e.is_file(follow_symlinks=False) and not e.name.startswith(".") and e.name not in IGNORED_NAMES
         ),
         key=lambda e: e.name,
     )
@@ -332,9 +325,7 @@ def scan(
             statuses[e.name] = FileStatus(e.name, "rejected", plate, str(err))
             continue
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            statuses[e.name] = FileStatus(
-                e.name, "rejected", plate, f"an included template is not valid TOML: {err}"
-            )
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, f"an included template is not valid TOML: {err}")
             continue
         includes_of[e.name] = incs
         included.update(p.name for p in incs if p.parent.resolve() == raw.resolve())
@@ -342,9 +333,7 @@ def scan(
             layout_meta[e.name] = meta  # a template, or a layout without export: decided below
             continue
         if not isinstance(path, str) or not path:
-            statuses[e.name] = FileStatus(
-                e.name, "rejected", plate, "[meta] path must be the export's file name"
-            )
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, "[meta] path must be the export's file name")
             continue
         try:
             check_include_name(path)
@@ -357,9 +346,7 @@ def scan(
             )
             continue
         if why := unusable_name(path):
-            statuses[e.name] = FileStatus(
-                e.name, "rejected", plate, f"[meta] path '{display_name(path)}': {why}"
-            )
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, f"[meta] path '{display_name(path)}': {why}")
             continue
         layout_meta[e.name] = meta
 
@@ -368,15 +355,13 @@ def scan(
         path = meta.get("path")
         if path is None:
             if layout_name in included:
-                statuses[layout_name] = FileStatus(
-                    layout_name, "ok", "", "layout template included by another layout"
-                )
+                statuses[layout_name] = FileStatus(layout_name, "ok", "", "layout template included by another layout")
             else:
                 statuses[layout_name] = FileStatus(
                     layout_name,
                     "rejected",
                     plate,
-                    "layout names no counter export: add [meta] path = \"<export file>\"",
+                    'layout names no counter export: add [meta] path = "<export file>"',
                 )
             continue
         owners = claimed[path]
@@ -389,14 +374,10 @@ def scan(
             )
             continue
         if path not in by_name:
-            statuses[layout_name] = FileStatus(
-                layout_name, "pending", plate, f"waiting for its export '{path}'"
-            )
+            statuses[layout_name] = FileStatus(layout_name, "pending", plate, f"waiting for its export '{path}'")
             continue
         if path.lower().endswith(LAYOUT_SUFFIX):
-            statuses[layout_name] = FileStatus(
-                layout_name, "rejected", plate, f"[meta] path '{path}' names a layout"
-            )
+            statuses[layout_name] = FileStatus(layout_name, "rejected", plate, f"[meta] path '{path}' names a layout")
             continue
         unsettled = [n for n in (layout_name, path) if not settled(n)]
         if unsettled:
@@ -431,21 +412,16 @@ def scan(
             st = statuses.get(owner)
             plate = owner[: -len(LAYOUT_SUFFIX)]
             if st is not None and st.status == "rejected":
-                result.others.append(
-                    FileStatus(e.name, "rejected", plate, f"its layout was refused: {st.reason}")
-                )
+                result.others.append(FileStatus(e.name, "rejected", plate, f"its layout was refused: {st.reason}"))
             else:
-                result.others.append(
-                    FileStatus(e.name, "pending", plate, st.reason if st else "")
-                )
+                result.others.append(FileStatus(e.name, "pending", plate, st.reason if st else ""))
         else:
             result.others.append(
                 FileStatus(
                     e.name,
                     "pending",
                     "",
-                    "no layout names this file yet (a plate needs a *.toml layout whose "
-                    "[meta] path names it)",
+                    "no layout names this file yet (a plate needs a *.toml layout whose [meta] path names it)",
                 )
             )
     return result

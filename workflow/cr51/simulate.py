@@ -54,6 +54,7 @@ Exports (see :func:`render_export`): ``well_list`` / ``well_list_semicolon`` / `
 ``<name>.toml``. Every plate's random stream is ``numpy.random.default_rng([seed, index])`` in
 :func:`write_plates`, so a plate does not depend on how many others are made.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,10 +64,10 @@ import io
 import math
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -124,8 +125,20 @@ DONORS: tuple[str, ...] = tuple(f"D{i:02d}" for i in range(1, 9))
 DONOR_SEED = 51
 RACK_SIZE = 10
 WIZARD2_COLUMNS = (
-    "Protocol ID", "Protocol name", "Measurement date & time", "Completion status", "Run ID", "Rack", "Det",
-    "Pos", "Time", "Sample code", "Cr-51 Counts", "Cr-51 CPM", "Cr-51 Error %", "Cr-51 Info",
+    "Protocol ID",
+    "Protocol name",
+    "Measurement date & time",
+    "Completion status",
+    "Run ID",
+    "Rack",
+    "Det",
+    "Pos",
+    "Time",
+    "Sample code",
+    "Cr-51 Counts",
+    "Cr-51 CPM",
+    "Cr-51 Error %",
+    "Cr-51 Info",
 )
 _LOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -212,8 +225,16 @@ def layout_wells(layout: str, lots: tuple[str, ...]) -> tuple[_Well, ...]:
 
 
 def _layout_toml(
-    *, layout: str, lots: tuple[str, ...], products: dict[str, str] | None, export_name: str,
-    reference_lot: str, donor: str, date: str, targets_per_well: int, tubes: bool,
+    *,
+    layout: str,
+    lots: tuple[str, ...],
+    products: dict[str, str] | None,
+    export_name: str,
+    reference_lot: str,
+    donor: str,
+    date: str,
+    targets_per_well: int,
+    tubes: bool,
 ) -> str:
     out: list[str] = [
         f"# Simulated 51Cr-release plate ({layout} layout) written by cr51.simulate",
@@ -254,9 +275,17 @@ def _layout_toml(
         for j in range(12):
             out += ["", f"[block.1x{height}.E{j + 1}]", f"conc = {_fmt_num(VEHICLE_CONCENTRATIONS[j % 3])}"]
     out += [
-        "", "[block.4x1.G1]", 'role = "spontaneous"',
-        "", "[block.4x1.G5]", 'role = "maximum"',
-        "", "[block.4x1.G9]", 'role = "sample"', "conc = 0", f"et_ratio = {_fmt_num(ET_SAMPLE)}",
+        "",
+        "[block.4x1.G1]",
+        'role = "spontaneous"',
+        "",
+        "[block.4x1.G5]",
+        'role = "maximum"',
+        "",
+        "[block.4x1.G9]",
+        'role = "sample"',
+        "conc = 0",
+        f"et_ratio = {_fmt_num(ET_SAMPLE)}",
     ]
     for i, et in enumerate(ET_TITRATION):
         out += ["", f"[block.3x1.H{1 + 3 * i}]", 'role = "sample"', "conc = 0", f"et_ratio = {_fmt_num(et)}"]
@@ -424,9 +453,7 @@ def simulate_plate(
     lysis[is_vehicle] = d
     lysis[is_untreated] = A * (1.0 - np.exp(-k * et[is_untreated]))
     lysis[is_max] = 100.0
-    lysis *= np.clip(1.0 - v_arr * conc / 10.0, 0.0, 1.0) * (is_lot_sample | is_vehicle) + ~(
-        is_lot_sample | is_vehicle
-    )
+    lysis *= np.clip(1.0 - v_arr * conc / 10.0, 0.0, 1.0) * (is_lot_sample | is_vehicle) + ~(is_lot_sample | is_vehicle)
     expected = S + lysis / 100.0 * (M - S)
     outliers = _as_list(outlier_well)
     if outliers:
@@ -463,8 +490,15 @@ def simulate_plate(
         "missing": sorted(missing),
     }
     toml = _layout_toml(
-        layout=layout, lots=lot_t, products=products, export_name=export_name, reference_lot=reference_lot,
-        donor=donor, date=date, targets_per_well=targets_per_well, tubes=(fmt == "wizard2"),
+        layout=layout,
+        lots=lot_t,
+        products=products,
+        export_name=export_name,
+        reference_lot=reference_lot,
+        donor=donor,
+        date=date,
+        targets_per_well=targets_per_well,
+        tubes=(fmt == "wizard2"),
     )
     truth: dict[str, object] = {
         "plate": name,
@@ -500,8 +534,7 @@ def simulate_plate(
         "expected_lysis": dict(zip(well_names, lysis.tolist())),
         "expected_cpm": dict(zip(well_names, expected.tolist())),
     }
-    return SimulatedPlate(name=name, layout_toml=toml, export_name=export_name, cpm=cpm, truth=truth,
-                          render=render)
+    return SimulatedPlate(name=name, layout_toml=toml, export_name=export_name, cpm=cpm, truth=truth, render=render)
 
 
 # -------------------------------------------------------------------------------------------- exports
@@ -561,8 +594,9 @@ def _num(v: object, decimal_comma: bool = False) -> str:
 
 
 def _csv(rows: list[list[object]], sep: str = ",", decimal_comma: bool = False) -> str:
-    return "".join(sep.join(_num(x, decimal_comma) if not isinstance(x, str) else x for x in row) + "\r\n"
-                   for row in rows)
+    return "".join(
+        sep.join(_num(x, decimal_comma) if not isinstance(x, str) else x for x in row) + "\r\n" for row in rows
+    )
 
 
 def _trim(x: float) -> str:
@@ -578,7 +612,8 @@ def _wizard2_rows(plate: SimulatedPlate) -> list[list[object]]:
     bkg = float(r.get("background_est", 0.0))
     jitter = r.get("time_jitter") or [0.0] * len(r["well_order"])
     t = _dt.datetime.fromisoformat(str(r.get("date", "2026-01-05"))) + _dt.timedelta(
-        seconds=int(r.get("start_seconds", 9 * 3600)))
+        seconds=int(r.get("start_seconds", 9 * 3600))
+    )
     rows: list[list[object]] = []
     for n, w in enumerate(r["well_order"]):
         rack, pos = n // rack_size + 1, n % rack_size + 1
@@ -588,10 +623,24 @@ def _wizard2_rows(plate: SimulatedPlate) -> list[list[object]]:
             counts = round(max(cpm + bkg, 0.0) * time_s / 60.0, 2)
             err = round(100.0 / math.sqrt(cpm), 2) if cpm > 0 else 0.0
             info = "I" if (cpm <= 0 or err > 5.0) else ""
-            rows.append([
-                r.get("protocol_id", 7), "Cr-51 NK cytotoxicity", t.strftime("%Y-%m-%d %H:%M:%S"), 0,
-                r.get("run_id", 4391), rack, 1, pos, _trim(time_s), "", _trim(counts), _trim(cpm), _trim(err), info,
-            ])
+            rows.append(
+                [
+                    r.get("protocol_id", 7),
+                    "Cr-51 NK cytotoxicity",
+                    t.strftime("%Y-%m-%d %H:%M:%S"),
+                    0,
+                    r.get("run_id", 4391),
+                    rack,
+                    1,
+                    pos,
+                    _trim(time_s),
+                    "",
+                    _trim(counts),
+                    _trim(cpm),
+                    _trim(err),
+                    info,
+                ]
+            )
         t += _dt.timedelta(seconds=time_s + 13.0)  # empty positions are skipped quickly; keep it simple
     return rows
 
@@ -654,7 +703,8 @@ def _fmt_of(plate: SimulatedPlate, fmt: str | None) -> str:
     if export_filename(plate.name, fmt) != plate.export_name:
         raise ValueError(
             f"plate {plate.name!r} was simulated for export {plate.export_name!r}; format {fmt!r} would be "
-            f"written as {export_filename(plate.name, fmt)!r} (simulate it with fmt={fmt!r})")
+            f"written as {export_filename(plate.name, fmt)!r} (simulate it with fmt={fmt!r})"
+        )
     if fmt == "wizard2" and 'tubes = "rows"' not in plate.layout_toml:
         raise ValueError(f"plate {plate.name!r} has no tube mapping; simulate it with fmt='wizard2'")
     return fmt
@@ -682,19 +732,50 @@ def truth_table(plates: Sequence[SimulatedPlate]) -> pd.DataFrame:
     recs: list[dict[str, object]] = []
     for p in plates:
         t = p.truth
-        base = {k: t[k] for k in (
-            "plate", "layout", "format", "export_name", "donor", "date", "reference_lot", "S", "M", "S_over_M",
-            "A", "k", "b", "d", "c", "bottom_frac", "e_ref", "background_cpm", "pipette_cv", "count_minutes",
-            "high_spontaneous", "outlier_factor")}
+        base = {
+            k: t[k]
+            for k in (
+                "plate",
+                "layout",
+                "format",
+                "export_name",
+                "donor",
+                "date",
+                "reference_lot",
+                "S",
+                "M",
+                "S_over_M",
+                "A",
+                "k",
+                "b",
+                "d",
+                "c",
+                "bottom_frac",
+                "e_ref",
+                "background_cpm",
+                "pipette_cv",
+                "count_minutes",
+                "high_spontaneous",
+                "outlier_factor",
+            )
+        }
         base["L50"] = t["d"]
         base["outlier_wells"] = ";".join(t["outlier_wells"])  # type: ignore[arg-type]
         base["missing_wells"] = ";".join(t["missing_wells"])  # type: ignore[arg-type]
         rp: dict[str, float] = t["rp"]  # type: ignore[assignment]
         for lot in rp:
-            recs.append({**base, "lot": lot, "product": t["products"].get(lot),  # type: ignore[union-attr]
-                         "is_reference": lot == t["reference_lot"], "rp": rp[lot],
-                         "log_rp": math.log(rp[lot]), "e": t["e"][lot],  # type: ignore[index]
-                         "vehicle_suppression_10": t["vehicle_suppression_10"][lot]})  # type: ignore[index]
+            recs.append(
+                {
+                    **base,
+                    "lot": lot,
+                    "product": t["products"].get(lot),  # type: ignore[union-attr]
+                    "is_reference": lot == t["reference_lot"],
+                    "rp": rp[lot],
+                    "log_rp": math.log(rp[lot]),
+                    "e": t["e"][lot],  # type: ignore[index]
+                    "vehicle_suppression_10": t["vehicle_suppression_10"][lot],
+                }
+            )  # type: ignore[index]
     return pd.DataFrame.from_records(recs)
 
 
@@ -725,8 +806,7 @@ def write_plates(
     plates: list[SimulatedPlate] = []
     for i in range(n):
         fmt = formats[i % len(formats)]
-        plate = simulate_plate(f"{name_prefix}{i + 1:0{width}d}", np.random.default_rng([seed, i]), fmt=fmt,
-                               **kw)  # type: ignore[arg-type]
+        plate = simulate_plate(f"{name_prefix}{i + 1:0{width}d}", np.random.default_rng([seed, i]), fmt=fmt, **kw)  # type: ignore[arg-type]
         write_plate(outdir, plate, fmt)
         plates.append(plate)
     table = truth_table(plates)
@@ -760,8 +840,7 @@ def write_example_set(outdir: Path, seed: int = 2026, truth_path: Path | None = 
     for i, (donor, fmt, layout, offset) in enumerate(EXAMPLE_PLAN):
         date = start + _dt.timedelta(days=offset)
         name = f"{date:%Y%m%d}_{donor}" + ("_veh" if layout == "vehicle" else "")
-        plate = simulate_plate(name, np.random.default_rng([seed, i]), donor=donor, fmt=fmt, layout=layout,
-                               date=date)
+        plate = simulate_plate(name, np.random.default_rng([seed, i]), donor=donor, fmt=fmt, layout=layout, date=date)
         write_plate(outdir, plate, fmt)
         plates.append(plate)
     if truth_path is not None:
@@ -774,8 +853,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
     ap.add_argument("--plates", type=int, default=10, help="number of plates (default 10)")
     ap.add_argument("--seed", type=int, default=2026, help="random seed (default 2026)")
-    ap.add_argument("--format", dest="formats", action="append", choices=FORMATS,
-                    help="export format; repeat to rotate formats over plates (default well_list)")
+    ap.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=FORMATS,
+        help="export format; repeat to rotate formats over plates (default well_list)",
+    )
     ap.add_argument("--layout", choices=LAYOUTS, default="standard")
     ap.add_argument("--truth", type=Path, default=None, help="also write the truth table to this CSV")
     ap.add_argument("--example", action="store_true", help="write the shipped example set instead")
@@ -786,10 +870,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_example_set(args.out, seed=args.seed, truth_path=args.truth)
         print(f"wrote example set to {args.out}")
         return 0
-    table = write_plates(args.out, args.plates, args.seed, formats=args.formats or ["well_list"],
-                         truth_path=args.truth, layout=args.layout)
-    print(f"wrote {args.plates} plates ({len(table)} plate×lot truth rows) to {args.out}"
-          + (f"; truth in {args.truth}" if args.truth else ""))
+    table = write_plates(
+        args.out,
+        args.plates,
+        args.seed,
+        formats=args.formats or ["well_list"],
+        truth_path=args.truth,
+        layout=args.layout,
+    )
+    print(
+        f"wrote {args.plates} plates ({len(table)} plate×lot truth rows) to {args.out}"
+        + (f"; truth in {args.truth}" if args.truth else "")
+    )
     return 0
 
 

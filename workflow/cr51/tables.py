@@ -35,7 +35,7 @@ def neutralised(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every formula-like text cell neutralised (``df`` itself when none is)."""
     out = df
     for col, dtype in zip(df.columns, df.dtypes):
-        if not (dtype == object or isinstance(dtype, pd.StringDtype)):
+        if not (dtype == object or isinstance(dtype, pd.StringDtype)):  # noqa: E721 - numpy dtype equality
             continue
         values = df[col].to_numpy().tolist()
         try:

@@ -1,0 +1,90 @@
+"""Check that a change leaves every result file of a whole run byte for byte as it was.
+
+Runs the workflow (a real ``snakemake`` run, as ``make demo`` does) on the shipped example plates
+plus N simulated plates of the benchmark's kind, and either saves the sha256 of every result file
+(tables, report, figures) or compares them with what was saved:
+
+    git stash; .venv/bin/python tools/golden_run.py save /tmp/golden.json; git stash pop
+    .venv/bin/python tools/golden_run.py check /tmp/golden.json      # exit 1 on any difference
+
+The report's generation time is blanked before hashing; logs, the audit log, the plate cache and
+the batch files (internal formats, not results) are not compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "tools"))
+
+from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
+
+#: Folders and files of results/ that are internal state, not results.
+INTERNAL = ("logs/", "cache/", "batches/", "audit.jsonl", ".scan-cache.json", ".snakemake/")
+_GENERATED = re.compile(rb"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+
+
+def digests(results: Path) -> dict[str, str]:
+    """{path relative to results: sha256} of every result file (generation time blanked)."""
+    out = {}
+    for path in sorted(results.rglob("*")):
+        rel = path.relative_to(results).as_posix()
+        if not path.is_file() or rel.startswith(INTERNAL) or "/." in f"/{rel}":
+            continue
+        data = _GENERATED.sub(b"generated -", path.read_bytes())
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def run(n: int, seed: int) -> dict[str, str]:
+    """Digests of a run on the examples plus ``n`` simulated plates."""
+    tmp = Path(tempfile.gettempdir()) / "cr51-golden-run"  # a fixed path: the report prints it
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        raw, results = tmp / "raw", tmp / "results"
+        shutil.copytree(REPO / "resources" / "example", raw)
+        write_plates(raw, 0, n, seed)
+        cmd = [
+            str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--quiet", "all",
+            "--config", f"raw_dir={raw}", f"results_dir={results}", "settle_seconds=0",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return digests(results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["save", "check"])
+    ap.add_argument("file", type=Path)
+    ap.add_argument("--plates", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=2026)
+    args = ap.parse_args(argv)
+    now = run(args.plates, args.seed)
+    if args.mode == "save":
+        args.file.write_text(json.dumps(now, indent=1))
+        print(f"saved {len(now)} result files to {args.file}")
+        return 0
+    before = json.loads(args.file.read_text())
+    diffs = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    for d in diffs:
+        print(f"{d}: {'missing now' if d not in now else 'new' if d not in before else 'differs'}")
+    print(f"{len(diffs)} difference(s) over {len(now)} result files")
+    return 1 if diffs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
