@@ -9,13 +9,14 @@ import pytest
 from conftest import BATCH_SETTINGS
 
 from cr51.batch import BatchOutput, load_batch, process_batch, save_batch
-from cr51.collect import collect, table_columns
+from cr51.collect import collect
 from cr51.plate import PlateInput
+from cr51.schema import PLATE_TABLES, Column, Table
 from cr51.simulate import simulate_plate, write_plate
-from cr51.tables import Rows, read_table, render_rows, same_layout
+from cr51.tables import Rows, conform, read_table, render_rows, write_rows
 
 SETTINGS = BATCH_SETTINGS
-TABLES = list(table_columns())
+TABLES = list(PLATE_TABLES)
 
 
 def add(raw: Path, name: str, seed: int, fmt: str = "well_list", **kw) -> PlateInput:
@@ -100,28 +101,39 @@ def test_rendered_rows_write_the_same_bytes_as_the_tables(case):
     assert list(dict.fromkeys(wells["plate"])) == sorted(set(wells["plate"]))  # plate order
 
 
-def test_plates_rendered_differently_are_written_from_the_table(case):
-    kind, raw, tmp, batches = case
-    b = batches[0]
-    plate, rows = b.rows["wells"][0]
-    odd = Rows(rows.columns, (object,) * len(rows.columns), rows.text)  # e.g. a column of another dtype
-    changed = [
-        BatchOutput(b.tables, {**b.rows, "wells": [(plate, odd), *b.rows["wells"][1:]]}, b.sections),
-        *batches[1:],
-    ]
-    result = collect(changed, [], str(raw), 20_000_000)
-    assert "wells" in result.tables and "wells" not in result.rows and "lysis" in result.rows
-    assert written(changed, raw, tmp / f"odd_{kind}") == written(batches, raw, tmp / f"plain_{kind}", force_frames=True)
+SMALL = Table("small", (Column("plate", "text"), Column("n", "int"), Column("x", "float"), Column("ok", "boolean")))
 
 
-def test_render_rows_neutralises_and_reports_its_layout():
+def test_render_rows_neutralises_and_writes_each_kind_alike_whatever_the_dtype():
     import pandas as pd
 
-    df = pd.DataFrame({"plate": ["=cmd", "p"], "n": [1, 2], "x": [0.1, float("nan")]})
-    rows = render_rows(df, ["plate", "n", "x"])
-    assert isinstance(rows, Rows)
-    assert rows.text == "'=cmd,1,0.1\np,2,\n"
-    assert rows.columns == ("plate", "n", "x")
-    other = render_rows(df.assign(n=[1.0, 2.0]), ["plate", "n", "x"])
-    assert not same_layout([rows, other])  # int vs float: 1 vs 1.0, so never concatenated
-    assert render_rows(df.iloc[:0], ["plate"]) is None
+    df = pd.DataFrame({"plate": ["=cmd", "p"], "n": [1, 2], "x": [0.1, float("nan")], "ok": [True, None]})
+    rows = render_rows(df, SMALL)
+    assert isinstance(rows, Rows) and rows.table == "small"
+    assert rows.text == "'=cmd,1,0.1,True\np,2,,\n"
+    # another plate's frame with other dtypes (ints as floats, text as object) renders the same text
+    other = df.astype({"n": float, "plate": object})
+    assert render_rows(other, SMALL) == rows
+    # a missing int prints empty, never "2.0"; columns come in the declared order
+    gap = render_rows(df.assign(n=[np.nan, 2.0])[["x", "n", "plate", "ok"]], SMALL)
+    assert gap.text == "'=cmd,,0.1,True\np,2,,\n"
+    assert render_rows(df.iloc[:0], SMALL) is None
+
+
+def test_conform_refuses_what_a_kind_cannot_hold():
+    import pandas as pd
+
+    with pytest.raises((TypeError, ValueError)):
+        conform(pd.DataFrame({"n": [2.5]}), SMALL)
+    out = conform(pd.DataFrame({"plate": ["a"], "extra": [1]}), SMALL)
+    assert list(out.columns) == ["plate", "n", "x", "ok"] and out["n"].isna().all()
+
+
+def test_write_rows_refuses_rows_of_another_table(tmp_path):
+    import pandas as pd
+
+    rows = render_rows(pd.DataFrame({"plate": ["p"], "n": [1]}), SMALL)
+    with pytest.raises(ValueError, match="cannot be written"):
+        write_rows(tmp_path / "wells.csv", Table("wells", SMALL.columns), [rows])
+    write_rows(tmp_path / "small.csv", SMALL, [rows, rows])
+    assert (tmp_path / "small.csv").read_text() == "plate,n,x,ok\np,1,,\np,1,,\n"

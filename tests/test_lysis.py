@@ -8,8 +8,6 @@ import pytest
 
 from cr51.layout import load_layout
 from cr51.lysis import (
-    LYSIS_COLUMNS,
-    WELL_COLUMNS,
     PlateError,
     _join_counts_outer,
     add_lysis,
@@ -19,6 +17,7 @@ from cr51.lysis import (
     specific_lysis,
     summarise,
 )
+from cr51.schema import LYSIS, WELLS
 
 LAYOUT = """
 [meta]
@@ -82,7 +81,7 @@ def test_formula_hand_computed():
 
 def test_wells_lysis_and_summary(layout):
     w = wells_for(layout)
-    assert list(w.columns[: len(WELL_COLUMNS)]) == WELL_COLUMNS
+    assert tuple(w.columns) == WELLS.names
     s, m = control_means(w)
     assert (s, m) == (500.0, 4500.0)
     w = add_lysis(w, s, m).set_index("well")
@@ -91,7 +90,7 @@ def test_wells_lysis_and_summary(layout):
     assert w.loc["B2", "lysis_pct"] == pytest.approx(55.0)
     assert bool(w.loc["B7", "excluded"]) and w.loc["B7", "exclusion_reason"] == "excluded in the layout: bubble"
     summary = summarise(w.reset_index())
-    assert list(summary.columns) == LYSIS_COLUMNS
+    assert tuple(summary.columns) == LYSIS.names
     r = summary[(summary["role"] == "sample") & (summary["conc"] == 1)].iloc[0]
     assert r["n"] == 3 and r["cpm_mean"] == pytest.approx(2500.0)
     assert r["cpm_sd"] == pytest.approx(200.0)

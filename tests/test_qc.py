@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cr51.qc import QC_COLUMNS, QCConfig, fit_lytic_units, lytic_units_per_1e7, plate_qc, vehicle_suppression
+from cr51.qc import QCConfig, fit_lytic_units, lytic_units_per_1e7, plate_qc, vehicle_suppression
+from cr51.schema import QC
 
 
 def wells_table(rows):
@@ -46,7 +47,7 @@ def test_lytic_units_hand_computed():
 def test_pass_and_values():
     w = wells_table(titration())
     row = plate_qc(w, summary(), {"targets_per_well": 10_000.0, "donor": "D1"}, 400.0, 4000.0, QCConfig())
-    assert list(row)[: len(QC_COLUMNS)] == QC_COLUMNS
+    assert tuple(row) == QC.names
     assert row["spontaneous_pct_of_max"] == pytest.approx(10.0)
     assert row["untreated_lysis_pct"] == pytest.approx(80 * (1 - math.exp(-2)))
     assert row["lu20_per_1e7"] == pytest.approx(139.04, rel=1e-4)

@@ -27,7 +27,7 @@ from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 
 from cr51 import analysis, batch, report  # noqa: E402
 from cr51 import plate as plate_mod  # noqa: E402
-from cr51.collect import table_columns  # noqa: E402
+from cr51.schema import TABLES  # noqa: E402
 from cr51.tables import render_rows  # noqa: E402
 
 
@@ -59,7 +59,6 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
     analysis.analyse_batch(first["wells"], first["qc"], cfg)
 
     times: dict[str, float] = defaultdict(float)
-    columns = table_columns()
     prof = cProfile.Profile() if cprofile else None
     if prof:
         prof.enable()
@@ -72,7 +71,7 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
         report.split_sections(report.plate_sections(tables, cfg))
         t3 = time.perf_counter()
         for name in batch.TEXT_TABLES:
-            render_rows(tables[name], columns[name])
+            render_rows(tables[name], TABLES[name])
         t4 = time.perf_counter()
         times["ingest"] += t1 - t0
         times["analysis"] += t2 - t1

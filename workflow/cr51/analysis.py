@@ -15,12 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .potency import FITS_COLUMNS, JOINT_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS, analyse_plate
+from .potency import analyse_plate
 from .qc import vehicle_suppression
+from .schema import FITS, LOTS_DIFFER, POTENCY
 from .tables import concat_frames
-
-#: Extra potency.csv columns (after the potency module's): the lot's excipient-only effect.
-VEHICLE_COLUMNS = ("vehicle_suppression_pct", "vehicle_flag")
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +102,7 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, 
         differ.append(tables.lots_differ)
 
     return {
-        "fits": concat_frames(fits, FITS_COLUMNS),
-        "potency": concat_frames(potency, (*POTENCY_COLUMNS, *VEHICLE_COLUMNS, *JOINT_COLUMNS)),
-        "lots_differ": concat_frames(differ, LOTS_DIFFER_COLUMNS),
+        "fits": concat_frames(fits, FITS.names),
+        "potency": concat_frames(potency, POTENCY.names),
+        "lots_differ": concat_frames(differ, LOTS_DIFFER.names),
     }

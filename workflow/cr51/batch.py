@@ -24,10 +24,10 @@ from typing import Any
 import pandas as pd
 
 from .analysis import analyse_batch
-from .collect import table_columns
 from .plate import PlateInput, ingest_batch
 from .report import plate_sections, split_sections
 from .scan import code_digest, content_digest
+from .schema import PLATE_TABLES, TABLES
 from .tables import Rows, concat_frames, render_rows
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def process_plate(plate: PlateInput, settings: Mapping[str, Any]) -> PlateOutput
     """One plate's tables — files, wells, lysis, qc; fits, potency, lots_differ — rows and section."""
     tables = ingest_batch([plate], settings)
     tables.update(analyse_batch(tables["wells"], tables["qc"], settings))
-    columns = table_columns()
-    rows = {name: render_rows(tables[name], columns[name]) for name in TEXT_TABLES}
+    rows = {name: render_rows(tables[name], TABLES[name]) for name in TEXT_TABLES}
     return PlateOutput(tables, rows, split_sections(plate_sections(tables, settings)))
 
 
@@ -157,8 +156,7 @@ def process_batch(
     if cache:
         cache.prune()
         log.info("%d plate(s), %d read back from the plate cache", len(plates), hits)
-    columns = table_columns()
-    tables = {name: concat_frames([o.tables[name] for o in outs], columns[name]) for name in columns}
+    tables = {name: concat_frames([o.tables[name] for o in outs], TABLES[name].names) for name in PLATE_TABLES}
     rows = {
         name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None] for name in TEXT_TABLES
     }

@@ -2,8 +2,8 @@
 
 Every result table is sorted by plate (``files.csv`` by file). The per-well tables each plate
 rendered once (``wells``, ``lysis``) are written by concatenating the plates' rendered rows in
-plate order when all plates rendered the same columns with the same dtypes — byte for byte what
-writing the concatenated table gives — and from the concatenated table otherwise.
+plate order — byte for byte what writing the concatenated table gives, because every plate's rows
+were rendered from the kinds the schema declares (:func:`cr51.tables.render_rows`).
 
 Duplicates: an accepted plate whose export has the same sha256 as another accepted plate's
 export is a ``duplicate`` of the one whose export was modified first (ties: file name order),
@@ -22,28 +22,11 @@ import pandas as pd
 
 from .plate import file_digest
 from .scan import display_name
-from .tables import FILES_COLUMNS, Rows, concat_frames, same_layout, write_rows, write_table
+from .schema import FILES, PLATE_TABLES, TABLES
+from .tables import Rows, concat_frames, write_rows, write_table
 
 if TYPE_CHECKING:
     from .batch import BatchOutput
-
-
-def table_columns() -> dict[str, list[str]]:
-    """Column order of each result table."""
-    from .analysis import VEHICLE_COLUMNS
-    from .lysis import LYSIS_COLUMNS, WELL_COLUMNS, WELL_EXTRA
-    from .potency import FITS_COLUMNS, JOINT_COLUMNS, LOTS_DIFFER_COLUMNS, POTENCY_COLUMNS
-    from .qc import QC_COLUMNS, QC_EXTRA
-
-    return {
-        "files": list(FILES_COLUMNS),
-        "wells": WELL_COLUMNS + WELL_EXTRA,
-        "lysis": LYSIS_COLUMNS,
-        "qc": QC_COLUMNS + QC_EXTRA,
-        "fits": list(FITS_COLUMNS),
-        "potency": [*POTENCY_COLUMNS, *VEHICLE_COLUMNS, *JOINT_COLUMNS],
-        "lots_differ": list(LOTS_DIFFER_COLUMNS),
-    }
 
 
 def other_files(others: list[dict], raw_dir: str, max_bytes: int) -> pd.DataFrame:
@@ -57,7 +40,7 @@ def other_files(others: list[dict], raw_dir: str, max_bytes: int) -> pd.DataFram
         except OSError:  # gone since the scan
             size, sha = 0, ""
         rows.append({**o, "file": display_name(o["file"]), "sha256": sha, "bytes": size})
-    return pd.DataFrame(rows, columns=FILES_COLUMNS)
+    return pd.DataFrame(rows, columns=list(FILES.names))
 
 
 def find_duplicates(files: pd.DataFrame, raw_dir: str) -> dict[str, tuple[str, str]]:
@@ -93,22 +76,21 @@ class Collected:
     def write(self, name: str, path: str | os.PathLike) -> None:
         """Write table ``name`` as the CSV at ``path``."""
         if name in self.rows:
-            write_rows(path, table_columns()[name], self.rows[name])
+            write_rows(path, TABLES[name], self.rows[name])
         else:
-            write_table(self.tables[name], path)
+            write_table(self.tables[name], path, TABLES[name])
 
 
 def plate_rows(batches: Sequence[BatchOutput], name: str, dropped: set[str]) -> list[Rows] | None:
     """Rendered rows of table ``name`` in plate order, leaving out ``dropped`` plates; ``None`` when
-    the table is not rendered by plates or the plates did not all render the same columns and dtypes."""
+    the table is not rendered by plates."""
     if not any(name in b.rows for b in batches):
         return None
     parts = sorted(
         ((plate, rows) for b in batches for plate, rows in b.rows.get(name, []) if plate not in dropped),
         key=lambda item: item[0],
     )
-    rows = [r for _, r in parts]
-    return rows if same_layout(rows) else None
+    return [r for _, r in parts]
 
 
 def collect(
@@ -120,10 +102,7 @@ def collect(
     force_frames: bool = False,
 ) -> Collected:
     """The result tables from the batch outputs (``force_frames``: no rendered rows, for tests)."""
-    cols = table_columns()
-    files = concat_frames(
-        [*(b.tables["files"] for b in batches), other_files(others, raw_dir, max_bytes)], FILES_COLUMNS
-    )
+    files = concat_frames([*(b.tables["files"] for b in batches), other_files(others, raw_dir, max_bytes)], FILES.names)
     dup = find_duplicates(files, raw_dir)
     if dup:
         is_dup = files["plate"].isin(dup.keys()) & (files["status"] == "ok")
@@ -132,14 +111,14 @@ def collect(
             lambda p: f"same export content as '{dup[p][1]}' of plate '{dup[p][0]}', which was accepted first"
         )
     out = Collected({"files": files.sort_values("file", kind="stable").reset_index(drop=True)})
-    for name in cols:
+    for name in PLATE_TABLES:
         if name == "files":
             continue
         rows = None if force_frames else plate_rows(batches, name, set(dup))
         if rows is not None:
             out.rows[name] = rows
             continue
-        table = concat_frames([b.tables[name] for b in batches], cols[name])
+        table = concat_frames([b.tables[name] for b in batches], TABLES[name].names)
         if "plate" in table.columns:
             table = table[~table["plate"].isin(dup.keys())]
             table = table.sort_values("plate", kind="stable")

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .potency import combine
-
-INPUT_COLUMNS = ["plate", "lot", "reference_lot", "rp", "rp_lo", "rp_hi", "included", "reason"]
+from .schema import POTENCY_COMBINED_INPUTS
 
 
 def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, alpha: float) -> str:
@@ -48,7 +47,7 @@ def select(potency: pd.DataFrame, qc: pd.DataFrame, gate: str, alpha: float) -> 
     out = potency.copy()
     out["reason"] = [exclusion_reason(r, status.get(r["plate"]), gate, alpha) for r in potency.to_dict("records")]
     out["included"] = out["reason"] == ""
-    return out.reindex(columns=INPUT_COLUMNS + ["df"])
+    return out.reindex(columns=[*POTENCY_COMBINED_INPUTS.names, "df"])
 
 
 def combine_plates(

@@ -11,21 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .schema import LYSIS, WELLS
+
 if TYPE_CHECKING:
     from .ingest import Export
     from .layout import Layout
 
-#: wells.csv: the contract columns, then extra columns (after them, in this order).
-WELL_COLUMNS = [
-    "plate", "well", "role", "lot", "conc", "et_ratio", "cpm", "excluded",
-    "exclusion_reason", "source_file", "source_sha256",
-]  # fmt: skip
-WELL_EXTRA = ["product", "rack", "pos", "lysis_pct", "outlier"]
-#: lysis.csv columns.
-LYSIS_COLUMNS = [
-    "plate", "role", "lot", "conc", "et_ratio", "n", "cpm_mean", "cpm_sd", "cv_pct",
-    "lysis_pct", "lysis_sd",
-]  # fmt: skip
 CONDITION = ["role", "lot", "conc", "et_ratio"]
 
 #: Dixon's Q, 95 % critical values for n = 3..10 (Rorabacher, Anal. Chem. 1991, 63, 139).
@@ -68,7 +59,7 @@ def join_counts(layout: Layout, export: Export, *, source_file: str, source_sha2
         lysis_pct=np.nan,
     )
     order = np.lexsort((lw["col"].to_numpy(), [ord(r) for r in lw["row"].tolist()]))
-    return wells.take(order)[WELL_COLUMNS + WELL_EXTRA].reset_index(drop=True)
+    return wells.take(order)[list(WELLS.names)].reset_index(drop=True)
 
 
 def _match_counts(lw: pd.DataFrame, counts: pd.DataFrame, tube_export: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -131,7 +122,7 @@ def _join_counts_outer(
     # plate order A1, A2, …, H12; counts for tubes the layout does not map come last
     order = merged["well"].map(lambda w: (ord(w[0]), int(w[1:])) if w else (999, 0))
     merged = merged.iloc[sorted(range(len(merged)), key=order.iloc.__getitem__)]
-    return merged[WELL_COLUMNS + WELL_EXTRA].reset_index(drop=True)
+    return merged[list(WELLS.names)].reset_index(drop=True)
 
 
 def conditions(wells: pd.DataFrame) -> dict[tuple, list[int]]:
@@ -230,7 +221,7 @@ def summarise(wells: pd.DataFrame) -> pd.DataFrame:
         mean = float(np.mean(c))
         cv = 100.0 * sd / mean if mean > 0 else np.nan
         rows.append((plate, role, lot, conc, et, n, mean, sd, cv, float(np.mean(ly)), lsd))
-    out = pd.DataFrame(rows, columns=LYSIS_COLUMNS)
+    out = pd.DataFrame(rows, columns=list(LYSIS.names))
     order = {r: i for i, r in enumerate(["spontaneous", "maximum", "background", "sample", "vehicle"])}
     out = out.sort_values(
         by=["role", "lot", "et_ratio", "conc"],

@@ -18,9 +18,6 @@ import pandas as pd
 from .ingest import InputError, read_export
 from .layout import LayoutError, load_layout
 from .lysis import (
-    LYSIS_COLUMNS,
-    WELL_COLUMNS,
-    WELL_EXTRA,
     PlateError,
     add_lysis,
     control_means,
@@ -28,8 +25,9 @@ from .lysis import (
     join_counts,
     summarise,
 )
-from .qc import QC_COLUMNS, QC_EXTRA, QCConfig, plate_qc
-from .tables import FILES_COLUMNS, concat_frames
+from .qc import QCConfig, plate_qc
+from .schema import FILES, LYSIS, QC, WELLS
+from .tables import concat_frames
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +56,10 @@ class BatchTables:
         """The four tables as DataFrames with their columns in contract order."""
 
         return {
-            "files": pd.DataFrame(self.files, columns=FILES_COLUMNS),
-            "wells": concat_frames(self.wells, WELL_COLUMNS + WELL_EXTRA),
-            "lysis": concat_frames(self.lysis, LYSIS_COLUMNS),
-            "qc": pd.DataFrame(self.qc, columns=QC_COLUMNS + QC_EXTRA),
+            "files": pd.DataFrame(self.files, columns=list(FILES.names)),
+            "wells": concat_frames(self.wells, WELLS.names),
+            "lysis": concat_frames(self.lysis, LYSIS.names),
+            "qc": pd.DataFrame(self.qc, columns=list(QC.names)),
         }
 
 

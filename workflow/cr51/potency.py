@@ -28,22 +28,16 @@ from scipy import special
 
 from cr51 import fit as fitting
 
-FITS_COLUMNS: tuple[str, ...] = (
-    "plate", "lot", "model", "slope", "bottom", "top", "ic50", "ic50_se", "ic50_lo", "ic50_hi",
-    "rss", "df", "aicc", "converged", "message",
-)  # fmt: skip
-POTENCY_COLUMNS: tuple[str, ...] = (
-    "plate", "lot", "reference_lot", "rp", "rp_lo", "rp_hi", "parallel_f_p", "slope_ratio",
-    "slope_ratio_lo", "slope_ratio_hi", "equivalent", "p_vs_reference", "p_holm", "status", "reason",
-    "df",
-)  # fmt: skip
-LOTS_DIFFER_COLUMNS: tuple[str, ...] = ("plate", "f", "df1", "df2", "p")
+from .schema import FITS, LOTS_DIFFER, POTENCY_COMBINED, POTENCY_JOINT, POTENCY_OWN
+
+#: Column names of the tables this module builds (derived from the schema, which owns them).
+FITS_COLUMNS = FITS.names
+POTENCY_COLUMNS = tuple(c.name for c in POTENCY_OWN)
+LOTS_DIFFER_COLUMNS = LOTS_DIFFER.names
 #: Per lot, the joint parallel fit's curve (shared slope/bottom/top/f, the lot's and the reference's e),
 #: so that the report can draw the parallel curves; added to potency.csv after its other columns.
-JOINT_COLUMNS: tuple[str, ...] = ("joint_slope", "joint_bottom", "joint_top", "joint_f", "joint_e", "joint_e_ref")
-COMBINED_COLUMNS: tuple[str, ...] = (
-    "lot", "reference_lot", "n_plates", "rp", "rp_lo", "rp_hi", "homogeneity_chi2", "homogeneity_p", "method",
-)  # fmt: skip
+JOINT_COLUMNS = tuple(c.name for c in POTENCY_JOINT)
+COMBINED_COLUMNS = POTENCY_COMBINED.names
 
 UNTREATED = "untreated"
 

@@ -19,26 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-QC_COLUMNS = [
-    "plate", "spontaneous_cpm", "maximum_cpm", "spontaneous_pct_of_max", "untreated_lysis_pct",
-    "lu20_per_1e7", "vehicle_suppression_pct", "status", "flags",
-]  # fmt: skip
-QC_EXTRA = ["donor", "date", "reference_lot", "targets_per_well", "lu_a", "lu_k"]
+from .schema import FLAGS
+
 LU_PCT = 20.0
 
-#: Human text for each machine-readable flag (shown in the report).
-FLAG_TEXT = {
-    "SPONTANEOUS_HIGH": "spontaneous release is above the allowed share of maximum release",
-    "CV_HIGH": "at least one condition's replicate CV is above the limit",
-    "OUTLIER": "a replicate well is a Dixon Q outlier (flagged; see wells.csv)",
-    "EXCLUDED_WELLS": "some wells are excluded (see wells.csv for the reasons)",
-    "MISSING_WELLS": "layout wells have no count in the export",
-    "EXTRA_WELLS": "the export has wells or tubes the layout does not define",
-    "NO_UNTREATED": "no untreated sample wells (conc 0): no top of the suppression curve",
-    "LU_NOT_ESTIMABLE": "lytic units could not be estimated from the E:T titration",
-    "NO_TARGETS_PER_WELL": "[expt] targets_per_well is not given: no lytic units",
-    "VEHICLE_SUPPRESSION": "a lot's vehicle alone suppresses lysis more than the limit",
-}
+#: Human text for each machine-readable flag (kept for the report until it imports the schema).
+FLAG_TEXT = FLAGS
 
 
 @dataclass(frozen=True)

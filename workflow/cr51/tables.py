@@ -1,5 +1,9 @@
 """Reading and writing the pipeline's CSV tables (UTF-8, one header row, ``.`` as decimal).
 
+Tables are written as :mod:`cr51.schema` declares them: its columns in its order, each column as
+its kind (:func:`conform`), so a value's text depends only on its column's kind — which is what lets
+``collect`` write a table by concatenating rows the plates rendered in different jobs.
+
 Every text cell written is neutralised against spreadsheet formula injection: a cell that
 starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return and is not a number gets a
 leading apostrophe (OWASP's advice for CSV injection). Ids typed in layouts are already
@@ -19,7 +23,8 @@ from typing import IO, Any
 
 import pandas as pd
 
-FILES_COLUMNS = ["file", "sha256", "bytes", "status", "plate", "reason"]
+from .schema import TABLES, Table
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -69,6 +74,25 @@ def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...
     return out if list(out.columns) == order else out.reindex(columns=order)
 
 
+def _as_kind(values: pd.Series, kind: str) -> pd.Series:
+    if kind == "text":
+        return values.astype("str")  # missing stays missing
+    if kind == "float":
+        return values.astype("float64")
+    if kind == "int":
+        return values.astype("Int64")  # whole numbers; a missing value prints empty, never "3.0"
+    if kind == "bool" and not values.isna().any():
+        return values.astype("bool")
+    return values.astype("boolean")  # "boolean", or a "bool" column with a gap: never NaN read as True
+
+
+def conform(df: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """``df`` as ``table`` declares it: exactly its columns (missing ones empty), in order, each as its
+    kind. Raises ``ValueError``/``TypeError`` for a value its kind cannot hold (e.g. 2.5 as an int)."""
+    df = df.reindex(columns=list(table.names))
+    return pd.DataFrame({c.name: _as_kind(df[c.name], c.kind) for c in table.columns}, index=df.index)
+
+
 def _write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> None:
     """Write a text file through ``write(fh)`` into a temporary file, then rename it into place."""
     path = Path(path)
@@ -83,68 +107,51 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> 
         raise
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike, columns: list[str] | None = None) -> None:
-    """Write ``df`` (optionally these columns, in this order) atomically as CSV, formula-like text
-    neutralised."""
-    if columns is not None:
-        df = df.reindex(columns=columns)
-    df = neutralised(df)
+def write_table(df: pd.DataFrame, path: str | os.PathLike, table: Table) -> None:
+    """Write ``df`` atomically as the CSV of ``table`` (:func:`conform`), formula-like text neutralised."""
+    df = neutralised(conform(df, table))
     _write_atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
 
 
 @dataclass(frozen=True)
 class Rows:
-    """One plate's rows of a result table rendered as :func:`write_table` writes them, without
-    the header, with the columns and dtypes they were rendered from.
+    """One plate's rows of a result table rendered as :func:`write_table` writes them, without the
+    header. Rows of many plates concatenated under the table's header are byte for byte what
+    :func:`write_table` writes for the concatenation of their tables (every part was conformed to
+    the same declared kinds, and a value's text depends only on its kind)."""
 
-    Rows of many plates concatenated under one header are byte for byte what :func:`write_table`
-    writes for the concatenation of their tables *when every part has the same columns and
-    dtypes* (a value's text depends only on its column's dtype); :func:`same_layout` checks that.
-    """
-
-    columns: tuple[str, ...]
-    dtypes: tuple[Any, ...]
+    table: str
     text: str
 
 
-def render_rows(df: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> Rows | None:
-    """``df``'s rows as :func:`write_table` would write them after :func:`concat_frames` with
-    ``columns`` (``None`` for an empty table, which :func:`concat_frames` leaves out)."""
+def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
+    """``df``'s rows as :func:`write_table` writes them (``None`` for an empty table)."""
     if df.empty:
         return None
-    if list(df.columns) != list(columns):
-        df = concat_frames([df], columns)
-    text = neutralised(df).to_csv(index=False, header=False, lineterminator="\n")
-    return Rows(tuple(df.columns), tuple(df.dtypes), text)
+    text = neutralised(conform(df, table)).to_csv(index=False, header=False, lineterminator="\n")
+    return Rows(table.name, text)
 
 
-def same_layout(parts: list[Rows]) -> bool:
-    """Whether all parts have the same columns and dtypes (so their texts can be concatenated)."""
-    return all(p.columns == parts[0].columns and p.dtypes == parts[0].dtypes for p in parts[1:])
-
-
-def write_rows(path: str | os.PathLike, columns: list[str] | tuple[str, ...], parts: list[Rows]) -> None:
-    """Write rendered rows under one header, atomically (``parts`` must pass :func:`same_layout`)."""
-    header = pd.DataFrame(columns=list(parts[0].columns if parts else columns))
+def write_rows(path: str | os.PathLike, table: Table, parts: list[Rows]) -> None:
+    """Write rendered rows of ``table`` under its header, atomically."""
+    wrong = {p.table for p in parts} - {table.name}
+    if wrong:
+        raise ValueError(f"rows of {sorted(wrong)} cannot be written as {table.name}.csv")
 
     def write(fh: IO[str]) -> None:
-        header.to_csv(fh, index=False, lineterminator="\n")
+        fh.write(",".join(table.names) + "\n")
         for part in parts:
             fh.write(part.text)
 
     _write_atomic(path, write)
 
 
-#: Text columns that must never be parsed as numbers or NA (a lot may be called "NA" or "007").
-TEXT_COLUMNS = (
-    "file", "sha256", "status", "plate", "reason", "well", "role", "lot", "exclusion_reason",
-    "source_file", "source_sha256", "product", "flags", "donor", "date", "reference_lot",
-    "model", "message", "method",
-)  # fmt: skip
-
-
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table written by :func:`write_table` (text columns stay text; empty = missing)."""
+def read_table(path: str | os.PathLike, table: Table | None = None) -> pd.DataFrame:
+    """Read a table written by :func:`write_table` (``table``: by default the schema table named like
+    the file): text columns stay text (``NA`` and ``007`` too; empty = missing), float columns are
+    floats even when empty; other columns as pandas reads them."""
+    table = table or TABLES.get(Path(path).stem)
+    kinds = table.kinds if table else {c: "text" for t in TABLES.values() for c in t.text}
     header = pd.read_csv(path, nrows=0).columns
-    dtypes = {c: "object" for c in header if c in TEXT_COLUMNS}
+    dtypes = {c: {"text": "object", "float": "float64"}[kinds[c]] for c in header if kinds.get(c) in ("text", "float")}
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])

@@ -10,6 +10,7 @@ from cr51.collect import collect
 from cr51.combination import combine_plates
 from cr51.jobs import run_job
 from cr51.report import ReportInputs, build_report, write_report
+from cr51.schema import POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
 from cr51.tables import read_table, write_table
 
 REPORTED = ("files", "qc", "potency", "lots_differ", "potency_combined", "potency_combined_inputs")
@@ -21,8 +22,8 @@ def main(smk):
     for name in smk.params.tables:
         result.write(name, smk.output[name])
     combined = combine_plates(result.tables["potency"], result.tables["qc"], smk.params.settings)
-    write_table(combined[0], smk.output.combined)
-    write_table(combined[1], smk.output.combined_inputs)
+    write_table(combined[0], smk.output.combined, POTENCY_COMBINED)
+    write_table(combined[1], smk.output.combined_inputs, POTENCY_COMBINED_INPUTS)
     # the report shows what the CSVs say: read back exactly what was written (the small tables it shows)
     names = {"potency_combined": "combined", "potency_combined_inputs": "combined_inputs"}
     shown = {name: read_table(smk.output[names.get(name, name)]) for name in REPORTED}

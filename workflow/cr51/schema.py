@@ -1,0 +1,164 @@
+"""The result tables' contract: every table's columns in order and their kinds, the vocabularies
+(well roles, file and QC statuses, QC flags) and the plate geometry. Standard library only.
+
+Other tools read these tables (``config/README.md`` and ``README.md`` document them for users), so
+a column's name, place and kind are a contract. Writers conform their frames to :data:`TABLES`
+(:func:`cr51.tables.conform`) and readers read by it (:func:`cr51.tables.read_table`); no module
+keeps its own column list.
+
+Kinds
+-----
+``text``
+    ids and words; never parsed as a number or as missing (a lot may be called ``NA`` or ``007``);
+    an empty cell is missing.
+``float``
+    a number; an empty cell is missing (NaN).
+``int``
+    a whole number (counts, degrees of freedom); an empty cell is missing.
+``bool``
+    ``True`` / ``False``, never missing.
+``boolean``
+    ``True`` / ``False``, or empty when the verdict does not exist (e.g. no equivalence test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("text", "float", "int", "bool", "boolean")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a result table."""
+
+    name: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"column {self.name!r}: unknown kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A result table: its name (``<name>.csv``) and its columns in order."""
+
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The column names, in order."""
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """{column: kind}."""
+        return {c.name: c.kind for c in self.columns}
+
+    @property
+    def text(self) -> tuple[str, ...]:
+        """The text columns."""
+        return tuple(c.name for c in self.columns if c.kind == "text")
+
+
+def _cols(spec: str) -> tuple[Column, ...]:
+    """Columns from ``"name:kind name:kind ..."`` (kind ``float`` when left out)."""
+    out = []
+    for item in spec.split():
+        name, _, kind = item.partition(":")
+        out.append(Column(name, kind or "float"))
+    return tuple(out)
+
+
+# Column groups that more than one stage fills (potency.csv is built in three steps).
+#: potency.csv: what :func:`cr51.potency.analyse_plate` computes per lot.
+POTENCY_OWN = _cols(
+    "plate:text lot:text reference_lot:text rp rp_lo rp_hi parallel_f_p slope_ratio slope_ratio_lo "
+    "slope_ratio_hi equivalent:boolean p_vs_reference p_holm status:text reason:text df:int"
+)
+#: potency.csv: the lot's excipient-only effect (vehicle wells), after :data:`POTENCY_OWN`.
+POTENCY_VEHICLE = _cols("vehicle_suppression_pct vehicle_flag:text")
+#: potency.csv: the joint parallel fit's curve of the lot, so that the report can draw it.
+POTENCY_JOINT = _cols("joint_slope joint_bottom joint_top joint_f joint_e joint_e_ref")
+
+FILES = Table("files", _cols("file:text sha256:text bytes:int status:text plate:text reason:text"))
+WELLS = Table(
+    "wells",
+    _cols(
+        "plate:text well:text role:text lot:text conc et_ratio cpm excluded:bool exclusion_reason:text "
+        "source_file:text source_sha256:text product:text rack pos lysis_pct outlier:bool"
+    ),
+)
+LYSIS = Table(
+    "lysis",
+    _cols("plate:text role:text lot:text conc et_ratio n:int cpm_mean cpm_sd cv_pct lysis_pct lysis_sd"),
+)
+QC = Table(
+    "qc",
+    _cols(
+        "plate:text spontaneous_cpm maximum_cpm spontaneous_pct_of_max untreated_lysis_pct lu20_per_1e7 "
+        "vehicle_suppression_pct status:text flags:text donor:text date:text reference_lot:text "
+        "targets_per_well lu_a lu_k"
+    ),
+)
+FITS = Table(
+    "fits",
+    _cols(
+        "plate:text lot:text model:text slope bottom top ic50 ic50_se ic50_lo ic50_hi rss df:int aicc "
+        "converged:bool message:text"
+    ),
+)
+POTENCY = Table("potency", POTENCY_OWN + POTENCY_VEHICLE + POTENCY_JOINT)
+LOTS_DIFFER = Table("lots_differ", _cols("plate:text f df1:int df2:int p"))
+POTENCY_COMBINED = Table(
+    "potency_combined",
+    _cols("lot:text reference_lot:text n_plates:int rp rp_lo rp_hi homogeneity_chi2 homogeneity_p method:text"),
+)
+POTENCY_COMBINED_INPUTS = Table(
+    "potency_combined_inputs",
+    _cols("plate:text lot:text reference_lot:text rp rp_lo rp_hi included:bool reason:text"),
+)
+
+#: Every result table by name, in the order the pipeline writes them.
+TABLES: dict[str, Table] = {
+    t.name: t for t in (FILES, WELLS, LYSIS, QC, FITS, POTENCY, LOTS_DIFFER, POTENCY_COMBINED, POTENCY_COMBINED_INPUTS)
+}
+#: The tables each plate contributes rows to (a batch job writes these; collect concatenates them).
+PLATE_TABLES = ("files", "wells", "lysis", "qc", "fits", "potency", "lots_differ")
+
+# --------------------------------------------------------------------------
+# Vocabularies
+# --------------------------------------------------------------------------
+
+#: Well roles a layout may give (``role`` in wells.csv and lysis.csv).
+ROLES = ("spontaneous", "maximum", "sample", "background", "vehicle")
+#: ``status`` of files.csv.
+FILE_STATUSES = ("ok", "rejected", "pending", "duplicate")
+#: ``status`` of qc.csv.
+QC_STATUSES = ("pass", "fail")
+#: ``status`` of potency.csv.
+POTENCY_STATUSES = ("ok", "failed")
+#: qc.csv ``flags`` (``;``-separated) and what each means, in words (shown in the report).
+FLAGS = {
+    "SPONTANEOUS_HIGH": "spontaneous release is above the allowed share of maximum release",
+    "CV_HIGH": "at least one condition's replicate CV is above the limit",
+    "OUTLIER": "a replicate well is a Dixon Q outlier (flagged; see wells.csv)",
+    "EXCLUDED_WELLS": "some wells are excluded (see wells.csv for the reasons)",
+    "MISSING_WELLS": "layout wells have no count in the export",
+    "EXTRA_WELLS": "the export has wells or tubes the layout does not define",
+    "NO_UNTREATED": "no untreated sample wells (conc 0): no top of the suppression curve",
+    "LU_NOT_ESTIMABLE": "lytic units could not be estimated from the E:T titration",
+    "NO_TARGETS_PER_WELL": "[expt] targets_per_well is not given: no lytic units",
+    "VEHICLE_SUPPRESSION": "a lot's vehicle alone suppresses lysis more than the limit",
+}
+
+# --------------------------------------------------------------------------
+# Plate geometry (96-well plate)
+# --------------------------------------------------------------------------
+
+ROWS = "ABCDEFGH"
+COLUMNS = tuple(range(1, 13))
+#: Every well in plate order: A1, A2, …, A12, B1, …, H12.
+WELLS_IN_ORDER = tuple(f"{r}{c}" for r in ROWS for c in COLUMNS)
