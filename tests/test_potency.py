@@ -84,7 +84,9 @@ def test_fits_table(six_lot_tables: potency.PlateTables) -> None:
 
 def test_several_models_per_lot() -> None:
     points = simulate_plate(np.random.default_rng(3), {"REF": 1.0, "T": 1.3})
-    fits = potency.analyse_plate(points, "P", "REF", {"models": ["LL.3", "LL.4", "LL.5"]}).fits
+    fits = potency.analyse_plate(
+        points, "P", "REF", potency.PotencyConfig.from_settings({"fit": {"models": ["LL.3", "LL.4", "LL.5"]}})
+    ).fits
     assert list(fits["model"]) == ["LL.3", "LL.4", "LL.5"] * 2
     assert list(fits["df"]) == [23, 22, 21] * 2
 

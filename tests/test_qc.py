@@ -1,13 +1,17 @@
 """Plate QC rules: spontaneous release, CV, lytic units, vehicle suppression, flags."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cr51.qc import QCConfig, fit_lytic_units, lytic_units_per_1e7, plate_qc, vehicle_suppression
+from cr51.qc import fit_lytic_units, lytic_units_per_1e7, plate_qc, vehicle_suppression
 from cr51.schema import QC
+from cr51.settings import Analysis
+
+QC_DEFAULTS = Analysis.from_config({}).qc
 
 
 def wells_table(rows):
@@ -46,7 +50,7 @@ def test_lytic_units_hand_computed():
 
 def test_pass_and_values():
     w = wells_table(titration())
-    row = plate_qc(w, summary(), {"targets_per_well": 10_000.0, "donor": "D1"}, 400.0, 4000.0, QCConfig())
+    row = plate_qc(w, summary(), {"targets_per_well": 10_000.0, "donor": "D1"}, 400.0, 4000.0, QC_DEFAULTS)
     assert tuple(row) == QC.names
     assert row["spontaneous_pct_of_max"] == pytest.approx(10.0)
     assert row["untreated_lysis_pct"] == pytest.approx(80 * (1 - math.exp(-2)))
@@ -56,14 +60,17 @@ def test_pass_and_values():
 
 def test_high_spontaneous_fails_and_cv_flags():
     w = wells_table(titration())
-    row = plate_qc(w, summary(cv=25.0), {}, 900.0, 4000.0, QCConfig())
+    row = plate_qc(w, summary(cv=25.0), {}, 900.0, 4000.0, QC_DEFAULTS)
     assert row["spontaneous_pct_of_max"] == pytest.approx(22.5)
     assert row["status"] == "fail"
     flags = row["flags"].split(";")
     assert "SPONTANEOUS_HIGH" in flags and "CV_HIGH" in flags and "NO_TARGETS_PER_WELL" in flags
     assert math.isnan(row["lu20_per_1e7"])
     # the threshold is configurable: 25 % passes the same plate
-    assert plate_qc(w, summary(), {}, 900.0, 4000.0, QCConfig(max_spontaneous_pct_of_max=25))["status"] == "pass"
+    assert (
+        plate_qc(w, summary(), {}, 900.0, 4000.0, replace(QC_DEFAULTS, max_spontaneous_pct_of_max=25))["status"]
+        == "pass"
+    )
 
 
 def test_vehicle_suppression_per_lot_and_flag():
@@ -75,12 +82,12 @@ def test_vehicle_suppression_per_lot_and_flag():
     v = vehicle_suppression(w).set_index("lot")
     assert v.loc["L1", "vehicle_suppression_pct"] == pytest.approx(15.0)
     assert v.loc["L2", "vehicle_suppression_pct"] == pytest.approx(2.0)
-    row = plate_qc(w, summary(), {"targets_per_well": 1e4}, 400.0, 4000.0, QCConfig())
+    row = plate_qc(w, summary(), {"targets_per_well": 1e4}, 400.0, 4000.0, QC_DEFAULTS)
     assert row["vehicle_suppression_pct"] == pytest.approx(15.0)
     assert "VEHICLE_SUPPRESSION" in row["flags"].split(";") and row["status"] == "pass"
 
 
 def test_no_untreated_wells_flagged():
     w = wells_table([("A1", "sample", "L", 1.0, 50, 30.0)])
-    row = plate_qc(w, summary(), {}, 400.0, 4000.0, QCConfig())
+    row = plate_qc(w, summary(), {}, 400.0, 4000.0, QC_DEFAULTS)
     assert "NO_UNTREATED" in row["flags"] and math.isnan(row["untreated_lysis_pct"])

@@ -28,13 +28,14 @@ from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 from cr51 import analysis, batch, report  # noqa: E402
 from cr51 import plate as plate_mod  # noqa: E402
 from cr51.schema import TABLES  # noqa: E402
+from cr51.settings import Analysis  # noqa: E402
 from cr51.tables import render_rows  # noqa: E402
 
 
-def settings() -> dict:
+def settings() -> Analysis:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["layouts_dir"] = str(REPO / "config" / "layouts")
-    return cfg
+    return Analysis.from_config(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +69,7 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
         t1 = time.perf_counter()
         tables.update(analysis.analyse_batch(tables["wells"], tables["qc"], cfg))
         t2 = time.perf_counter()
-        report.split_sections(report.plate_sections(tables, cfg))
+        report.split_sections(report.plate_sections(tables, cfg.to_dict()))
         t3 = time.perf_counter()
         for name in batch.TEXT_TABLES:
             render_rows(tables[name], TABLES[name])

@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .potency import analyse_plate
+from .potency import PotencyConfig, analyse_plate
 from .qc import vehicle_suppression
 from .schema import FITS, LOTS_DIFFER, POTENCY
+from .settings import Analysis
 from .tables import concat_frames
 
 log = logging.getLogger(__name__)
-
-
-def potency_config(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Map the pipeline's ``fit``/``potency`` config keys to :func:`cr51.potency.analyse_plate`'s."""
-    fit, pot = settings.get("fit", {}), settings.get("potency", {})
-    eq = pot.get("equivalence", {})
-    models = tuple(fit.get("models", ["LL.4"]))
-    return {
-        "model": models[0],
-        "models": models,
-        "alpha": pot.get("alpha", 0.05),
-        "ci_level": pot.get("ci_level", 0.95),
-        "slope_ratio_margins": (eq.get("slope_ratio_lo", 0.8), eq.get("slope_ratio_hi", 1.25)),
-        "upper_diff_margin": eq.get("upper_diff_margin", 10.0),
-        "lower_diff_margin": eq.get("lower_diff_margin", 10.0),
-    }
 
 
 def plates_fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -84,11 +67,11 @@ def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -
     return out
 
 
-def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Analysis) -> dict[str, pd.DataFrame]:
     """fits, potency and lots_differ tables for every plate of a batch."""
-    cfg = potency_config(settings)
-    et_cfg = settings.get("fit", {}).get("et_ratio")
-    veh_limit = float(settings.get("qc", {}).get("max_vehicle_suppression_pct", 10.0))
+    cfg = PotencyConfig.from_settings(settings)
+    et_cfg = settings.fit.et_ratio
+    veh_limit = settings.qc.max_vehicle_suppression_pct
     refs = dict(zip(qc["plate"], qc["reference_lot"]))
     fits, potency, differ = [], [], []
     for plate, grp in wells.groupby("plate", sort=True):

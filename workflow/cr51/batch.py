@@ -28,6 +28,7 @@ from .plate import PlateInput, ingest_batch
 from .report import plate_sections, split_sections
 from .scan import code_digest, content_digest
 from .schema import PLATE_TABLES, TABLES
+from .settings import Analysis
 from .tables import Rows, concat_frames, render_rows
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,9 @@ class PlateCache:
     The folder belongs to the pipeline (inside ``results_dir``); nothing else writes there.
     """
 
-    def __init__(self, directory: str | os.PathLike, settings: Mapping[str, Any]) -> None:
+    def __init__(self, directory: str | os.PathLike, settings: Analysis | Mapping[str, Any]) -> None:
         self.directory = Path(directory)
-        salt = json.dumps(settings, sort_keys=True, default=str)
+        salt = json.dumps(Analysis.of(settings).to_dict(), sort_keys=True)
         self._salt = hashlib.sha256(f"{CACHE_FORMAT}\n{code_digest()}\n{salt}".encode()).digest()
         self.used: set[str] = set()
 
@@ -128,19 +129,21 @@ class PlateCache:
                 path.unlink(missing_ok=True)
 
 
-def process_plate(plate: PlateInput, settings: Mapping[str, Any]) -> PlateOutput:
+def process_plate(plate: PlateInput, settings: Analysis | Mapping[str, Any]) -> PlateOutput:
     """One plate's tables — files, wells, lysis, qc; fits, potency, lots_differ — rows and section."""
+    settings = Analysis.of(settings)
     tables = ingest_batch([plate], settings)
     tables.update(analyse_batch(tables["wells"], tables["qc"], settings))
     rows = {name: render_rows(tables[name], TABLES[name]) for name in TEXT_TABLES}
-    return PlateOutput(tables, rows, split_sections(plate_sections(tables, settings)))
+    return PlateOutput(tables, rows, split_sections(plate_sections(tables, settings.to_dict())))
 
 
 def process_batch(
-    plates: list[PlateInput], settings: Mapping[str, Any], cache: PlateCache | None = None
+    plates: list[PlateInput], settings: Analysis | Mapping[str, Any], cache: PlateCache | None = None
 ) -> BatchOutput:
     """Every plate of a batch (in the given order), from ``cache`` where it holds the plate."""
-    max_bytes = int(settings["max_export_bytes"])
+    settings = Analysis.of(settings)
+    max_bytes = settings.max_export_bytes
     outs = []
     hits = 0
     for plate in plates:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .potency import combine
 from .schema import POTENCY_COMBINED_INPUTS
+from .settings import Analysis
 
 
 def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, alpha: float) -> str:
@@ -51,11 +52,11 @@ def select(potency: pd.DataFrame, qc: pd.DataFrame, gate: str, alpha: float) -> 
 
 
 def combine_plates(
-    potency: pd.DataFrame, qc: pd.DataFrame, settings: Mapping[str, Any]
+    potency: pd.DataFrame, qc: pd.DataFrame, settings: Analysis | Mapping[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(potency_combined, potency_combined_inputs) for the whole run."""
-    pot = settings.get("potency", {})
-    inputs = select(potency, qc, pot.get("parallelism_gate", "f_test"), float(pot.get("alpha", 0.05)))
+    pot = Analysis.of(settings).potency
+    inputs = select(potency, qc, pot.parallelism_gate, pot.alpha)
     rows = inputs.assign(status=np.where(inputs["included"], "ok", "excluded"))
-    combined = combine(rows, level=float(pot.get("ci_level", 0.95)))
+    combined = combine(rows, level=pot.ci_level)
     return combined, inputs.drop(columns=["df"])

@@ -25,8 +25,9 @@ from .lysis import (
     join_counts,
     summarise,
 )
-from .qc import QCConfig, plate_qc
+from .qc import plate_qc
 from .schema import FILES, LYSIS, QC, WELLS
+from .settings import Analysis
 from .tables import concat_frames
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,12 @@ def file_digest(path: str | os.PathLike) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def ingest_plate(plate: PlateInput, config: dict, out: BatchTables) -> None:
+def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> None:
     """Read one plate and append its rows to ``out`` (rejected plates only to ``files``)."""
     layout_sha, layout_bytes = file_digest(plate.layout)
     export_bytes = os.stat(plate.export).st_size
     # an export over the size limit is refused by read_export without being read at all
-    too_big = export_bytes > int(config["max_export_bytes"])
+    too_big = export_bytes > settings.max_export_bytes
     export_sha = "" if too_big else file_digest(plate.export)[0]
     layout_name, export_name = Path(plate.layout).name, Path(plate.export).name
 
@@ -94,15 +95,15 @@ def ingest_plate(plate: PlateInput, config: dict, out: BatchTables) -> None:
         )  # fmt: skip
 
     try:
-        layout = load_layout(plate.layout, layouts_dir=config["layouts_dir"])
-        export = read_export(plate.export, max_bytes=int(config["max_export_bytes"]))
+        layout = load_layout(plate.layout, layouts_dir=settings.layouts_dir)
+        export = read_export(plate.export, max_bytes=settings.max_export_bytes)
         wells = join_counts(layout, export, source_file=export_name, source_sha256=export_sha)
-        if config["outliers"].get("rule", "dixon_q") == "dixon_q":
-            wells = flag_outliers(wells, exclude=bool(config["outliers"].get("exclude", False)))
+        if settings.outliers.rule == "dixon_q":
+            wells = flag_outliers(wells, exclude=settings.outliers.exclude)
         s_mean, m_mean = control_means(wells)
         wells = add_lysis(wells, s_mean, m_mean)
         lysis = summarise(wells)
-        qc = plate_qc(wells, lysis, layout.expt, s_mean, m_mean, QCConfig.from_config(config["qc"]))
+        qc = plate_qc(wells, lysis, layout.expt, s_mean, m_mean, settings.qc)
     except LayoutError as err:
         files_rows("rejected", f"layout: {err}", f"its layout was refused: {err}")
         return
@@ -124,9 +125,9 @@ def ingest_plate(plate: PlateInput, config: dict, out: BatchTables) -> None:
     out.qc.append(qc)
 
 
-def ingest_batch(plates: list[PlateInput], config: dict) -> dict[str, pd.DataFrame]:
+def ingest_batch(plates: list[PlateInput], settings: Analysis) -> dict[str, pd.DataFrame]:
     """Ingest every plate of a batch; returns the files, wells, lysis and qc tables."""
     out = BatchTables()
     for plate in plates:
-        ingest_plate(plate, config, out)
+        ingest_plate(plate, settings, out)
     return out.frames()

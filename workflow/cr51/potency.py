@@ -18,7 +18,7 @@ E:T ratio) into three tables:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from scipy import special
 from cr51 import fit as fitting
 
 from .schema import FITS, LOTS_DIFFER, POTENCY_COMBINED, POTENCY_JOINT, POTENCY_OWN
+from .settings import Analysis
 
 #: Column names of the tables this module builds (derived from the schema, which owns them).
 FITS_COLUMNS = FITS.names
@@ -44,48 +45,55 @@ UNTREATED = "untreated"
 
 @dataclass(frozen=True)
 class PotencyConfig:
-    """Settings read from the ``config`` mapping of :func:`analyse_plate`.
+    """What :func:`analyse_plate` reads, taken from the settings (:meth:`from_settings`; the
+    defaults are the schema's, ``workflow/schemas/config.schema.yaml``).
 
     Attributes
     ----------
     model : str
-        Model of the joint (parallel, free, common-e) fits. Key ``model``, default "LL.4".
+        Model of the joint (parallel, free, common-e) fits: the first of ``fit.models``.
     models : tuple of str
-        Models fitted per lot for ``fits.csv``. Key ``models``, default ("LL.4",).
+        Models fitted per lot for ``fits.csv`` (``fit.models``).
     alpha : float
-        Equivalence test size; the equivalence CIs are ``1 - 2 alpha`` (90 %).
-        Key ``alpha``, default 0.05.
+        F-test level and equivalence test size; the equivalence CIs are ``1 - 2 alpha`` (90 %)
+        (``potency.alpha``).
     slope_ratio_margins : tuple of float
-        Equivalence margins for b_lot / b_ref. Key ``slope_ratio_margins``, default (0.80, 1.25).
+        Equivalence margins for b_lot / b_ref (``potency.equivalence.slope_ratio_lo``/``_hi``).
     upper_diff_margin : float
-        Margin (percentage points of lysis) for top_lot - top_ref. Key ``upper_diff_margin``, default 10.
+        Margin (percentage points of lysis) for top_lot - top_ref (``potency.equivalence``).
     lower_diff_margin : float
-        Margin for bottom_lot - bottom_ref. Key ``lower_diff_margin``, default 10.
+        Margin for bottom_lot - bottom_ref (``potency.equivalence``).
     ci_level : float
-        Level of the IC50 and RP intervals. Key ``ci_level``, default 0.95.
+        Level of the IC50 and RP intervals (``potency.ci_level``).
     min_concentrations : int
         A lot needs at least this many distinct positive concentrations with
-        finite lysis to enter the joint fits. Key ``min_concentrations``, default 3.
+        finite lysis to enter the joint fits (``potency.min_concentrations``).
     """
 
-    model: str = "LL.4"
-    models: tuple[str, ...] = ("LL.4",)
-    alpha: float = 0.05
-    slope_ratio_margins: tuple[float, float] = (0.80, 1.25)
-    upper_diff_margin: float = 10.0
-    lower_diff_margin: float = 10.0
-    ci_level: float = 0.95
-    min_concentrations: int = 3
+    model: str
+    models: tuple[str, ...]
+    alpha: float
+    slope_ratio_margins: tuple[float, float]
+    upper_diff_margin: float
+    lower_diff_margin: float
+    ci_level: float
+    min_concentrations: int
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any] | None) -> PotencyConfig:
-        """Build from a mapping; unknown keys are ignored, missing ones default."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in (config or {}).items() if k in known}
-        for key in ("models", "slope_ratio_margins"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+    def from_settings(cls, settings: Analysis | Mapping[str, Any]) -> PotencyConfig:
+        """From the settings (or a configuration mapping, validated and completed with the defaults)."""
+        s = Analysis.of(settings)
+        eq = s.potency.equivalence
+        return cls(
+            model=s.fit.models[0],
+            models=s.fit.models,
+            alpha=s.potency.alpha,
+            slope_ratio_margins=(eq.slope_ratio_lo, eq.slope_ratio_hi),
+            upper_diff_margin=eq.upper_diff_margin,
+            lower_diff_margin=eq.lower_diff_margin,
+            ci_level=s.potency.ci_level,
+            min_concentrations=s.potency.min_concentrations,
+        )
 
 
 @dataclass(frozen=True)
@@ -307,7 +315,7 @@ def _lots_differ_row(
 
 
 def analyse_plate(
-    points: pd.DataFrame, plate: str, reference_lot: str, config: Mapping[str, Any] | None = None
+    points: pd.DataFrame, plate: str, reference_lot: str, config: PotencyConfig | None = None
 ) -> PlateTables:
     """Per-lot fits, relative potency and parallelism for one plate at one E:T ratio.
 
@@ -321,8 +329,8 @@ def analyse_plate(
         Plate identifier written to every row.
     reference_lot : str
         Lot against which RP is computed.
-    config : mapping, optional
-        Keys documented in :class:`PotencyConfig`.
+    config : PotencyConfig, optional
+        The settings it reads; by default the schema's defaults.
 
     Returns
     -------
@@ -341,7 +349,7 @@ def analyse_plate(
     ln ED50(lot) - ln ED50(ref) from that fit; ``p_holm`` its Holm adjustment
     across the plate's lots.
     """
-    cfg = PotencyConfig.from_mapping(config)
+    cfg = config or PotencyConfig.from_settings({})
     data = _clean(points)
     ref = str(reference_lot)
     lots = sorted(set(data.lot.tolist()) - {UNTREATED})

@@ -14,12 +14,12 @@ Defaults and their sources (all configurable under ``qc:`` in ``config/config.ya
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .schema import FLAGS
+from .settings import QC, Analysis
 
 LU_PCT = 20.0
 
@@ -27,18 +27,12 @@ LU_PCT = 20.0
 FLAG_TEXT = FLAGS
 
 
-@dataclass(frozen=True)
-class QCConfig:
-    """QC thresholds (see module docstring for the sources of the defaults)."""
-
-    max_spontaneous_pct_of_max: float = 20.0
-    max_cv_pct: float = 20.0
-    max_vehicle_suppression_pct: float = 10.0
+class QCConfig(QC):
+    """The ``qc:`` settings under their former name, for the report until it reads :class:`Settings`."""
 
     @classmethod
-    def from_config(cls, cfg: dict | None) -> QCConfig:
-        cfg = cfg or {}
-        return cls(**{k: float(v) for k, v in cfg.items() if k in cls.__dataclass_fields__})
+    def from_config(cls, cfg: dict | None) -> QC:
+        return Analysis.from_config({"qc": dict(cfg or {})}).qc
 
 
 def untreated(wells: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +99,7 @@ def plate_qc(
     expt: dict[str, object],
     s_mean: float,
     m_mean: float,
-    cfg: QCConfig,
+    cfg: QC,
 ) -> dict[str, object]:
     """One qc.csv row for a plate (``wells`` with per-well lysis, ``lysis`` its summary)."""
     flags: list[str] = []

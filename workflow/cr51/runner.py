@@ -34,6 +34,7 @@ from typing import IO
 import yaml
 
 from . import audit
+from .settings import with_defaults
 
 EXIT_OK = 0  # the run completed (rejected and pending files are data, not failures)
 EXIT_NO_INPUT = 66  # the drop folder does not exist (not mounted?)
@@ -104,7 +105,8 @@ def folders(overrides: list[str]) -> Folders:
         key, _, value = item.partition("=")
         if key in ("raw_dir", "results_dir"):
             config[key] = value
-    return Folders(Path(config.get("raw_dir", "raw")), Path(config.get("results_dir", "results")))
+    config = with_defaults(config)  # the schema's defaults for keys config.yaml leaves out
+    return Folders(Path(config["raw_dir"]), Path(config["results_dir"]))
 
 
 def acquire_lock(results: Path) -> IO[str]:

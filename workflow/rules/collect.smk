@@ -53,8 +53,8 @@ rule collect:
         runtime=15,
     params:
         others=unassigned_files(),
-        raw_dir=config["raw_dir"],
-        max_export_bytes=config["max_export_bytes"],
+        raw_dir=SETTINGS.raw_dir,
+        max_export_bytes=SETTINGS.analysis.max_export_bytes,
         settings=batch_settings(),
         tables=TABLES,
         config=config,

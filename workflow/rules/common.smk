@@ -7,24 +7,27 @@ from snakemake.utils import validate
 # The domain logic is the importable package workflow/cr51 (also pip-installable).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cr51 import scan as cr51_scan
-from cr51.settings import check_config
+from cr51.schema import PLATE_TABLES
+from cr51.settings import Settings
 
-# Friendly messages first (every problem, in words), then Snakemake's validation (sets defaults).
-check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+#: The typed settings, built once: validated with every problem listed in words (ConfigError), the
+#: defaults filled from the schema. The analysis part is what the jobs get.
+SETTINGS = Settings.from_config(config)
 
 
+# Snakemake's own validation fills the same defaults into `config` (recorded in the report and audit).
 validate(config, "../schemas/config.schema.yaml")
 
-RESULTS = config["results_dir"].rstrip("/")
-TABLES = ["files", "wells", "lysis", "qc", "fits", "potency", "lots_differ"]
+RESULTS = SETTINGS.results_dir.rstrip("/")
+TABLES = list(PLATE_TABLES)
 
 # Which files form which plate, in which batch: decided by a stdlib-only scan at parse time.
 SCAN = cr51_scan.scan(
-    config["raw_dir"],
-    layouts_dir=config["layouts_dir"],
-    batch_count=config["batch_count"],
-    settle_seconds=config["settle_seconds"],
-    max_bytes=config["max_export_bytes"],
+    SETTINGS.raw_dir,
+    layouts_dir=SETTINGS.analysis.layouts_dir,
+    batch_count=SETTINGS.batch_count,
+    settle_seconds=SETTINGS.settle_seconds,
+    max_bytes=SETTINGS.analysis.max_export_bytes,
     meta_cache=f"{RESULTS}/.scan-cache.json",
 )
 BATCHES = SCAN.batches()
@@ -69,8 +72,7 @@ CODE_DIGEST = cr51_scan.code_digest()
 
 def batch_settings():
     """The configuration a batch job reads (a change reruns every batch)."""
-    keys = ["layouts_dir", "max_export_bytes", "qc", "outliers", "fit", "potency"]
-    return {key: config[key] for key in keys}
+    return SETTINGS.analysis.to_dict()
 
 
 def batch_outputs():

@@ -11,6 +11,7 @@ from cr51.combination import combine_plates
 from cr51.jobs import run_job
 from cr51.report import ReportInputs, build_report, write_report
 from cr51.schema import POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
+from cr51.settings import Analysis
 from cr51.tables import read_table, write_table
 
 REPORTED = ("files", "qc", "potency", "lots_differ", "potency_combined", "potency_combined_inputs")
@@ -21,7 +22,8 @@ def main(smk):
     result = collect(batches, smk.params.others, smk.params.raw_dir, smk.params.max_export_bytes)
     for name in smk.params.tables:
         result.write(name, smk.output[name])
-    combined = combine_plates(result.tables["potency"], result.tables["qc"], smk.params.settings)
+    settings = Analysis.from_config(smk.params.settings)
+    combined = combine_plates(result.tables["potency"], result.tables["qc"], settings)
     write_table(combined[0], smk.output.combined, POTENCY_COMBINED)
     write_table(combined[1], smk.output.combined_inputs, POTENCY_COMBINED_INPUTS)
     # the report shows what the CSVs say: read back exactly what was written (the small tables it shows)

@@ -7,12 +7,14 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from cr51.batch import PlateCache, process_batch, save_batch
 from cr51.jobs import run_job
 from cr51.plate import PlateInput
+from cr51.settings import Analysis
 
 
 def main(smk):
     plates = [PlateInput(**{**p, "includes": tuple(p["includes"])}) for p in smk.params.plates]
-    cache = PlateCache(smk.params.cache, smk.params.settings)
-    save_batch(process_batch(plates, smk.params.settings, cache), smk.output.batch)
+    settings = Analysis.from_config(smk.params.settings)
+    cache = PlateCache(smk.params.cache, settings)
+    save_batch(process_batch(plates, settings, cache), smk.output.batch)
 
 
 run_job(snakemake, main)  # noqa: F821
