@@ -244,3 +244,17 @@ def test_slope_ratio_is_90_percent_fieller_from_free_pair_fit() -> None:
     assert (row["slope_ratio"], row["slope_ratio_lo"], row["slope_ratio_hi"]) == pytest.approx(
         (expected.ratio, expected.lo, expected.hi), rel=1e-6
     )
+
+
+def test_a_lot_named_untreated_is_a_lot_like_any_other(six_lot_tables: potency.PlateTables) -> None:
+    """Untreated wells are those without a lot, never wells whose lot is called 'untreated'."""
+    points = simulate_plate(np.random.default_rng(1), SIX_LOTS)
+    renamed = points.assign(lot=points["lot"].replace({"L3": "untreated"}))
+    tables = potency.analyse_plate(renamed, "P1", "REF")
+    got = tables.potency.set_index("lot").loc["untreated"]
+    want = six_lot_tables.potency.set_index("lot").loc["L3"]
+    assert got["status"] == "ok"
+    for col in ("rp", "rp_lo", "rp_hi", "parallel_f_p", "slope_ratio"):
+        assert got[col] == pytest.approx(want[col], rel=1e-9), col
+    fits = tables.fits.set_index("lot")
+    assert fits.loc["untreated", "ic50"] == pytest.approx(six_lot_tables.fits.set_index("lot").loc["L3", "ic50"])

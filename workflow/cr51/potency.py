@@ -40,9 +40,6 @@ LOTS_DIFFER_COLUMNS = LOTS_DIFFER.names
 JOINT_COLUMNS = tuple(c.name for c in POTENCY_JOINT)
 COMBINED_COLUMNS = POTENCY_COMBINED.names
 
-UNTREATED = "untreated"
-
-
 @dataclass(frozen=True)
 class PotencyConfig:
     """What :func:`analyse_plate` reads, taken from the settings (:meth:`from_settings`; the
@@ -112,18 +109,23 @@ class PlateTables:
 
 @dataclass(frozen=True)
 class _Points:
-    """Cleaned plate data: arrays plus the lot label of each point."""
+    """Cleaned plate data: arrays, the lot of each point and which points are untreated wells.
+
+    Untreated wells are marked by ``untreated``, never by a lot name: a lot may be called anything,
+    ``untreated`` included.
+    """
 
     conc: npt.NDArray[np.float64]
     lysis: npt.NDArray[np.float64]
-    lot: npt.NDArray[np.str_]  # UNTREATED for untreated wells
+    lot: npt.NDArray[np.str_]  # "" for untreated wells (see ``untreated``)
+    untreated: npt.NDArray[np.bool_]
 
     def select(
         self, lots: Sequence[str], untreated_as: str
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.str_]]:
-        """Points of ``lots`` plus the untreated wells relabelled ``untreated_as``."""
-        keep = np.isin(self.lot, list(lots)) | (self.lot == UNTREATED)
-        group = np.where(self.lot[keep] == UNTREATED, untreated_as, self.lot[keep])
+        """Points of ``lots`` plus the untreated wells labelled ``untreated_as``."""
+        keep = (np.isin(self.lot, list(lots)) & ~self.untreated) | self.untreated
+        group = np.where(self.untreated[keep], untreated_as, self.lot[keep])
         return self.conc[keep], self.lysis[keep], group
 
 
@@ -131,9 +133,10 @@ def _clean(points: pd.DataFrame) -> _Points:
     """Drop wells with missing/non-finite conc or lysis; label untreated wells."""
     conc = pd.to_numeric(points["conc"], errors="coerce").to_numpy(dtype=float)
     lysis = pd.to_numeric(points["lysis"], errors="coerce").to_numpy(dtype=float)
-    lot = np.array([UNTREATED if pd.isna(v) else str(v) for v in points["lot"]], dtype=object).astype(str)
+    untreated = points["lot"].isna().to_numpy(bool)
+    lot = np.array(["" if u else str(v) for u, v in zip(untreated, points["lot"])], dtype=object).astype(str)
     ok = np.isfinite(conc) & np.isfinite(lysis)
-    return _Points(conc[ok], lysis[ok], lot[ok])
+    return _Points(conc[ok], lysis[ok], lot[ok], untreated[ok])
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +268,7 @@ def log_ed50_wald_p(joint: fitting.FitResult, lot: str, ref: str) -> float:
 
 
 def _usable(data: _Points, lot: str, cfg: PotencyConfig) -> bool:
-    conc = data.conc[(data.lot == lot) & (data.conc > 0)]
+    conc = data.conc[(data.lot == lot) & ~data.untreated & (data.conc > 0)]
     return np.unique(conc).size >= cfg.min_concentrations
 
 
@@ -352,7 +355,7 @@ def analyse_plate(
     cfg = config or PotencyConfig.from_settings({})
     data = _clean(points)
     ref = str(reference_lot)
-    lots = sorted(set(data.lot.tolist()) - {UNTREATED})
+    lots = sorted(set(data.lot[~data.untreated].tolist()))
     fits = _fits_table(plate, data, lots, cfg)
     others = [lot for lot in lots if lot != ref]
     usable = [lot for lot in others if _usable(data, lot, cfg)]
