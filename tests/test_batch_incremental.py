@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def test_a_software_change_reruns_every_batch(runs):
         return proc.stdout
 
     assert "process_batch" not in planned()  # up to date after the fixture's runs
-    module = work / "workflow" / "cr51" / "report.py"
+    module = work / "workflow" / "cr51" / "fit.py"
     original = module.read_bytes()
     try:
         module.write_bytes(original + b"\n# a software change\n")
@@ -159,4 +160,16 @@ def test_a_software_change_reruns_every_batch(runs):
         assert jobs == {"process_batch": "3", "collect": "1"}  # the three plates' batches, then collect
     finally:
         module.write_bytes(original)
+    assert "process_batch" not in planned()
+    # a library upgrade (pip install -U openpyxl) reruns every batch too: a newer openpyxl is seen
+    # first on the path (its metadata only; the import still finds the real one)
+    fake = work / "fake-site" / "openpyxl-99.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: openpyxl\nVersion: 99.0\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = dict(re.findall(r"^(process_batch|collect)\s+(\d+)\s*$", proc.stdout, re.M))
+    assert jobs == {"process_batch": "3", "collect": "1"}
+    shutil.rmtree(fake.parent)
     assert "process_batch" not in planned()

@@ -97,3 +97,92 @@ def test_corrupt_entry_is_recomputed(tmp_path, plates):
         entry.write_bytes(b"not a pickle")
     again = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     assert_same(first, again)
+
+
+def test_library_versions_enter_the_key_and_the_header(tmp_path, plates, monkeypatch):
+    """After `pip install -U lmfit` (or numpy, pandas, ...) every plate is recomputed, none read back."""
+    from cr51 import digests, store
+
+    process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    other = {**digests.software(), "libraries": {**digests.library_versions(), "lmfit": "9.9.9"}}
+    monkeypatch.setattr(store, "software", lambda: other)
+    monkeypatch.setattr(batch, "software_digest", lambda: "another software digest")
+    calls = forbid_compute(monkeypatch, allowed={p.name for p in plates})
+    process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    assert sorted(calls) == sorted(p.name for p in plates)
+    assert len(list((tmp_path / "cache").glob("*.pkl"))) == len(plates)  # the old entries were pruned
+
+
+def rewrite_header(path: Path, **changes) -> None:
+    import json
+
+    data = path.read_bytes()
+    end = data.index(b"\n")
+    head = {**json.loads(data[:end]), **changes}
+    path.write_bytes(json.dumps(head).encode() + data[end:])
+
+
+def test_an_entry_of_other_software_under_the_same_key_is_recomputed_with_a_note(tmp_path, plates, caplog):
+    from cr51 import digests
+
+    first = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    old = {**digests.software(), "libraries": {**digests.library_versions(), "numpy": "1.0.0"}}
+    for entry in (tmp_path / "cache").glob("*.pkl"):
+        rewrite_header(entry, software=old)
+    with caplog.at_level("WARNING", logger="cr51.batch"):
+        again = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    assert_same(first, again)
+    notes = [r.getMessage() for r in caplog.records if "recomputing" in r.getMessage()]
+    assert len(notes) == len(plates) and all("other software" in n for n in notes)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "header", "empty", "format"])
+def test_a_damaged_entry_is_recomputed_never_used_never_fatal(tmp_path, plates, caplog, damage):
+    first = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    rng = np.random.default_rng(5)
+    for entry in sorted((tmp_path / "cache").glob("*.pkl")):
+        data = bytearray(entry.read_bytes())
+        if damage == "truncate":
+            data = data[: len(data) // 2]
+        elif damage == "flip":  # three bytes of the payload
+            for i in rng.integers(data.index(b"\n") + 1, len(data), 3):
+                data[i] ^= 0x5A
+        elif damage == "header":
+            data[2] ^= 0x01
+        elif damage == "empty":
+            data = bytearray()
+        entry.write_bytes(bytes(data))
+        if damage == "format":
+            rewrite_header(entry, format=2)
+    with caplog.at_level("WARNING", logger="cr51.batch"):
+        again = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    assert_same(first, again)
+    assert sum("recomputing" in r.getMessage() for r in caplog.records) == len(plates)
+
+
+def test_a_damaged_batch_output_is_refused_with_the_reason(tmp_path, plates):
+    from cr51.batch import load_batch, save_batch
+    from cr51.store import StaleFile
+
+    path = tmp_path / "b000.pkl"
+    save_batch(process_batch(plates, SETTINGS), path)
+    assert load_batch(path).tables.keys()
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(StaleFile, match="truncated"):
+        load_batch(path)
+    path.write_bytes(b"\x80\x05not ours")
+    with pytest.raises(StaleFile, match="no header"):
+        load_batch(path)
+
+
+def test_collect_removes_an_unusable_batch_output_and_says_why(tmp_path, plates):
+    from cr51.batch import load_batches, save_batch
+
+    good, bad = tmp_path / "b000.pkl", tmp_path / "b001.pkl"
+    save_batch(process_batch(plates[:2], SETTINGS), good)
+    save_batch(process_batch(plates[2:], SETTINGS), bad)
+    assert len(load_batches([str(good), str(bad)])) == 2
+    rewrite_header(bad, format=1)
+    with pytest.raises(RuntimeError, match="has format 1.*removed; the next run recomputes it"):
+        load_batches([str(good), str(bad)])
+    assert good.exists() and not bad.exists()

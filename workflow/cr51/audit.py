@@ -18,7 +18,6 @@ when the log is read.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import platform
@@ -29,6 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .digests import file_digest
+
 AUDIT_NAME = "audit.jsonl"
 #: Set by the batch runner so that it finds the record Snakemake's handler wrote for its run.
 RUN_ID_ENV = "CR51_RUN_ID"
@@ -38,15 +39,6 @@ STATUSES = ("ok", "rejected", "pending", "duplicate")
 DECIDED = ("ok", "rejected", "duplicate")  # statuses whose content produced results
 
 Record = dict[str, Any]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 (hex) of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_records(results_dir: str | os.PathLike) -> list[Record]:
@@ -116,7 +108,7 @@ def written_outputs(results_dir: str | os.PathLike, since: float) -> list[Record
             and entry.name != AUDIT_NAME
             and entry.stat().st_mtime >= since
         ):
-            out.append({"path": os.path.abspath(entry.path), "sha256": sha256_file(entry.path)})
+            out.append({"path": os.path.abspath(entry.path), "sha256": file_digest(entry.path)[0]})
     return out
 
 

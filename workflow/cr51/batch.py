@@ -23,16 +23,17 @@ from typing import Any
 
 import pandas as pd
 
+from . import store
 from .analysis import analyse_batch
+from .digests import content_digest, software_digest
 from .plate import PlateInput, ingest_batch
 from .report import plate_sections, split_sections
-from .scan import code_digest, content_digest
 from .schema import PLATE_TABLES, TABLES
 from .settings import Analysis
+from .store import StaleFile
 from .tables import Rows, concat_frames, render_rows
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = "cr51-plate-cache-2"
 
 
 #: Tables each plate renders to CSV text once, so that ``collect`` writes them by concatenation
@@ -61,38 +62,54 @@ class BatchOutput:
     sections: dict[str, str]
 
 
+#: Stored-file kinds and formats (:mod:`cr51.store`); a change of what is stored bumps the format.
+BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 3
+
+
 def save_batch(out: BatchOutput, path: str | os.PathLike) -> None:
-    """Write a batch's output atomically (pickle: an intermediate between jobs of the same code)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write a batch's output atomically, with a header (:mod:`cr51.store`)."""
+    store.write(path, BATCH_KIND, STORE_FORMAT, pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_batch(path: str | os.PathLike) -> BatchOutput:
-    """Read what :func:`save_batch` wrote."""
-    with open(path, "rb") as fh:
-        out = pickle.load(fh)
+    """Read what :func:`save_batch` wrote; :class:`cr51.store.StaleFile` when it cannot be used
+    (other software, damaged, not a batch output)."""
+    payload = store.read(path, BATCH_KIND, STORE_FORMAT)
+    try:
+        out = pickle.loads(payload)
+    except Exception as err:  # noqa: BLE001 - any failure to decode means: not usable
+        raise StaleFile(f"cannot be decoded ({type(err).__name__})") from None
     if not isinstance(out, BatchOutput):
-        raise TypeError(f"{path} does not hold a batch output")
+        raise StaleFile("does not hold a batch output")
+    return out
+
+
+def load_batches(paths: list[str]) -> list[BatchOutput]:
+    """Every batch output of ``paths``; one that cannot be used is removed (so that the next run
+    recomputes it) and the run stops with the reason: a result from other software is never mixed in."""
+    out = []
+    for path in paths:
+        try:
+            out.append(load_batch(path))
+        except StaleFile as err:
+            Path(path).unlink(missing_ok=True)
+            raise RuntimeError(f"batch output {path} {err}: removed; the next run recomputes it") from None
     return out
 
 
 class PlateCache:
     """Per-plate results on disk (``<directory>/<key>.pkl``), keyed by content, not by time.
 
-    The folder belongs to the pipeline (inside ``results_dir``); nothing else writes there.
+    The key covers the plate's name and file contents, the analysis settings and the software (code
+    digest, Python and library versions); each entry carries a checked header (:mod:`cr51.store`).
+    An entry that cannot be used is recomputed, with a note in the batch log. The folder belongs to
+    the pipeline (inside ``results_dir``); nothing else writes there.
     """
 
     def __init__(self, directory: str | os.PathLike, settings: Analysis | Mapping[str, Any]) -> None:
         self.directory = Path(directory)
         salt = json.dumps(Analysis.of(settings).to_dict(), sort_keys=True)
-        self._salt = hashlib.sha256(f"{CACHE_FORMAT}\n{code_digest()}\n{salt}".encode()).digest()
+        self._salt = hashlib.sha256(f"{STORE_FORMAT}\n{software_digest()}\n{salt}".encode()).digest()
         self.used: set[str] = set()
 
     def key(self, plate: PlateInput, max_bytes: int) -> str:
@@ -105,20 +122,22 @@ class PlateCache:
         return h.hexdigest()
 
     def get(self, key: str) -> PlateOutput | None:
+        """The entry stored under ``key``, or ``None`` (absent, or not usable: noted in the log)."""
         self.used.add(key)
-        try:
-            with open(self.directory / f"{key}.pkl", "rb") as fh:
-                out = pickle.load(fh)
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
+        path = self.directory / f"{key}.pkl"
+        if not path.exists():
             return None
-        return out if isinstance(out, PlateOutput) else None
+        try:
+            out = pickle.loads(store.read(path, PLATE_KIND, STORE_FORMAT))
+            if not isinstance(out, PlateOutput):
+                raise StaleFile("does not hold a plate's results")
+        except Exception as err:  # noqa: BLE001 - a bad entry is recomputed, never fatal
+            log.warning("plate cache entry %s %s: recomputing the plate", path.name, err)
+            return None
+        return out
 
     def put(self, key: str, out: PlateOutput) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{key}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.directory / f"{key}.pkl")
+        store.write(self.directory / f"{key}.pkl", PLATE_KIND, STORE_FORMAT, pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
 
     def prune(self) -> None:
         """Remove the entries this run did not use (superseded plates, old settings or code)."""

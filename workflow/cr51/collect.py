@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .plate import file_digest
+from .digests import file_digest
 from .scan import display_name
 from .schema import FILES, PLATE_TABLES, TABLES
 from .tables import Rows, concat_frames, write_rows, write_table

@@ -7,7 +7,6 @@ not depend on which batch it is in.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .digests import file_digest
 from .ingest import InputError, read_export
 from .layout import LayoutError, load_layout
 from .lysis import (
@@ -62,17 +62,6 @@ class BatchTables:
             "lysis": concat_frames(self.lysis, LYSIS.names),
             "qc": pd.DataFrame(self.qc, columns=list(QC.names)),
         }
-
-
-def file_digest(path: str | os.PathLike) -> tuple[str, int]:
-    """sha256 (hex) and size in bytes of a file, read in chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> None:

@@ -40,6 +40,7 @@ LOTS_DIFFER_COLUMNS = LOTS_DIFFER.names
 JOINT_COLUMNS = tuple(c.name for c in POTENCY_JOINT)
 COMBINED_COLUMNS = POTENCY_COMBINED.names
 
+
 @dataclass(frozen=True)
 class PotencyConfig:
     """What :func:`analyse_plate` reads, taken from the settings (:meth:`from_settings`; the

@@ -29,6 +29,8 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .digests import content_digest
+
 IGNORED_NAMES = frozenset({"README.md"})
 LAYOUT_SUFFIX = ".toml"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -79,16 +81,6 @@ class Scan:
         return [f for f in self.files if f not in in_plates]
 
 
-def code_digest() -> str:
-    """sha256 of the ``cr51`` package's source files (stdlib only, so the Snakefile can use it at
-    parse time): a change of the software reruns every batch and invalidates every cached plate."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def batch_of(plate: str, batch_count: int) -> str:
     """Stable batch id of a plate: depends on the plate's name only."""
     digest = hashlib.sha256(plate.encode("utf-8", "surrogateescape")).hexdigest()
@@ -111,24 +103,6 @@ def unusable_name(name: str) -> str | None:
 def display_name(name: str) -> str:
     """``name`` as printable UTF-8 text (undecodable bytes shown as ``\\xNN``)."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def content_digest(paths: list[str], max_bytes: int) -> str:
-    """sha256 of the files' sizes and bytes (a file over ``max_bytes``: its size and mtime only).
-
-    Given to the plate's batch job as a parameter, so that new content reruns the batch even when
-    the file's modification time did not move (a re-export copied with ``cp -p`` or ``rsync -t``).
-    """
-    h = hashlib.sha256()
-    for path in paths:
-        st = os.stat(path)
-        h.update(f"{path}\n{st.st_size}\n".encode("utf-8", "surrogateescape"))
-        if st.st_size <= max_bytes:
-            with open(path, "rb") as fh:
-                h.update(fh.read())
-        else:
-            h.update(str(st.st_mtime_ns).encode())
-    return h.hexdigest()
 
 
 class IncludeError(ValueError):

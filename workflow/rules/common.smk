@@ -7,6 +7,7 @@ from snakemake.utils import validate
 # The domain logic is the importable package workflow/cr51 (also pip-installable).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cr51 import scan as cr51_scan
+from cr51.digests import software_digest
 from cr51.schema import PLATE_TABLES
 from cr51.settings import Settings
 
@@ -65,9 +66,10 @@ def batch_plates(wildcards):
     ]
 
 
-#: sha256 of the cr51 package's sources: Snakemake's rerun triggers see a rule's script, not the
-#: modules it imports, so the package's digest is a parameter of the batch jobs.
-CODE_DIGEST = cr51_scan.code_digest()
+#: sha256 of the software (the cr51 package's sources, Python and library versions): Snakemake's
+#: rerun triggers see a rule's script, not the modules it imports nor the installed libraries, so
+#: this digest is a parameter of the batch jobs (after `pip install -U lmfit` every batch reruns).
+SOFTWARE_DIGEST = software_digest()
 
 
 def batch_settings():

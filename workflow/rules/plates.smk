@@ -19,7 +19,7 @@ rule process_batch:
     params:
         plates=batch_plates,
         settings=batch_settings(),
-        code=CODE_DIGEST,
+        software=SOFTWARE_DIGEST,
         cache=lambda wildcards: f"{RESULTS}/cache/{wildcards.batch}",
     script:
         "../scripts/process_batch.py"

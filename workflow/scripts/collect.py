@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-from cr51.batch import load_batch
+from cr51.batch import load_batches
 from cr51.collect import collect
 from cr51.combination import combine_plates
 from cr51.jobs import run_job
@@ -18,7 +18,7 @@ REPORTED = ("files", "qc", "potency", "lots_differ", "potency_combined", "potenc
 
 
 def main(smk):
-    batches = [load_batch(path) for path in smk.input.batches]
+    batches = load_batches(list(smk.input.batches))
     result = collect(batches, smk.params.others, smk.params.raw_dir, smk.params.max_export_bytes)
     for name in smk.params.tables:
         result.write(name, smk.output[name])

@@ -1,0 +1,84 @@
+"""Digests, in one place: of a file, of a plate's files, of the package's code and of the software a
+result was computed with. Standard library only (the Snakefile uses it at parse time).
+
+The *software* of a result is the package's source code plus the versions of Python and of every
+library the package computes with (:data:`LIBRARIES`): the plate cache, the batch jobs' rerun
+parameter and the header of every stored intermediate carry it, so that ``pip install -U lmfit``
+recomputes everything instead of mixing numbers of two library versions.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+#: The package's runtime dependencies (pyproject.toml) except the workflow engine (snakemake and its
+#: SLURM plugin schedule jobs; they compute nothing): a new version of any of these reruns every plate.
+LIBRARIES = ("numpy", "pandas", "scipy", "lmfit", "wellmap", "openpyxl", "matplotlib", "jsonschema", "pyyaml")
+
+
+def file_digest(path: str | os.PathLike) -> tuple[str, int]:
+    """sha256 (hex) and size in bytes of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def content_digest(paths: list[str], max_bytes: int) -> str:
+    """sha256 of the files' paths, sizes and bytes (a file over ``max_bytes``: its size and mtime only).
+
+    Given to the plate's batch job as a parameter, so that new content reruns the batch even when
+    the file's modification time did not move (a re-export copied with ``cp -p`` or ``rsync -t``).
+    """
+    h = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{path}\n{st.st_size}\n".encode("utf-8", "surrogateescape"))
+        if st.st_size <= max_bytes:
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 of the ``cr51`` package's source files (every ``.py``, and the report's style and script)."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".css", ".js") and p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """{"python": version, library: version} for Python and every library in :data:`LIBRARIES`."""
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@functools.cache
+def software() -> dict[str, object]:
+    """What a result was computed with: the code digest and the library versions."""
+    return {"code": code_digest(), "libraries": library_versions()}
+
+
+def software_digest() -> str:
+    """sha256 of :func:`software` (the batch jobs' rerun parameter, part of the plate-cache key)."""
+    return hashlib.sha256(json.dumps(software(), sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,81 @@
+"""Intermediate files between the pipeline's jobs and runs (plate cache entries, batch outputs), each
+with a header checked on read. Standard library only.
+
+A stored file is one JSON header line, then the payload bytes::
+
+    {"kind": "cr51-plate", "format": 3, "software": {...}, "bytes": 1234, "sha256": "..."}\\n<payload>
+
+:func:`read` returns the payload only when the header is there, names the expected kind and format,
+was written by the same software (:func:`cr51.digests.software`: code digest, Python and library
+versions) and the payload has the recorded size and sha256; otherwise it raises :class:`StaleFile`
+with the reason, and the caller recomputes. A damaged, truncated, foreign or old file is therefore
+never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .digests import software
+
+#: The longest header read (a header is a few hundred bytes; a file without a newline soon is not ours).
+MAX_HEADER = 1 << 16
+
+
+class StaleFile(Exception):
+    """A stored file that cannot be used; ``str(exc)`` says why."""
+
+
+def header(kind: str, fmt: int, payload: bytes) -> dict[str, object]:
+    """The header :func:`write` puts before ``payload``."""
+    return {
+        "kind": kind,
+        "format": fmt,
+        "software": software(),
+        "bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+
+
+def write(path: str | os.PathLike, kind: str, fmt: int, payload: bytes) -> None:
+    """Write header + ``payload`` atomically (a temporary file in the same folder, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(header(kind, fmt, payload), sort_keys=True).encode() + b"\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(line)
+            fh.write(payload)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read(path: str | os.PathLike, kind: str, fmt: int) -> bytes:
+    """The payload of a file :func:`write` wrote; :class:`StaleFile` (with the reason) otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise StaleFile(f"cannot be read ({err.strerror or err})") from None
+    end = data.find(b"\n", 0, MAX_HEADER)
+    if end < 0:
+        raise StaleFile("has no header")
+    try:
+        head = json.loads(data[:end])
+    except ValueError:
+        raise StaleFile("has a damaged header") from None
+    if not isinstance(head, dict) or head.get("kind") != kind:
+        raise StaleFile(f"is not a {kind} file")
+    if head.get("format") != fmt:
+        raise StaleFile(f"has format {head.get('format')!r}, this software reads {fmt}")
+    if head.get("software") != software():
+        raise StaleFile("was written by other software (code or library versions differ)")
+    payload = data[end + 1 :]
+    if head.get("bytes") != len(payload) or head.get("sha256") != hashlib.sha256(payload).hexdigest():
+        raise StaleFile("is damaged or truncated (checksum mismatch)")
+    return payload
