@@ -277,3 +277,19 @@ def test_minimizer_skips_only_lmfits_own_errors() -> None:
     minimizer = fit._minimizer_class()
     assert issubclass(minimizer, lmfit.Minimizer)
     assert minimizer._calculate_uncertainties_correlations is not lmfit.Minimizer._calculate_uncertainties_correlations
+
+
+def test_a_fit_memo_is_explicit_and_serves_identical_curves_once() -> None:
+    d = pd.read_csv(DATA / "ryegrass.csv")
+    x, y = d["conc"].to_numpy(), d["rootl"].to_numpy()
+    memo = fit.FitMemo()
+    first = fit.fit_curve(x, y, "LL.4", memo)
+    assert len(memo) == 1 and fit.fit_curve(x, y, "LL.4", memo) is first  # served from the memo
+    assert fit.fit_curve(x, y, "LL.4") is not first  # without a memo nothing is kept
+    assert fit.fit_curve(x, y * 1.01, "LL.4", memo) is not first and len(memo) == 2
+    # the free model fits each group alone through the memo: the same curve in another pair is reused
+    g = np.where(np.arange(x.size) % 2 == 0, "a", "b")
+    free = fit.fit_joint(x, y, g, "LL.4", fit.FREE, memo=memo)
+    assert free.converged and len(memo) == 4
+    fit.fit_joint(x, y, g, "LL.4", fit.FREE, memo=memo)
+    assert len(memo) == 4

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cr51 import fit, potency
+from cr51 import combination, fit, potency
+from cr51.schema import POTENCY_COMBINED
 
 CONCS = np.geomspace(0.05, 20.0, 7)  # mg/mL
 TOP, BOTTOM, SLOPE, IC50_REF = 60.0, 15.0, 1.5, 1.0
@@ -169,7 +170,7 @@ def limits(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def test_combination_by_hand_homogeneous() -> None:
     m = np.array([0.1, 0.0, 0.2])
-    res = potency.combine_lot(m, *limits(m), [10, 10, 10])
+    res = combination.combine_lot(m, *limits(m), [10, 10, 10])
     mbar = 15.0 / 525.0  # (100*0.1 + 400*0 + 25*0.2) / 525
     chi2 = 100 * (0.1 - mbar) ** 2 + 400 * mbar**2 + 25 * (0.2 - mbar) ** 2
     assert chi2 == pytest.approx(1.5714286, rel=1e-7)
@@ -183,7 +184,7 @@ def test_combination_by_hand_homogeneous() -> None:
 
 def test_combination_heterogeneous_is_semi_weighted() -> None:
     m = np.array([0.5, 0.0, -0.5])
-    res = potency.combine_lot(m, *limits(m), [10, 10, 10])
+    res = combination.combine_lot(m, *limits(m), [10, 10, 10])
     mbar = 37.5 / 525.0
     s2 = np.sum((m - mbar) ** 2) / 2 - (0.01 + 0.0025 + 0.04) / 3
     w_semi = 1.0 / (1.0 / WEIGHTS + s2)
@@ -206,8 +207,8 @@ def test_combine_table() -> None:
             "status": ["ok", "ok", "failed", "ok", "failed"],
         }
     )
-    out = potency.combine(rows).set_index("lot")
-    assert list(out.reset_index().columns) == list(potency.COMBINED_COLUMNS)
+    out = combination.combine(rows).set_index("lot")
+    assert list(out.reset_index().columns) == list(POTENCY_COMBINED.names)
     assert out.loc["A", "n_plates"] == 2 and 1.0 < out.loc["A", "rp"] < 1.2
     assert out.loc["B", "method"] == "single plate" and out.loc["B", "rp_lo"] == 0.4
     assert out.loc["C", "n_plates"] == 0 and out.loc["C", "method"] == "no valid plates"
@@ -223,7 +224,7 @@ def test_combined_coverage() -> None:
             points = simulate_plate(rng, {"REF": 1.0, "T": true_rp}, sd=3.0)
             row = potency.analyse_plate(points, f"P{plate}", "REF").potency.assign(lot=f"T{group}")
             rows.append(row)
-    combined = potency.combine(pd.concat(rows, ignore_index=True))
+    combined = combination.combine(pd.concat(rows, ignore_index=True))
     assert (combined["n_plates"] == 5).all()
     covered = ((combined["rp_lo"] < true_rp) & (true_rp < combined["rp_hi"])).mean()
     print(f"coverage of the combined 95 % CI: {covered:.3f}")

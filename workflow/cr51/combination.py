@@ -8,13 +8,15 @@ Every plate left out is listed with its reason in ``potency_combined_inputs.csv`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+from scipy import special
 
-from .potency import combine
-from .schema import POTENCY_COMBINED_INPUTS
+from .schema import POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
 from .settings import Analysis
 
 
@@ -60,3 +62,100 @@ def combine_plates(
     rows = inputs.assign(status=np.where(inputs["included"], "ok", "excluded"))
     combined = combine(rows, level=pot.ci_level)
     return combined, inputs.drop(columns=["df"])
+
+
+# --------------------------------------------------------------------------
+# Combination of plates: Ph. Eur. 5.3, section 6
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Combined:
+    """Combined relative potency of several independent assays."""
+
+    n: int
+    rp: float
+    lo: float
+    hi: float
+    chi2: float
+    p: float
+    method: str
+
+
+def combine_lot(
+    log_rp: npt.ArrayLike,
+    rp_lo: npt.ArrayLike,
+    rp_hi: npt.ArrayLike,
+    df: npt.ArrayLike,
+    level: float = 0.95,
+    homogeneity_alpha: float = 0.05,
+) -> Combined:
+    """Combine independent log potencies as in Ph. Eur. 5.3, section 6.2.
+
+    For assay i with log potency ``M_i = ln RP_i``, CI ``[rp_lo_i, rp_hi_i]``
+    computed with ``t_i = t((1 + level)/2, df_i)``:
+
+    - 6.2.1 weight ``w_i = 4 t_i^2 / L_i^2`` with ``L_i = ln rp_hi_i - ln rp_lo_i``;
+    - 6.2.2 homogeneity ``chi2 = sum w_i (M_i - Mbar)^2`` on ``n - 1`` df,
+      ``Mbar = sum w_i M_i / sum w_i``;
+    - 6.2.3 if ``p >= homogeneity_alpha``: weighted mean ``Mbar`` with CI
+      ``Mbar +/- t sqrt(1 / sum w_i)``, t on ``sum df_i``;
+    - 6.2.4 otherwise semi-weighted: between-assay variance
+      ``s2 = sum (M_i - Mbar)^2 / (n - 1) - sum(1/w_i) / n`` (truncated at 0;
+      ``Mbar`` the weighted mean of 6.2.3), ``w'_i = 1 / (1/w_i + s2)``,
+      mean ``sum w'_i M_i / sum w'_i`` with CI ``+/- t sqrt(1 / sum w'_i)``,
+      t on ``n - 1`` df.
+
+    Limits are back-transformed with ``exp``. One assay is returned unchanged
+    (method ``"single plate"``).
+    """
+    m = np.asarray(log_rp, dtype=float)
+    lo, hi, dfs = (np.asarray(a, dtype=float) for a in (rp_lo, rp_hi, df))
+    if m.size == 1:
+        return Combined(1, float(np.exp(m[0])), float(lo[0]), float(hi[0]), np.nan, np.nan, "single plate")
+    t_i = special.stdtrit(dfs, 0.5 + level / 2.0)
+    w = 4.0 * t_i**2 / (np.log(hi) - np.log(lo)) ** 2
+    mbar = float(np.sum(w * m) / np.sum(w))
+    chi2 = float(np.sum(w * (m - mbar) ** 2))
+    p = float(special.chdtrc(m.size - 1, chi2))
+    if p >= homogeneity_alpha:
+        centre, weights, df_t, method = mbar, w, float(np.sum(dfs)), "weighted"
+    else:
+        s2 = max(float(np.sum((m - mbar) ** 2) / (m.size - 1) - np.mean(1.0 / w)), 0.0)
+        weights = 1.0 / (1.0 / w + s2)
+        centre, df_t, method = float(np.sum(weights * m) / np.sum(weights)), float(m.size - 1), "semi-weighted"
+    half = float(special.stdtrit(df_t, 0.5 + level / 2.0)) * np.sqrt(1.0 / np.sum(weights))
+    return Combined(
+        m.size, float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half)), chi2, p, method
+    )
+
+
+def combine(potency_rows: pd.DataFrame, level: float = 0.95, homogeneity_alpha: float = 0.05) -> pd.DataFrame:
+    """Combine the ``status == "ok"`` potency rows of each (lot, reference_lot).
+
+    Parameters
+    ----------
+    potency_rows : pandas.DataFrame
+        Concatenated ``potency`` tables (needs ``lot, reference_lot, rp,
+        rp_lo, rp_hi, df, status``); ``level`` must be the ``ci_level`` the
+        plate intervals were computed with.
+    level, homogeneity_alpha : float
+        Combined CI level and the homogeneity test level.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`cr51.schema.POTENCY_COMBINED`; lots without a usable plate get
+        ``n_plates = 0`` and method ``"no valid plates"``.
+    """
+    rows = []
+    for (lot, ref), grp in potency_rows.groupby(["lot", "reference_lot"], sort=True):
+        ok = grp[(grp["status"] == "ok") & np.isfinite(grp[["rp", "rp_lo", "rp_hi", "df"]].astype(float)).all(axis=1)]
+        if ok.empty:
+            res = Combined(0, np.nan, np.nan, np.nan, np.nan, np.nan, "no valid plates")
+        else:
+            res = combine_lot(
+                np.log(ok["rp"].astype(float)), ok["rp_lo"], ok["rp_hi"], ok["df"], level, homogeneity_alpha
+            )
+        rows.append([lot, ref, res.n, res.rp, res.lo, res.hi, res.chi2, res.p, res.method])
+    return pd.DataFrame(rows, columns=list(POTENCY_COMBINED.names))

@@ -606,6 +606,7 @@ def fit_joint(
     per_group: Collection[str] = PARALLEL,
     groups: Sequence[str] | None = None,
     start: Mapping[str, float] | None = None,
+    memo: FitMemo | None = None,
 ) -> FitResult:
     """Fit one log-logistic model jointly to several groups (drc ``pmodels``).
 
@@ -628,6 +629,9 @@ def fit_joint(
         Starting values by parameter name (``"b"``, ``"e:<group>"``; ``e`` on its
         natural scale), e.g. from a related fit; parameters not given start from
         the data. Only the path to the optimum changes, not the optimum.
+    memo : FitMemo, optional
+        Where single-curve fits (one group, or each group of a model without shared parameters)
+        are looked up and kept, for a caller that fits the same curve repeatedly.
 
     Returns
     -------
@@ -658,33 +662,38 @@ def fit_joint(
     if problem is not None:
         return _failed(design, x_arr.size, problem, own)
     if own and own == frozenset(curve_model.params):
-        return _fit_free(design, x_arr, y_arr, grp, own)
-    if len(labels) == 1 and not start:
-        return _fit_single(design, x_arr, y_arr, grp, own)
+        return _fit_free(design, x_arr, y_arr, grp, own, memo)
+    if len(labels) == 1 and not start and memo is not None:
+        return memo.fit(design, x_arr, y_arr, grp, own)
     return _optimise(design, x_arr, y_arr, grp, own, start)
 
 
-#: Single-curve fits already done in this process, by (model, group label, data): a plate's
-#: reference curve recurs in every pairwise comparison with it. Bounded; cleared when full.
-_SINGLE_FITS: dict[tuple[str, tuple[str, ...], bytes, bytes], FitResult] = {}
-_SINGLE_FITS_MAX = 512
+class FitMemo:
+    """Single-curve fits already done, by (model, group label, data), for a caller that fits the same
+    curve several times: a plate's reference curve recurs in every pairwise comparison with it
+    (:func:`cr51.potency.analyse_plate` keeps one per plate). Identical data give the identical result."""
 
+    def __init__(self) -> None:
+        self._fits: dict[tuple[str, tuple[str, ...], bytes, bytes], FitResult] = {}
 
-def _fit_single(
-    design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], per_group: frozenset[str]
-) -> FitResult:
-    """One curve; identical data give the identical (memoised) result."""
-    key = (design.model.name, design.groups, x.tobytes(), y.tobytes())
-    hit = _SINGLE_FITS.get(key)
-    if hit is None:
-        if len(_SINGLE_FITS) >= _SINGLE_FITS_MAX:
-            _SINGLE_FITS.clear()
-        hit = _SINGLE_FITS[key] = _optimise(design, x, y, grp, per_group)
-    return hit
+    def fit(self, design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], own: frozenset[str]):
+        key = (design.model.name, design.groups, x.tobytes(), y.tobytes())
+        hit = self._fits.get(key)
+        if hit is None:
+            hit = self._fits[key] = _optimise(design, x, y, grp, own)
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._fits)
 
 
 def _fit_free(
-    design: _Design, x: FloatArray, y: FloatArray, grp: npt.NDArray[np.str_], per_group: frozenset[str]
+    design: _Design,
+    x: FloatArray,
+    y: FloatArray,
+    grp: npt.NDArray[np.str_],
+    per_group: frozenset[str],
+    memo: FitMemo | None,
 ) -> FitResult:
     """A model with no shared parameter: its RSS is a sum over groups, so the joint optimum is
     the set of per-group optima. Each group is fitted alone; the joint covariance is block
@@ -697,7 +706,7 @@ def _fit_free(
     position = {name: i for i, name in enumerate(design.names)}
     parts = []
     for g in design.groups:
-        part = fit_joint(x[grp == g], y[grp == g], None, design.model.name, COMMON_E)
+        part = fit_joint(x[grp == g], y[grp == g], None, design.model.name, COMMON_E, memo=memo)
         if not part.converged:
             return _failed(design, n, f"group {g}: {part.message}", per_group)
         parts.append((g, part))
@@ -782,7 +791,7 @@ def _drc_vcov(design: _Design, theta: FloatArray, y: FloatArray, sigma2: float) 
     return 2.0 * sigma2 * np.linalg.inv(hess), None
 
 
-def fit_curve(x: npt.ArrayLike, y: npt.ArrayLike, model: str = "LL.4") -> FitResult:
+def fit_curve(x: npt.ArrayLike, y: npt.ArrayLike, model: str = "LL.4", memo: FitMemo | None = None) -> FitResult:
     """Fit a single log-logistic curve (``fit_joint`` with one group).
 
     Parameters
@@ -791,13 +800,15 @@ def fit_curve(x: npt.ArrayLike, y: npt.ArrayLike, model: str = "LL.4") -> FitRes
         Doses (>= 0, 0 meaning untreated) and responses.
     model : {"LL.3", "LL.4", "LL.5"}
         Curve model.
+    memo : FitMemo, optional
+        See :func:`fit_joint`.
 
     Returns
     -------
     FitResult
         Parameter names are the model's (``b, c, d, e[, f]``).
     """
-    return fit_joint(x, y, None, model, COMMON_E)
+    return fit_joint(x, y, None, model, COMMON_E, memo=memo)
 
 
 # --------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .scan import IncludeError, check_include_name, resolve_includes
+from .includes import IncludeError, check_include_name, resolve_includes
 from .tables import records
 
 ROLES = ("spontaneous", "maximum", "sample", "background", "vehicle")

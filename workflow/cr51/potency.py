@@ -12,7 +12,7 @@ E:T ratio) into three tables:
 ``lots_differ``
     one row: F test of a common IC50 against lot-specific IC50s.
 
-:func:`combine` pools the plates of each lot (Ph. Eur. 5.3, section 6).
+The plates of each lot are combined in :mod:`cr51.combination` (Ph. Eur. 5.3, section 6).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from scipy import special
 
 from cr51 import fit as fitting
 
-from .schema import FITS, LOTS_DIFFER, POTENCY_COMBINED, POTENCY_JOINT, POTENCY_OWN
+from .schema import FITS, LOTS_DIFFER, POTENCY_JOINT, POTENCY_OWN
 from .settings import Analysis
 
 #: Column names of the tables this module builds (derived from the schema, which owns them).
@@ -38,7 +38,6 @@ LOTS_DIFFER_COLUMNS = LOTS_DIFFER.names
 #: Per lot, the joint parallel fit's curve (shared slope/bottom/top/f, the lot's and the reference's e),
 #: so that the report can draw the parallel curves; added to potency.csv after its other columns.
 JOINT_COLUMNS = tuple(c.name for c in POTENCY_JOINT)
-COMBINED_COLUMNS = POTENCY_COMBINED.names
 
 
 @dataclass(frozen=True)
@@ -166,11 +165,13 @@ def _fit_row(plate: str, lot: str, model: str, result: fitting.FitResult, level:
     }
 
 
-def _fits_table(plate: str, data: _Points, lots: Sequence[str], cfg: PotencyConfig) -> pd.DataFrame:
+def _fits_table(
+    plate: str, data: _Points, lots: Sequence[str], cfg: PotencyConfig, memo: fitting.FitMemo
+) -> pd.DataFrame:
     rows = []
     for lot in lots:
         x, y, _ = data.select([lot], lot)
-        rows.extend(_fit_row(plate, lot, m, fitting.fit_curve(x, y, m), cfg.ci_level) for m in cfg.models)
+        rows.extend(_fit_row(plate, lot, m, fitting.fit_curve(x, y, m, memo), cfg.ci_level) for m in cfg.models)
     return pd.DataFrame(rows, columns=list(FITS_COLUMNS))
 
 
@@ -205,7 +206,9 @@ def _diff_ci(result: fitting.FitResult, param: str, lot: str, ref: str, t: float
     return float(est - half), float(est + half)
 
 
-def _similarity(data: _Points, lot: str, ref: str, cfg: PotencyConfig, joint: fitting.FitResult) -> Similarity:
+def _similarity(
+    data: _Points, lot: str, ref: str, cfg: PotencyConfig, joint: fitting.FitResult, memo: fitting.FitMemo
+) -> Similarity:
     """Parallel-vs-free F test and USP <1032> equivalence of ``lot`` to ``ref``.
 
     Fits the reference, the lot and the untreated wells (in the reference
@@ -219,7 +222,7 @@ def _similarity(data: _Points, lot: str, ref: str, cfg: PotencyConfig, joint: fi
     # the all-lots parallel fit is a close start for the pair's parallel fit (same optimum, fewer steps)
     start = {name: joint.estimates[i] for i, name in enumerate(joint.names) if name.partition(":")[2] in ("", ref, lot)}
     parallel = fitting.fit_joint(x, y, g, cfg.model, fitting.PARALLEL, groups, start)
-    free = fitting.fit_joint(x, y, g, cfg.model, fitting.FREE, groups)
+    free = fitting.fit_joint(x, y, g, cfg.model, fitting.FREE, groups, memo=memo)
     nan2 = (np.nan, np.nan)
     if not free.converged:
         return Similarity(np.nan, None, nan2, nan2, None, f"free fit did not converge: {free.message}")
@@ -281,11 +284,17 @@ def _row(plate: str, lot: str, ref: str, **values: Any) -> dict[str, Any]:
 
 
 def _lot_row(
-    plate: str, data: _Points, lot: str, ref: str, joint: fitting.FitResult, cfg: PotencyConfig
+    plate: str,
+    data: _Points,
+    lot: str,
+    ref: str,
+    joint: fitting.FitResult,
+    cfg: PotencyConfig,
+    memo: fitting.FitMemo,
 ) -> dict[str, Any]:
     """Potency row of one lot given a converged joint parallel fit."""
     rp = fitting.ed_ratio(joint, 50, ref, lot, cfg.ci_level)
-    sim = _similarity(data, lot, ref, cfg, joint)
+    sim = _similarity(data, lot, ref, cfg, joint, memo)
     notes = [sim.problem] if sim.problem else []
     if not rp.bounded:
         notes.insert(0, rp.reason)
@@ -357,7 +366,8 @@ def analyse_plate(
     data = _clean(points)
     ref = str(reference_lot)
     lots = sorted(set(data.lot[~data.untreated].tolist()))
-    fits = _fits_table(plate, data, lots, cfg)
+    memo = fitting.FitMemo()  # the plate's single-curve fits (the reference recurs in every pair)
+    fits = _fits_table(plate, data, lots, cfg, memo)
     others = [lot for lot in lots if lot != ref]
     usable = [lot for lot in others if _usable(data, lot, cfg)]
     failed_rows = {
@@ -376,7 +386,7 @@ def analyse_plate(
         reason = f"joint parallel fit did not converge: {joint.message}"
         rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=reason) for lot in others]
         return PlateTables(fits, _potency_frame(rows), empty_differ[list(LOTS_DIFFER_COLUMNS)])
-    rows = [failed_rows.get(lot) or _lot_row(plate, data, lot, ref, joint, cfg) for lot in others]
+    rows = [failed_rows.get(lot) or _lot_row(plate, data, lot, ref, joint, cfg, memo) for lot in others]
     differ = pd.DataFrame([_lots_differ_row(plate, data, joint_lots, joint, cfg)], columns=list(LOTS_DIFFER_COLUMNS))
     return PlateTables(fits, _potency_frame(rows), differ, _joint_curves(joint, usable, ref))
 
@@ -407,100 +417,3 @@ def _potency_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame["p_holm"] = holm(frame["p_vs_reference"].to_numpy(dtype=float))
     frame["equivalent"] = frame["equivalent"].astype("boolean")
     return frame
-
-
-# --------------------------------------------------------------------------
-# Combination of plates: Ph. Eur. 5.3, section 6
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Combined:
-    """Combined relative potency of several independent assays."""
-
-    n: int
-    rp: float
-    lo: float
-    hi: float
-    chi2: float
-    p: float
-    method: str
-
-
-def combine_lot(
-    log_rp: npt.ArrayLike,
-    rp_lo: npt.ArrayLike,
-    rp_hi: npt.ArrayLike,
-    df: npt.ArrayLike,
-    level: float = 0.95,
-    homogeneity_alpha: float = 0.05,
-) -> Combined:
-    """Combine independent log potencies as in Ph. Eur. 5.3, section 6.2.
-
-    For assay i with log potency ``M_i = ln RP_i``, CI ``[rp_lo_i, rp_hi_i]``
-    computed with ``t_i = t((1 + level)/2, df_i)``:
-
-    - 6.2.1 weight ``w_i = 4 t_i^2 / L_i^2`` with ``L_i = ln rp_hi_i - ln rp_lo_i``;
-    - 6.2.2 homogeneity ``chi2 = sum w_i (M_i - Mbar)^2`` on ``n - 1`` df,
-      ``Mbar = sum w_i M_i / sum w_i``;
-    - 6.2.3 if ``p >= homogeneity_alpha``: weighted mean ``Mbar`` with CI
-      ``Mbar +/- t sqrt(1 / sum w_i)``, t on ``sum df_i``;
-    - 6.2.4 otherwise semi-weighted: between-assay variance
-      ``s2 = sum (M_i - Mbar)^2 / (n - 1) - sum(1/w_i) / n`` (truncated at 0;
-      ``Mbar`` the weighted mean of 6.2.3), ``w'_i = 1 / (1/w_i + s2)``,
-      mean ``sum w'_i M_i / sum w'_i`` with CI ``+/- t sqrt(1 / sum w'_i)``,
-      t on ``n - 1`` df.
-
-    Limits are back-transformed with ``exp``. One assay is returned unchanged
-    (method ``"single plate"``).
-    """
-    m = np.asarray(log_rp, dtype=float)
-    lo, hi, dfs = (np.asarray(a, dtype=float) for a in (rp_lo, rp_hi, df))
-    if m.size == 1:
-        return Combined(1, float(np.exp(m[0])), float(lo[0]), float(hi[0]), np.nan, np.nan, "single plate")
-    t_i = special.stdtrit(dfs, 0.5 + level / 2.0)
-    w = 4.0 * t_i**2 / (np.log(hi) - np.log(lo)) ** 2
-    mbar = float(np.sum(w * m) / np.sum(w))
-    chi2 = float(np.sum(w * (m - mbar) ** 2))
-    p = float(special.chdtrc(m.size - 1, chi2))
-    if p >= homogeneity_alpha:
-        centre, weights, df_t, method = mbar, w, float(np.sum(dfs)), "weighted"
-    else:
-        s2 = max(float(np.sum((m - mbar) ** 2) / (m.size - 1) - np.mean(1.0 / w)), 0.0)
-        weights = 1.0 / (1.0 / w + s2)
-        centre, df_t, method = float(np.sum(weights * m) / np.sum(weights)), float(m.size - 1), "semi-weighted"
-    half = float(special.stdtrit(df_t, 0.5 + level / 2.0)) * np.sqrt(1.0 / np.sum(weights))
-    return Combined(
-        m.size, float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half)), chi2, p, method
-    )
-
-
-def combine(potency_rows: pd.DataFrame, level: float = 0.95, homogeneity_alpha: float = 0.05) -> pd.DataFrame:
-    """Combine the ``status == "ok"`` potency rows of each (lot, reference_lot).
-
-    Parameters
-    ----------
-    potency_rows : pandas.DataFrame
-        Concatenated ``potency`` tables (needs ``lot, reference_lot, rp,
-        rp_lo, rp_hi, df, status``); ``level`` must be the ``ci_level`` the
-        plate intervals were computed with.
-    level, homogeneity_alpha : float
-        Combined CI level and the homogeneity test level.
-
-    Returns
-    -------
-    pandas.DataFrame
-        :data:`COMBINED_COLUMNS`; lots without a usable plate get
-        ``n_plates = 0`` and method ``"no valid plates"``.
-    """
-    rows = []
-    for (lot, ref), grp in potency_rows.groupby(["lot", "reference_lot"], sort=True):
-        ok = grp[(grp["status"] == "ok") & np.isfinite(grp[["rp", "rp_lo", "rp_hi", "df"]].astype(float)).all(axis=1)]
-        if ok.empty:
-            res = Combined(0, np.nan, np.nan, np.nan, np.nan, np.nan, "no valid plates")
-        else:
-            res = combine_lot(
-                np.log(ok["rp"].astype(float)), ok["rp_lo"], ok["rp_hi"], ok["df"], level, homogeneity_alpha
-            )
-        rows.append([lot, ref, res.n, res.rp, res.lo, res.hi, res.chi2, res.p, res.method])
-    return pd.DataFrame(rows, columns=list(COMBINED_COLUMNS))

@@ -21,7 +21,6 @@ Rules (documented for users in ``config/README.md``):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .digests import content_digest
+from .includes import IncludeError, check_include_name, resolve_includes
+from .metacache import MetaCache
 
 IGNORED_NAMES = frozenset({"README.md"})
 LAYOUT_SUFFIX = ".toml"
@@ -105,122 +106,8 @@ def display_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-class IncludeError(ValueError):
-    """A layout's ``[meta] include`` is not allowed or cannot be found."""
-
-
-def _include_names(meta: dict) -> list[str]:
-    inc = meta.get("include", [])
-    items = inc if isinstance(inc, list) else [inc]
-    names = []
-    for item in items:
-        name = item.get("path") if isinstance(item, dict) else item
-        if not isinstance(name, str):
-            raise IncludeError(f"[meta] include entry {item!r} is not a file name")
-        names.append(name)
-    return names
-
-
-def check_include_name(name: str) -> None:
-    """Refuse include names that could reach outside the allowed folders."""
-    if (
-        not name
-        or "/" in name
-        or "\\" in name
-        or name in (".", "..")
-        or os.path.isabs(name)
-        or name.startswith("~")
-        or ":" in name
-    ):
-        raise IncludeError(
-            f"[meta] include '{name}' is not a bare file name: includes may only name a "
-            "template in the drop folder or in the lab's layout templates folder"
-        )
-
-
-def resolve_includes(
-    layout: Path,
-    search_dirs: list[Path],
-    _seen: frozenset[Path] = frozenset(),
-    meta: dict | None = None,
-) -> list[Path]:
-    """Resolve a layout's includes (recursively) to template paths.
-
-    Each include must be a bare file name; it is looked for in ``search_dirs`` in order.
-    ``meta`` is the layout's ``[meta]`` table when the caller has already parsed it.
-    Raises :class:`IncludeError` for a disallowed name, a missing template or a cycle,
-    and :class:`tomllib.TOMLDecodeError` for a template that is not TOML.
-    """
-    if meta is None:
-        with open(layout, "rb") as fh:
-            meta = tomllib.load(fh).get("meta", {})
-    found: list[Path] = []
-    for name in _include_names(meta):
-        check_include_name(name)
-        for d in search_dirs:
-            cand = d / name
-            if cand.is_file():
-                break
-        else:
-            raise IncludeError(f"[meta] include '{name}' not found in " + " or ".join(f"'{d}'" for d in search_dirs))
-        real = cand.resolve()
-        if real in _seen or real == layout.resolve():
-            raise IncludeError(f"[meta] include '{name}' includes itself")
-        found.append(cand)
-        found.extend(resolve_includes(cand, search_dirs, _seen | {real}))
-    return found
-
-
 def _reason_toml(err: Exception) -> str:
     return f"layout is not valid TOML: {err}"
-
-
-class MetaCache:
-    """The ``[meta]`` tables of layouts by the sha256 of the layout's bytes, kept in a JSON file
-    between runs: parsing every layout's whole TOML was most of a run with nothing new to do.
-
-    Keyed by content, so a changed layout is parsed again; only tables that survive a JSON round
-    trip unchanged are kept (TOML dates, for instance, are not). A missing or unreadable file is
-    an empty cache. :meth:`save` keeps the entries of this scan only, so the file does not grow.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        try:
-            loaded = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            loaded = {}
-        self._old: dict = loaded if isinstance(loaded, dict) else {}
-        self._new: dict = {}
-
-    def meta(self, path: str | os.PathLike) -> object:
-        """The layout's ``[meta]`` (``{}`` if none); raises as :func:`tomllib.load` does."""
-        with open(path, "rb") as fh:
-            data = fh.read()
-        key = hashlib.sha256(data).hexdigest()
-        if key in self._old:
-            meta = self._old[key]
-        else:
-            meta = tomllib.loads(data.decode()).get("meta", {})
-            try:
-                if json.loads(json.dumps(meta)) != meta:
-                    return meta
-            except (TypeError, ValueError):
-                return meta
-        self._new[key] = meta
-        return meta
-
-    def save(self) -> None:
-        """Write the entries this scan used, atomically (a cache: failing to write is harmless)."""
-        if self._new == self._old:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._new), encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError:
-            pass
 
 
 def scan(

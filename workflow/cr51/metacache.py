@@ -1,0 +1,58 @@
+"""The layouts' ``[meta]`` tables kept between runs by the sha256 of the layout's bytes (the scan's cache).
+Standard library only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+
+
+class MetaCache:
+    """The ``[meta]`` tables of layouts by the sha256 of the layout's bytes, kept in a JSON file
+    between runs: parsing every layout's whole TOML was most of a run with nothing new to do.
+
+    Keyed by content, so a changed layout is parsed again; only tables that survive a JSON round
+    trip unchanged are kept (TOML dates, for instance, are not). A missing or unreadable file is
+    an empty cache. :meth:`save` keeps the entries of this scan only, so the file does not grow.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            loaded = {}
+        self._old: dict = loaded if isinstance(loaded, dict) else {}
+        self._new: dict = {}
+
+    def meta(self, path: str | os.PathLike) -> object:
+        """The layout's ``[meta]`` (``{}`` if none); raises as :func:`tomllib.load` does."""
+        with open(path, "rb") as fh:
+            data = fh.read()
+        key = hashlib.sha256(data).hexdigest()
+        if key in self._old:
+            meta = self._old[key]
+        else:
+            meta = tomllib.loads(data.decode()).get("meta", {})
+            try:
+                if json.loads(json.dumps(meta)) != meta:
+                    return meta
+            except (TypeError, ValueError):
+                return meta
+        self._new[key] = meta
+        return meta
+
+    def save(self) -> None:
+        """Write the entries this scan used, atomically (a cache: failing to write is harmless)."""
+        if self._new == self._old:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._new), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
