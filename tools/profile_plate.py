@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 
-from cr51 import analysis, batch, report  # noqa: E402
+from cr51 import batch, report  # noqa: E402
 from cr51 import plate as plate_mod  # noqa: E402
 from cr51.schema import TABLES  # noqa: E402
 from cr51.settings import Analysis  # noqa: E402
@@ -57,7 +57,7 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
     (the steps of :func:`cr51.batch.process_plate`)."""
     warm, inputs = inputs[0], inputs[1:]
     first = plate_mod.ingest_batch([warm], cfg)
-    analysis.analyse_batch(first["wells"], first["qc"], cfg)
+    plate_mod.analyse_batch(first["wells"], first["qc"], cfg)
 
     times: dict[str, float] = defaultdict(float)
     prof = cProfile.Profile() if cprofile else None
@@ -67,7 +67,7 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
         t0 = time.perf_counter()
         tables = plate_mod.ingest_batch([inp], cfg)
         t1 = time.perf_counter()
-        tables.update(analysis.analyse_batch(tables["wells"], tables["qc"], cfg))
+        tables.update(plate_mod.analyse_batch(tables["wells"], tables["qc"], cfg))
         t2 = time.perf_counter()
         report.split_sections(report.plate_sections(tables, cfg.to_dict()))
         t3 = time.perf_counter()

@@ -24,9 +24,8 @@ from typing import Any
 import pandas as pd
 
 from . import store
-from .analysis import analyse_batch
 from .digests import content_digest, software_digest
-from .plate import PlateInput, ingest_batch
+from .plate import PlateInput, analyse_batch, ingest_batch
 from .report import plate_sections, split_sections
 from .schema import PLATE_TABLES, TABLES
 from .settings import Analysis

@@ -1,4 +1,5 @@
-"""Process plates one by one inside a batch job: raw files → wells, lysis, QC.
+"""Process plates one by one inside a batch job: raw files → wells, lysis, QC (:func:`ingest_batch`),
+then wells → fits, potency, lots_differ (:func:`analyse_batch`).
 
 A plate's problem never stops the batch: it becomes a ``rejected`` row in ``files.csv`` with
 the reason, and the other plates go on. Each plate is processed on its own, so its results do
@@ -12,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .digests import file_digest
@@ -25,8 +27,10 @@ from .lysis import (
     join_counts,
     summarise,
 )
-from .qc import plate_qc
-from .schema import FILES, LYSIS, QC, WELLS
+from .points import fit_points
+from .potency import PotencyConfig, analyse_plate
+from .qc import plate_qc, vehicle_suppression
+from .schema import FILES, FITS, LOTS_DIFFER, LYSIS, POTENCY, QC, WELLS
 from .settings import Analysis
 from .tables import concat_frames
 
@@ -120,3 +124,44 @@ def ingest_batch(plates: list[PlateInput], settings: Analysis) -> dict[str, pd.D
     for plate in plates:
         ingest_plate(plate, settings, out)
     return out.frames()
+
+
+def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -> pd.DataFrame:
+    """Add each lot's largest vehicle-only suppression (%, over its concentrations) and a flag.
+
+    ``vehicle_flag`` is ``VEHICLE_SUPPRESSION`` when that suppression exceeds ``limit_pct``
+    (config ``qc.max_vehicle_suppression_pct``), else empty. Lots without vehicle wells get NaN.
+    """
+    veh = vehicle_suppression(wells)
+    out = potency.copy()
+    if veh.empty:  # no vehicle wells (most layouts)
+        out["vehicle_suppression_pct"] = np.nan
+    else:
+        per_lot = veh.groupby("lot")["vehicle_suppression_pct"].max()
+        out["vehicle_suppression_pct"] = out["lot"].map(per_lot).astype(float)
+    out["vehicle_flag"] = (out["vehicle_suppression_pct"] > limit_pct).map({True: "VEHICLE_SUPPRESSION", False: ""})
+    return out
+
+
+def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Analysis) -> dict[str, pd.DataFrame]:
+    """fits, potency and lots_differ tables for every plate of a batch."""
+    cfg = PotencyConfig.from_settings(settings)
+    et_cfg = settings.fit.et_ratio
+    veh_limit = settings.qc.max_vehicle_suppression_pct
+    refs = dict(zip(qc["plate"], qc["reference_lot"]))
+    fits, potency, differ = [], [], []
+    for plate, grp in wells.groupby("plate", sort=True):
+        points, _ = fit_points(grp, et_cfg)
+        ref = refs.get(plate)
+        if points["lot"].notna().sum() == 0:
+            continue  # a plate without lot wells (e.g. an E:T titration only) has no curves
+        tables = analyse_plate(points, str(plate), "" if pd.isna(ref) else str(ref), cfg)
+        fits.append(tables.fits)
+        potency.append(with_vehicle(tables.potency, grp, veh_limit).merge(tables.joint, on="lot", how="left"))
+        differ.append(tables.lots_differ)
+
+    return {
+        "fits": concat_frames(fits, FITS.names),
+        "potency": concat_frames(potency, POTENCY.names),
+        "lots_differ": concat_frames(differ, LOTS_DIFFER.names),
+    }

@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from . import __version__
-from .analysis import plates_fit_points
+from .digests import file_digest
 from .figures import (
     CurvePoints,
     ForestGroup,
@@ -45,7 +45,7 @@ from .figures import (
     standalone,
     titration_svg,
 )
-from .plate import file_digest
+from .points import plates_fit_points
 from .potency import JOINT_COLUMNS
 from .qc import FLAG_TEXT, QCConfig, untreated
 from .tables import records
