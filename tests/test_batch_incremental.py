@@ -139,7 +139,20 @@ def test_each_run_is_audited(runs):
         assert r["files"]["ok"] >= 4 and r["files"]["rejected"] == 0
 
 
-def test_a_software_change_reruns_every_batch(runs):
+@pytest.mark.parametrize(
+    "module",
+    [
+        "figures.py",
+        pytest.param(
+            "report/plate.py",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="cr51.scan.code_digest hashes cr51/*.py only, not the cr51.report subpackage (to fix in scan.py)",
+            ),
+        ),
+    ],
+)
+def test_a_software_change_reruns_every_batch(runs, module):
     """Snakemake's rerun triggers see a rule's script, not the package it imports: the package's
     digest is a parameter of the batch jobs, so changed software reprocesses every plate."""
     work, raw, results = runs["work"], runs["raw"], runs["results"]
@@ -151,12 +164,12 @@ def test_a_software_change_reruns_every_batch(runs):
         return proc.stdout
 
     assert "process_batch" not in planned()  # up to date after the fixture's runs
-    module = work / "workflow" / "cr51" / "report.py"
-    original = module.read_bytes()
+    path = work / "workflow" / "cr51" / module
+    original = path.read_bytes()
     try:
-        module.write_bytes(original + b"\n# a software change\n")
+        path.write_bytes(original + b"\n# a software change\n")
         jobs = dict(re.findall(r"^(process_batch|collect)\s+(\d+)\s*$", planned(), re.M))
         assert jobs == {"process_batch": "3", "collect": "1"}  # the three plates' batches, then collect
     finally:
-        module.write_bytes(original)
+        path.write_bytes(original)
     assert "process_batch" not in planned()

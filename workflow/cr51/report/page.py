@@ -1,0 +1,338 @@
+"""The whole-run page ``results/report.html`` and the SVG files beside it, built in the collect job.
+
+Run summary, potency (forest plot, combined potencies, verdicts, vehicle controls), a plate
+index, the plate sections (drawn in the batch jobs, :mod:`cr51.report.plate`) in plate order and
+provenance. No external resource is referenced: the stylesheet, the figures (inline SVG) and a
+little optional JavaScript are all inside the file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import platform
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from .. import __version__
+from ..figures import ForestGroup, ForestRow, forest_svg, lot_class, lot_colours, standalone
+from ..plate import file_digest
+from ..qc import FLAG_TEXT, QCConfig
+from .html import esc, fmt, plate_id, table, td
+from .html import truthy as _truthy
+from .plate import _CURVES, section_lots
+
+PACKAGES = ("snakemake", "numpy", "pandas", "scipy", "lmfit", "wellmap", "openpyxl", "jsonschema", "pyyaml")
+NEXT_STEP = {
+    "rejected": "Correct the file as the reason says and copy the corrected file into the drop folder.",
+    "pending": "Nothing, if the file is still being copied or its partner file is on its way; "
+    "otherwise add the missing layout or export. It is read again at the next run.",
+    "duplicate": "Check that the right export was copied for this plate; re-export it or remove the copy.",
+}
+#: The page's stylesheet and script (package data files of :mod:`cr51.report`).
+CSS = files(__package__).joinpath("style.css").read_text(encoding="utf-8")
+JS = files(__package__).joinpath("script.js").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report reads: the final tables, the plate sections and the run's configuration."""
+
+    tables: Mapping[str, pd.DataFrame]  # files, qc, potency, lots_differ, potency_combined, potency_combined_inputs
+    sections: Mapping[str, str]  # plate -> section (from the batch outputs)
+    config: Mapping[str, Any]
+    templates: Sequence[str] = ()  # layout templates the plates included (hashed for provenance)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report's HTML and its SVG figures ({path relative to the figures folder: svg})."""
+
+    html: str
+    figures: dict[str, str]
+
+
+def build_report(inputs: ReportInputs) -> Report:
+    """The whole report and the figures written beside it."""
+    t = inputs.tables
+    qc = t["qc"]
+    plates = [str(p) for p in qc["plate"]]
+    sections = [inputs.sections[p] for p in plates if p in inputs.sections]
+    refs = sorted({str(r) for r in qc["reference_lot"].dropna()})
+    lots = set(t["potency"]["lot"].astype(str)) | set(refs)
+    for s in sections:
+        lots.update(section_lots(s))
+    colours = lot_colours(lots, refs)
+    pot_cfg = inputs.config.get("potency", {})
+    ci_level, alpha = float(pot_cfg.get("ci_level", 0.95)), float(pot_cfg.get("alpha", 0.05))
+    forest = forest_svg(forest_groups(t["potency_combined_inputs"], t["potency_combined"]), refs, ci_level)
+    body = "".join([
+        _header(inputs.config),
+        summary_section(t["files"], qc),
+        potency_section(t, forest, refs, colours, alpha, inputs.config),
+        plates_section(t, sections),
+        provenance_section(t["files"], inputs.config, inputs.templates),
+    ])  # fmt: skip
+    figures = {"forest.svg": standalone(forest, colours)}
+    for plate, s in zip([p for p in plates if p in inputs.sections], sections):
+        m = _CURVES.search(s)
+        if m:
+            figures[f"plates/{safe_name(plate)}.svg"] = standalone(m.group(1), colours)
+    return Report(_page(body, colours), figures)
+
+
+def safe_name(plate: str) -> str:
+    """A file name for a plate's figure (characters other than letters, digits, ``._-`` become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", plate)
+
+
+def _header(config: Mapping[str, Any]) -> str:
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in
+                  (("summary", "Run summary"), ("potency", "Potency"), ("plates", "Plates"), ("provenance", "Provenance")))  # fmt: skip
+    return (
+        "<header><h1>⁵¹Cr release assay — IVIG suppression of NK-cell lysis</h1>"
+        f'<p class="muted">Drop folder <code>{esc(config.get("raw_dir", ""))}</code> · generated {now} · cr51 {esc(__version__)}</p>'
+        f"<nav>{nav}</nav></header>"
+    )
+
+
+def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
+    """Files seen and their status, every file not accepted with its reason, plates' QC."""
+    counts = files["status"].value_counts().to_dict()
+    n_pass = int((qc["status"] == "pass").sum())
+    cards = [("files seen", len(files), "")] + [
+        (s, counts.get(s, 0), s) for s in ("ok", "rejected", "pending", "duplicate")
+    ] + [("plates accepted", len(qc), ""), ("plates QC pass", n_pass, "ok"), ("plates QC fail", len(qc) - n_pass, "rejected" if len(qc) - n_pass else "")]  # fmt: skip
+    card_html = "".join(
+        f'<div class="card {cls}" data-status="{esc(label)}"><div class="big">{n}</div><div>{esc(label)}</div></div>'
+        for label, n, cls in cards
+    )
+    bad = files[files["status"] != "ok"]
+    if bad.empty:
+        problems = '<p class="okmsg">Every file in the drop folder was accepted.</p>'
+    else:
+        rows = [
+            f'<tr data-file="{esc(r["file"])}" class="{esc(r["status"])}"><td><code>{esc(r["file"])}</code></td>'
+            f'<td><span class="badge {esc(r["status"])}">{esc(r["status"])}</span></td><td>{esc(r["plate"])}</td>'
+            f'<td>{esc(r["reason"])}</td><td class="muted">{esc(NEXT_STEP.get(str(r["status"]), ""))}</td></tr>'
+            for r in bad.to_dict("records")
+        ]
+        problems = "<h3>Files not accepted</h3>" + table(
+            ["file", "status", "plate", "reason", "what to do"], rows, ' data-table="files"'
+        )
+    failed = qc[qc["status"] != "pass"]
+    fail_html = ""
+    if not failed.empty:
+        items = "".join(
+            f'<li><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a>: '
+            + esc("; ".join(FLAG_TEXT.get(f, f) for f in str(r["flags"]).split(";") if f))
+            + "</li>"
+            for r in failed.to_dict("records")
+        )
+        fail_html = f"<h3>Plates that failed QC (not used for potency)</h3><ul>{items}</ul>"
+    return (
+        f'<section id="summary"><h2>Run summary</h2><div class="cards">{card_html}</div>{problems}{fail_html}</section>'
+    )
+
+
+def forest_groups(inputs: pd.DataFrame, combined: pd.DataFrame) -> list[ForestGroup]:
+    """Forest plot rows: per lot, its plates' RPs (potency_combined_inputs.csv) and the combined RP."""
+    comb = {str(r["lot"]): r for r in combined.to_dict("records")}
+    groups = []
+    for lot, grp in inputs.groupby("lot", sort=True):
+        rows = [
+            ForestRow(str(r["plate"]), float(r["rp"]), float(r["rp_lo"]), float(r["rp_hi"]), _truthy(r["included"]))
+            for r in grp.to_dict("records")
+            if not pd.isna(r["rp"])
+        ]
+        c = comb.get(str(lot))
+        crow = None
+        if c is not None and c["n_plates"] > 0:
+            crow = ForestRow(
+                f"combined ({int(c['n_plates'])} plates)", float(c["rp"]), float(c["rp_lo"]), float(c["rp_hi"])
+            )
+        groups.append(ForestGroup(str(lot), rows, crow))
+    return groups
+
+
+def potency_section(
+    t: Mapping[str, pd.DataFrame],
+    forest: str,
+    refs: Sequence[str],
+    colours: Mapping[str, str],
+    alpha: float,
+    config: Mapping[str, Any],
+) -> str:
+    """Forest plot, combined potencies, per-lot verdicts, vehicle controls and the lots-differ tests."""
+    ref_text = ", ".join(refs) or "–"
+    gate = config.get("potency", {}).get("parallelism_gate", "f_test")
+    return (
+        f'<section id="potency"><h2>Relative potency vs reference lot {esc(ref_text)}</h2>'
+        f"<p>RP = IC50(reference) / IC50(lot) from the joint parallel fit of each plate; RP &gt; 1: the lot suppresses "
+        f"lysis more strongly than the reference. Plates enter a lot's combined RP (Ph. Eur. 5.3) when the plate passed QC "
+        f"and the lot passed the parallelism gate (<code>{esc(gate)}</code>); dashed: plate not combined.</p>"
+        f'<figure class="forest">{forest}</figure>'
+        f"<h3>Combined potency per lot</h3>{combined_table(t['potency_combined'])}"
+        f"<h3>Parallelism and equivalence per lot</h3>{verdict_table(t['potency'], t['potency_combined_inputs'], alpha)}"
+        f"<h3>Vehicle controls</h3>{vehicle_block(t['potency'], t['qc'], config)}"
+        f"<h3>Do the lots differ?</h3>{lots_differ_table(t['lots_differ'], alpha)}</section>"
+    )
+
+
+def combined_table(combined: pd.DataFrame) -> str:
+    """potency_combined.csv."""
+    rows = [
+        f'<tr data-lot="{esc(r["lot"])}"><td><b class="sw {lot_class(str(r["lot"]))}"></b>{esc(r["lot"])}</td><td>{esc(r["reference_lot"])}</td>'
+        f"{td(r['n_plates'], 'n_plates')}{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}"
+        f"{td(r['homogeneity_chi2'], 'homogeneity_chi2')}{td(r['homogeneity_p'], 'homogeneity_p')}<td>{esc(r['method'])}</td></tr>"
+        for r in combined.to_dict("records")
+    ]
+    headers = ["lot", "reference", "plates", "RP", "CI low", "CI high", "homogeneity χ²", "homogeneity p", "method"]
+    return (
+        table(headers, rows, ' data-table="potency_combined"') if rows else '<p class="muted">No potency results.</p>'
+    )
+
+
+def verdict_table(potency: pd.DataFrame, inputs: pd.DataFrame, alpha: float) -> str:
+    """Per lot: plates with an RP, parallel by the F test, equivalent (USP <1032>), combined."""
+    if potency.empty:
+        return '<p class="muted">No potency results.</p>'
+    included = inputs.groupby("lot")["included"].apply(lambda s: int(s.map(_truthy).sum())).to_dict()
+    rows = []
+    for lot, g in potency.groupby("lot", sort=True):
+        ok = g["status"] == "ok"
+        parallel = int((g["parallel_f_p"] >= alpha).sum())
+        equivalent = int(g["equivalent"].map(_truthy).sum())
+        rows.append(
+            f'<tr data-lot="{esc(lot)}"><td><b class="sw {lot_class(str(lot))}"></b>{esc(lot)}</td>{td(len(g), "plates")}{td(int(ok.sum()), "rp_ok")}'
+            f"{td(parallel, 'parallel')}{td(equivalent, 'equivalent')}{td(included.get(lot, 0), 'included')}</tr>"
+        )
+    headers = [
+        "lot",
+        "plates",
+        "with RP",
+        f"parallel (F test p ≥ {fmt(alpha)})",
+        "equivalent (USP &lt;1032&gt;)",
+        "combined",
+    ]
+    return table(headers, rows, ' data-table="verdicts"')
+
+
+def vehicle_block(potency: pd.DataFrame, qc: pd.DataFrame, config: Mapping[str, Any]) -> str:
+    """Lots whose vehicle alone suppressed lysis above the limit (VEHICLE_SUPPRESSION)."""
+    limit = QCConfig.from_config(config.get("qc")).max_vehicle_suppression_pct
+    measured = potency[potency["vehicle_suppression_pct"].notna()]
+    flagged = measured[measured["vehicle_flag"].fillna("") == "VEHICLE_SUPPRESSION"]
+    n_plates = int(qc["vehicle_suppression_pct"].notna().sum())
+    text = (
+        f"<p>{n_plates} plate(s) with vehicle wells; limit: vehicle alone suppresses untreated lysis by ≤ {fmt(limit)} %. "
+        f"{len(flagged)} lot × plate result(s) flagged <code>VEHICLE_SUPPRESSION</code>.</p>"
+    )
+    if flagged.empty:
+        return text
+    rows = [
+        f'<tr data-plate="{esc(r["plate"])}" data-lot="{esc(r["lot"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
+        f"<td>{esc(r['lot'])}</td>{td(r['vehicle_suppression_pct'], 'vehicle_suppression_pct', 'bad')}</tr>"
+        for r in flagged.to_dict("records")
+    ]
+    return text + table(["plate", "lot", "vehicle suppression %"], rows, ' data-table="vehicle"')
+
+
+def lots_differ_table(differ: pd.DataFrame, alpha: float) -> str:
+    """lots_differ.csv (collapsed when long)."""
+    rows = [
+        f'<tr data-plate="{esc(r["plate"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
+        f"{td(r['f'], 'f')}{td(r['df1'], 'df1')}{td(r['df2'], 'df2')}{td(r['p'], 'p')}"
+        f"<td>{'differ' if r['p'] < alpha else ('–' if pd.isna(r['p']) else 'no evidence')}</td></tr>"
+        for r in differ.to_dict("records")
+    ]
+    n_differ = int((differ["p"] < alpha).sum())
+    tab = table(["plate", "F", "df1", "df2", "p", f"at α = {fmt(alpha)}"], rows, ' data-table="lots_differ"')
+    opened = " open" if len(rows) <= 20 else ""
+    return (
+        f"<details{opened}><summary>F test of one common IC50 against one IC50 per lot: {len(rows)} plate(s), "
+        f"{n_differ} with p &lt; {fmt(alpha)}</summary>{tab}</details>"
+    )
+
+
+def plates_section(t: Mapping[str, pd.DataFrame], sections: Sequence[str]) -> str:
+    """Plate index (links) and the plate sections."""
+    qc = t["qc"]
+    n_rp = t["potency"].groupby("plate")["status"].apply(lambda s: f"{int((s == 'ok').sum())}/{len(s)}").to_dict()
+    rows = [
+        f'<tr data-plate="{esc(r["plate"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
+        f"<td>{esc(r['date'])}</td><td>{esc(r['donor'])}</td><td>{esc(r['reference_lot'])}</td>"
+        f'<td><span class="badge {esc(r["status"])}">{esc(r["status"])}</span></td>'
+        f'<td class="flags">{esc(str(r["flags"]).replace(";", ", ") if isinstance(r["flags"], str) else "")}</td>'
+        f'<td class="n">{esc(n_rp.get(r["plate"], "–"))}</td></tr>'
+        for r in qc.to_dict("records")
+    ]
+    index = table(["plate", "date", "donor", "reference", "QC", "flags", "lots with RP"], rows, ' id="plate-index"')
+    legend = (
+        '<p class="legend">Plate map: grey scale = CPM (light = low, dark = high); '
+        "<b>S</b> spontaneous, <b>M</b> maximum, <b>B</b> background, <b>U</b> untreated, "
+        "<b>●</b> IVIG lot (its colour), <b>V</b> vehicle; "
+        '<span class="lg x">hatched</span> excluded well, <span class="lg o">red frame</span> outlier. '
+        "Hover over a well for its details.</p>"
+    )
+    return (
+        f'<section id="plates"><h2>Plates ({len(qc)})</h2><div id="plate-tools"></div>'
+        f'<div class="index">{index}</div>{legend}{"".join(sections)}</section>'
+    )
+
+
+def provenance_section(files: pd.DataFrame, config: Mapping[str, Any], templates: Sequence[str]) -> str:
+    """Software versions, the configuration used and the sha256 of every input file."""
+    versions = [("cr51", __version__), ("Python", platform.python_version()), ("platform", platform.platform())]
+    for pkg in PACKAGES:
+        try:
+            versions.append((pkg, importlib.metadata.version(pkg)))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append((pkg, "not installed"))
+    vrows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in versions)
+    frows = [
+        f"<tr><td><code>{esc(r['file'])}</code></td><td>{esc(r['status'])}</td>{td(r['bytes'], 'bytes')}"
+        f"<td><code>{esc(r['sha256'])}</code></td></tr>"
+        for r in files.to_dict("records")
+    ]
+    for path in templates:
+        sha, size = file_digest(path)
+        frows.append(
+            f"<tr><td><code>{esc(path)}</code></td><td>template</td>{td(size, 'bytes')}<td><code>{sha}</code></td></tr>"
+        )
+    cfg = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True)
+    return (
+        '<section id="provenance"><h2>Provenance</h2><div class="row">'
+        f'<div><h3>Software</h3><table class="kv">{vrows}</table></div>'
+        f"<div><h3>Configuration used</h3><pre>{esc(cfg)}</pre></div></div>"
+        f"<details><summary>Input files and their sha256 ({len(frows)})</summary>"
+        f"{table(['file', 'status', 'bytes', 'sha256'], frows, ' data-table=sha256')}</details></section>"
+    )
+
+
+def _page(body: str, colours: Mapping[str, str]) -> str:
+    lot_css = "".join(f".{lot_class(lot)}{{color:{c}}}" for lot, c in sorted(colours.items()))
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>51Cr release assay report</title>"
+        f"<style>\n{CSS}{lot_css}</style></head><body>{body}<script>\n{JS}</script></body></html>"
+    )
+
+
+def write_report(report: Report, html_path: str | Path, figures_dir: str | Path) -> None:
+    """Write the HTML and the figures (``figures_dir``/forest.svg, ``figures_dir``/plates/<plate>.svg)."""
+    html_path, figures_dir = Path(html_path), Path(figures_dir)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    (figures_dir / "plates").mkdir(parents=True, exist_ok=True)
+    for name, content in report.figures.items():
+        (figures_dir / name).write_text(content, encoding="utf-8")
+    html_path.write_text(report.html, encoding="utf-8")
