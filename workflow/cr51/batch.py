@@ -26,7 +26,7 @@ import pandas as pd
 from .analysis import analyse_batch
 from .collect import table_columns
 from .plate import PlateInput, ingest_batch
-from .report import plate_sections, split_sections
+from .report import Section, plate_sections
 from .scan import code_digest, content_digest
 from .tables import Rows, concat_frames, render_rows
 
@@ -42,11 +42,11 @@ TEXT_TABLES = ("wells", "lysis")
 @dataclass(frozen=True)
 class PlateOutput:
     """One plate's results: its tables, its rows of :data:`TEXT_TABLES` rendered for the result
-    CSVs, and its report section (``{plate: html}``, empty for a plate without a QC row)."""
+    CSVs, and its report section (``{plate: Section}``, empty for a plate without a QC row)."""
 
     tables: dict[str, pd.DataFrame]
     rows: dict[str, Rows | None]
-    sections: dict[str, str]
+    sections: dict[str, Section]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class BatchOutput:
 
     tables: dict[str, pd.DataFrame]
     rows: dict[str, list[tuple[str, Rows]]]
-    sections: dict[str, str]
+    sections: dict[str, Section]
 
 
 def save_batch(out: BatchOutput, path: str | os.PathLike) -> None:
@@ -134,7 +134,7 @@ def process_plate(plate: PlateInput, settings: Mapping[str, Any]) -> PlateOutput
     tables.update(analyse_batch(tables["wells"], tables["qc"], settings))
     columns = table_columns()
     rows = {name: render_rows(tables[name], columns[name]) for name in TEXT_TABLES}
-    return PlateOutput(tables, rows, split_sections(plate_sections(tables, settings)))
+    return PlateOutput(tables, rows, plate_sections(tables, settings))
 
 
 def process_batch(

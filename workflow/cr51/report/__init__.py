@@ -3,7 +3,7 @@
 Two stages, so that an unchanged plate is not drawn again:
 
 * :func:`plate_sections` (:mod:`.plate`) — inside each batch job: one collapsed section per
-  accepted plate, kept per plate in the batch output;
+  accepted plate, a plain-data :class:`Section` (:mod:`.section`) kept per plate in the batch output;
 * :func:`build_report` (:mod:`.page`) — the collect job: the whole-run page around the plate
   sections, and the figures written beside it (:func:`write_report`).
 
@@ -12,20 +12,21 @@ Two stages, so that an unchanged plate is not drawn again:
 
 from .html import esc, fmt, plate_id, table, td
 from .page import Report, ReportInputs, build_report, safe_name, write_report
-from .plate import Limits, plate_sections, section_lots, split_sections
+from .plate import Limits, plate_sections
+from .section import Figure, Section
 
 __all__ = [
+    "Figure",
     "Limits",
     "Report",
     "ReportInputs",
+    "Section",
     "build_report",
     "esc",
     "fmt",
     "plate_id",
     "plate_sections",
     "safe_name",
-    "section_lots",
-    "split_sections",
     "table",
     "td",
     "write_report",

@@ -22,12 +22,12 @@ import pandas as pd
 import yaml
 
 from .. import __version__
-from ..figures import ForestGroup, ForestRow, forest_svg, lot_class, lot_colours, standalone
+from ..figures import ForestGroup, ForestRow, forest_svg, lot_class, lot_colours
 from ..plate import file_digest
 from ..qc import FLAG_TEXT, QCConfig
 from .html import esc, fmt, plate_id, table, td
 from .html import truthy as _truthy
-from .plate import _CURVES, section_lots
+from .section import Section
 
 PACKAGES = ("snakemake", "numpy", "pandas", "scipy", "lmfit", "wellmap", "openpyxl", "jsonschema", "pyyaml")
 NEXT_STEP = {
@@ -46,7 +46,7 @@ class ReportInputs:
     """What the report reads: the final tables, the plate sections and the run's configuration."""
 
     tables: Mapping[str, pd.DataFrame]  # files, qc, potency, lots_differ, potency_combined, potency_combined_inputs
-    sections: Mapping[str, str]  # plate -> section (from the batch outputs)
+    sections: Mapping[str, Section]  # plate -> section (from the batch outputs)
     config: Mapping[str, Any]
     templates: Sequence[str] = ()  # layout templates the plates included (hashed for provenance)
 
@@ -68,11 +68,12 @@ def build_report(inputs: ReportInputs) -> Report:
     refs = sorted({str(r) for r in qc["reference_lot"].dropna()})
     lots = set(t["potency"]["lot"].astype(str)) | set(refs)
     for s in sections:
-        lots.update(section_lots(s))
+        lots.update(s.lots)
     colours = lot_colours(lots, refs)
     pot_cfg = inputs.config.get("potency", {})
     ci_level, alpha = float(pot_cfg.get("ci_level", 0.95)), float(pot_cfg.get("alpha", 0.05))
-    forest = forest_svg(forest_groups(t["potency_combined_inputs"], t["potency_combined"]), refs, ci_level)
+    groups = forest_groups(t["potency_combined_inputs"], t["potency_combined"])
+    forest = forest_svg(groups, refs, ci_level)
     body = "".join([
         _header(inputs.config),
         summary_section(t["files"], qc),
@@ -80,11 +81,11 @@ def build_report(inputs: ReportInputs) -> Report:
         plates_section(t, sections),
         provenance_section(t["files"], inputs.config, inputs.templates),
     ])  # fmt: skip
-    figures = {"forest.svg": standalone(forest, colours)}
-    for plate, s in zip([p for p in plates if p in inputs.sections], sections):
-        m = _CURVES.search(s)
-        if m:
-            figures[f"plates/{safe_name(plate)}.svg"] = standalone(m.group(1), colours)
+    figures = {"forest.svg": forest_svg(groups, refs, ci_level, colours)}
+    for s in sections:
+        curves = s.figure("curves")
+        if curves is not None:
+            figures[f"plates/{safe_name(s.plate)}.svg"] = curves.svg(colours)
     return Report(_page(body, colours), figures)
 
 
@@ -263,7 +264,7 @@ def lots_differ_table(differ: pd.DataFrame, alpha: float) -> str:
     )
 
 
-def plates_section(t: Mapping[str, pd.DataFrame], sections: Sequence[str]) -> str:
+def plates_section(t: Mapping[str, pd.DataFrame], sections: Sequence[Section]) -> str:
     """Plate index (links) and the plate sections."""
     qc = t["qc"]
     n_rp = t["potency"].groupby("plate")["status"].apply(lambda s: f"{int((s == 'ok').sum())}/{len(s)}").to_dict()
@@ -285,7 +286,7 @@ def plates_section(t: Mapping[str, pd.DataFrame], sections: Sequence[str]) -> st
     )
     return (
         f'<section id="plates"><h2>Plates ({len(qc)})</h2><div id="plate-tools"></div>'
-        f'<div class="index">{index}</div>{legend}{"".join(sections)}</section>'
+        f'<div class="index">{index}</div>{legend}{"".join(s.html for s in sections)}</section>'
     )
 
 

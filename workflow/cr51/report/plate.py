@@ -1,37 +1,34 @@
 """The plate sections of the report, drawn inside each batch job (so an unchanged plate is not drawn again).
 
 One collapsed ``<details class="plate">`` section per accepted plate: plate map, QC against its
-limits, suppression curves, E:T titration and the plate's potency rows.
+limits, suppression curves, E:T titration and the plate's potency rows. Each comes as a
+:class:`~cr51.report.section.Section`, which also holds what the collect job needs about the plate
+(its lots; its curves figure, to write as a file), so that no one reads the HTML back.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from html import unescape
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..analysis import plates_fit_points
-from ..figures import CurvePoints, JointCurve, curves_svg, lot_class, titration_svg
+from ..figures import CurvePoints, JointCurve, lot_class, titration_svg
 from ..potency import JOINT_COLUMNS
 from ..qc import FLAG_TEXT, QCConfig, untreated
 from ..tables import records
 from .html import esc, fmt, plate_id, table, td
 from .html import missing as _missing
 from .html import truthy as _truthy
+from .section import Figure, Section
 
 ROWS, COLS = "ABCDEFGH", range(1, 13)
 HEAT_STEPS = 8
 ROLE_MARK = {"spontaneous": "S", "maximum": "M", "background": "B"}
-_SECTION_START = re.compile(r'^<details class="plate" ', re.M)
-_PLATE_ATTR = re.compile(r'data-plate="([^"]*)"')
-_LOTS_ATTR = re.compile(r'data-lots="([^"]*)"')
-_CURVES = re.compile(r'<figure class="curves">(<svg.*?</svg>)', re.S)
 
 
 @dataclass(frozen=True)
@@ -63,15 +60,27 @@ def by_plate(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def plate_sections(tables: Mapping[str, pd.DataFrame], settings: Mapping[str, Any]) -> str:
-    """HTML of one section per accepted plate (qc.csv row) of ``tables``, in plate order.
+def plate_sections(tables: Mapping[str, pd.DataFrame], settings: Mapping[str, Any]) -> dict[str, Section]:
+    """One section per accepted plate (qc.csv row) of ``tables``.
 
     The batch's tables are split by plate once, with plain Python rows: a plate costs about a
     millisecond, so that the report stays fast at thousands of plates.
+
+    Parameters
+    ----------
+    tables
+        The tables of one or more plates: ``wells``, ``lysis``, ``qc``, ``potency``, ``lots_differ``.
+    settings
+        The batch settings (``qc``, ``fit``, ``potency`` keys of the config, see :class:`Limits`).
+
+    Returns
+    -------
+    dict[str, Section]
+        {plate: section}, in plate order (empty without a QC row).
     """
     qc = tables["qc"]
     if qc.empty:
-        return ""
+        return {}
     limits = Limits.from_settings(settings)
     wells = tables["wells"]
     pts, ets = plates_fit_points(wells, limits.et_ratio)
@@ -79,7 +88,7 @@ def plate_sections(tables: Mapping[str, pd.DataFrame], settings: Mapping[str, An
     unt = by_plate(records(untreated(wells)[["plate", "et_ratio", "lysis_pct"]]))
     grouped = {name: by_plate(records(tables[name])) for name in ("wells", "potency", "lots_differ")}
     max_cv = tables["lysis"].groupby("plate")["cv_pct"].max().to_dict()
-    sections = []
+    sections = {}
     for q in sorted(records(qc), key=lambda r: str(r["plate"])):
         plate = str(q["plate"])
         mine = points.get(plate, [])
@@ -89,11 +98,10 @@ def plate_sections(tables: Mapping[str, pd.DataFrame], settings: Mapping[str, An
         )  # fmt: skip
         titration = np.array([(r["et_ratio"], r["lysis_pct"]) for r in unt.get(plate, [])], dtype=float).reshape(-1, 2)
         differ = grouped["lots_differ"].get(plate, [None])[0]
-        sections.append(
-            plate_section(q, grouped["wells"][plate], curve_points, titration, grouped["potency"].get(plate, []),
-                          differ, max_cv.get(plate, math.nan), limits)
-        )  # fmt: skip
-    return "\n".join(sections) + "\n"
+        sections[plate] = plate_section(q, grouped["wells"][plate], curve_points, titration,
+                                        grouped["potency"].get(plate, []), differ, max_cv.get(plate, math.nan),
+                                        limits)  # fmt: skip
+    return sections
 
 
 def plate_section(
@@ -105,8 +113,28 @@ def plate_section(
     differ: Mapping[str, Any] | None,
     max_cv: float,
     limits: Limits,
-) -> str:
-    """One plate's collapsed section (``titration``: rows of untreated E:T and % lysis)."""
+) -> Section:
+    """One plate's collapsed section.
+
+    Parameters
+    ----------
+    qc
+        The plate's qc.csv row.
+    wells
+        The plate's wells.csv rows.
+    points
+        The wells that enter the fits (:func:`cr51.analysis.plates_fit_points`).
+    titration
+        Rows of untreated E:T and % lysis.
+    potency
+        The plate's potency.csv rows (with the joint fit's columns).
+    differ
+        The plate's lots_differ.csv row (None without one).
+    max_cv
+        The largest replicate CV of the plate (lysis.csv), %.
+    limits
+        The QC limits and potency settings it is compared against.
+    """
     plate = str(qc["plate"])
     ref = "" if _missing(qc["reference_lot"]) else str(qc["reference_lot"])
     lots = sorted({str(w["lot"]) for w in wells if not _missing(w["lot"])})
@@ -121,7 +149,8 @@ def plate_section(
         + (f' <span class="flags">{esc(", ".join(flags))}</span>' if flags else "")
         + "</summary>"
     )
-    curves = curves_svg(points, _joint_curves(potency, ref), ref, f"Suppression curves, plate {plate}")
+    figure = Figure.curves_of(points, _joint_curves(potency, ref), ref, f"Suppression curves, plate {plate}")
+    curves = figure.svg()
     titr = titration_svg(
         titration[:, 0],
         titration[:, 1],
@@ -129,7 +158,7 @@ def plate_section(
         float(qc["lu_k"]),
         f"Untreated E:T titration, plate {plate}",
     )
-    return (
+    html = (
         f'<details class="plate" id="{plate_id(plate)}" data-plate="{esc(plate)}" data-lots="{esc("|".join(lots))}">'
         f'{summary}<div class="pbody">'
         f'<div class="row"><div><h4>Plate map (CPM)</h4>{plate_map(wells)}</div>'
@@ -140,6 +169,7 @@ def plate_section(
         f"<h4>Relative potency vs {esc(ref)}</h4>{plate_potency_table(potency, limits)}{differ_text(differ, limits)}"
         "</div></details>"
     )
+    return Section(plate, tuple(lots), html, (figure,))
 
 
 def _joint_curves(potency: Sequence[Mapping[str, Any]], ref: str) -> list[JointCurve]:
@@ -259,19 +289,3 @@ def differ_text(differ: Mapping[str, Any] | None, limits: Limits) -> str:
         f'on <span data-c="df1">{fmt(differ["df1"])}</span> and <span data-c="df2">{fmt(differ["df2"])}</span> df, '
         f'p = <span data-c="p">{fmt(differ["p"])}</span>: {verdict}.</p>'
     )
-
-
-def split_sections(fragment: str) -> dict[str, str]:
-    """{plate: section} of the HTML :func:`plate_sections` returns."""
-    out = {}
-    starts = [m.start() for m in _SECTION_START.finditer(fragment)]
-    for a, b in zip(starts, [*starts[1:], len(fragment)]):
-        section = fragment[a:b].strip()
-        out[unescape(_PLATE_ATTR.search(section).group(1))] = section  # type: ignore[union-attr]
-    return out
-
-
-def section_lots(section: str) -> list[str]:
-    """The lots named in a plate section (its ``data-lots``)."""
-    m = _LOTS_ATTR.search(section)
-    return [lot for lot in unescape(m.group(1)).split("|") if lot] if m else []
