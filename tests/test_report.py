@@ -224,6 +224,20 @@ def test_write_report_writes_html_and_figures(run, tmp_path):
     assert (tmp_path / "report.html").read_text(encoding="utf-8") == report.html
     assert (tmp_path / "figures" / "forest.svg").exists()
     assert len(list((tmp_path / "figures" / "plates").glob("*.svg"))) == 5
+    assert (tmp_path / "figures" / "plates" / "run_00.svg").read_text(encoding="utf-8") == report.figures[
+        "plates/run_00.svg"
+    ]
+
+
+def test_write_report_replaces_files_atomically(run, tmp_path):
+    """A write that fails half-way leaves the earlier report and figures whole, and no temporary files."""
+    _, _, report, _ = run
+    write_report(report, tmp_path / "report.html", tmp_path / "figures")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    broken = type(report)("<html>new</html>", {**report.figures, "plates/run_01.svg": None})  # not text: fails
+    with pytest.raises(TypeError):
+        write_report(broken, tmp_path / "report.html", tmp_path / "figures")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_an_empty_run_still_has_a_report():
