@@ -8,7 +8,7 @@ Every field is ``str``, ``int``, ``float`` or a tuple of these (or of :class:`Fi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -60,10 +60,8 @@ class Figure:
     curves: tuple[CurveRow, ...]
 
     @classmethod
-    def curves_of(
-        cls, points: CurvePoints, curves: tuple[JointCurve, ...] | list[JointCurve], reference: str, title: str
-    ) -> Figure:
-        """The curves figure of a plate, from what :func:`cr51.figures.curves_svg` draws."""
+    def curves_of(cls, points: CurvePoints, curves: Sequence[JointCurve], reference: str, title: str) -> Figure:
+        """The curves figure of a plate, from the inputs of :func:`cr51.figures.curves_svg`."""
         return cls(
             "curves",
             title,
