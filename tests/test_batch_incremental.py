@@ -140,7 +140,8 @@ def test_each_run_is_audited(runs):
         assert r["files"]["ok"] >= 4 and r["files"]["rejected"] == 0
 
 
-def test_a_software_change_reruns_every_batch(runs):
+@pytest.mark.parametrize("module", ["fit.py", "report/plate.py", "report/style.css"])
+def test_a_software_change_reruns_every_batch(runs, module):
     """Snakemake's rerun triggers see a rule's script, not the package it imports: the package's
     digest is a parameter of the batch jobs, so changed software reprocesses every plate."""
     work, raw, results = runs["work"], runs["raw"], runs["results"]
@@ -152,17 +153,29 @@ def test_a_software_change_reruns_every_batch(runs):
         return proc.stdout
 
     assert "process_batch" not in planned()  # up to date after the fixture's runs
-    module = work / "workflow" / "cr51" / "fit.py"
-    original = module.read_bytes()
+    path = work / "workflow" / "cr51" / module
+    original = path.read_bytes()
     try:
-        module.write_bytes(original + b"\n# a software change\n")
+        path.write_bytes(original + b"\n# a software change\n")
         jobs = dict(re.findall(r"^(process_batch|collect)\s+(\d+)\s*$", planned(), re.M))
         assert jobs == {"process_batch": "3", "collect": "1"}  # the three plates' batches, then collect
     finally:
-        module.write_bytes(original)
+        path.write_bytes(original)
     assert "process_batch" not in planned()
-    # a library upgrade (pip install -U openpyxl) reruns every batch too: a newer openpyxl is seen
-    # first on the path (its metadata only; the import still finds the real one)
+
+
+def test_a_library_upgrade_reruns_every_batch(runs):
+    """pip install -U openpyxl (or numpy, lmfit, ...): a newer openpyxl is seen first on the path (its
+    metadata only; the import still finds the real one) and every batch reruns."""
+    work, raw, results = runs["work"], runs["raw"], runs["results"]
+    cmd = [str(BIN / "snakemake"), "-n", "--cores", "1", "--config", f"raw_dir={raw}", f"results_dir={results}", *QUICK]
+
+    def planned() -> str:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    assert "process_batch" not in planned()
     fake = work / "fake-site" / "openpyxl-99.0.dist-info"
     fake.mkdir(parents=True)
     (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: openpyxl\nVersion: 99.0\n")

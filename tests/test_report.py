@@ -6,6 +6,8 @@ combination → report), as the batch and report jobs run them.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import time
 from html.parser import HTMLParser
@@ -18,8 +20,8 @@ import pytest
 from cr51.batch import process_batch
 from cr51.combination import combine_plates
 from cr51.plate import PlateInput
-from cr51.qc import FLAG_TEXT
-from cr51.report import ReportInputs, build_report, fmt, plate_id, plate_sections, split_sections, write_report
+from cr51.report import ReportInputs, Section, build_report, fmt, plate_id, plate_sections, write_report
+from cr51.schema import FLAGS
 from cr51.simulate import simulate_plate, write_plate
 from cr51.svg import log_ticks, nice_ticks
 
@@ -104,7 +106,7 @@ def run(tmp_path_factory):
     report = build_report(ReportInputs(tables, out.sections, CONFIG, [str(LAYOUTS / "standard_96.toml")]))
     parser = Cells()
     parser.feed(report.html)
-    return tables, "\n".join(out.sections.values()), report, parser
+    return tables, out.sections, report, parser
 
 
 def values(parser: Cells, table: str, key: str, col: str) -> dict[str, str]:
@@ -154,12 +156,11 @@ def test_lots_differ_numbers_equal_the_table(run):
 
 
 def test_plate_sections_show_qc_and_potency_numbers(run):
-    tables, html, _, _ = run
-    sections = split_sections(html)
+    tables, sections, _, _ = run
     assert sorted(sections) == sorted(tables["qc"]["plate"])
     for q in tables["qc"].to_dict("records"):
         p = Cells()
-        p.feed(sections[q["plate"]])
+        p.feed(sections[q["plate"]].html)
         qc_cells = {c: text for c, text, _, t in p.cells if t == "qc"}
         for col in ("spontaneous_pct_of_max", "spontaneous_cpm", "maximum_cpm", "untreated_lysis_pct",
                     "lu20_per_1e7", "vehicle_suppression_pct"):  # fmt: skip
@@ -171,28 +172,28 @@ def test_plate_sections_show_qc_and_potency_numbers(run):
 
 
 def test_flags_failures_and_rejected_files_are_explained(run):
-    tables, html, report, parser = run
+    tables, sections, report, parser = run
     failed = tables["qc"].set_index("plate").loc["run_03"]
     assert failed["status"] == "fail"
-    assert FLAG_TEXT["SPONTANEOUS_HIGH"] in report.html
-    assert '<td class="bad">FAIL</td>' in split_sections(html)["run_03"]
+    assert FLAGS["SPONTANEOUS_HIGH"] in report.html
+    assert '<td class="bad">FAIL</td>' in sections["run_03"].html
     bad = tables["files"][tables["files"]["status"] != "ok"]
     for r in bad.to_dict("records"):
         assert f'data-file="{r["file"]}"' in report.html
     assert "negative" in report.html  # the rejected export's reason, in words
     assert "no layout names this export" in report.html
-    assert FLAG_TEXT["OUTLIER"] in split_sections(html)["run_01"]
-    assert 'class="h' in html and ' o"' in split_sections(html)["run_01"]  # outlier well marked on the map
+    assert FLAGS["OUTLIER"] in sections["run_01"].html
+    assert 'class="h' in sections["run_01"].html and ' o"' in sections["run_01"].html  # outlier well marked on the map
     vehicle = values(parser, "vehicle", "plate", "vehicle_suppression_pct")
     assert "run_02" in vehicle and "VEHICLE_SUPPRESSION" in report.html
 
 
 def test_parallel_curves_are_drawn_from_the_joint_fit(run):
-    tables, html, _, _ = run
+    tables, sections, _, _ = run
     pot = tables["potency"][tables["potency"]["plate"] == "run_00"]
     assert pot["joint_e"].notna().all() and pot["joint_slope"].nunique() == 1
-    section = split_sections(html)["run_00"]
-    curves = re.search(r'<figure class="curves">(<svg.*?</svg>)', section, re.S).group(1)
+    curves = sections["run_00"].figure("curves").svg()
+    assert f'<figure class="curves">{curves}<figcaption>' in sections["run_00"].html
     assert curves.count("<polyline") == len(pot) + 1  # every lot and the reference
     assert "IVIG (mg/mL)" in curves and "% specific lysis" in curves and ">0<" in curves
 
@@ -223,6 +224,20 @@ def test_write_report_writes_html_and_figures(run, tmp_path):
     assert (tmp_path / "report.html").read_text(encoding="utf-8") == report.html
     assert (tmp_path / "figures" / "forest.svg").exists()
     assert len(list((tmp_path / "figures" / "plates").glob("*.svg"))) == 5
+    assert (tmp_path / "figures" / "plates" / "run_00.svg").read_text(encoding="utf-8") == report.figures[
+        "plates/run_00.svg"
+    ]
+
+
+def test_write_report_replaces_files_atomically(run, tmp_path):
+    """A write that fails half-way leaves the earlier report and figures whole, and no temporary files."""
+    _, _, report, _ = run
+    write_report(report, tmp_path / "report.html", tmp_path / "figures")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    broken = type(report)("<html>new</html>", {**report.figures, "plates/run_01.svg": None})  # not text: fails
+    with pytest.raises(TypeError):
+        write_report(broken, tmp_path / "report.html", tmp_path / "figures")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_an_empty_run_still_has_a_report():
@@ -246,10 +261,11 @@ def test_plate_sections_are_fast_and_small(run):
         for name in ("wells", "lysis", "qc", "potency", "lots_differ")
     }  # fmt: skip
     start = time.perf_counter()
-    html = plate_sections(big, CONFIG)
+    sections = plate_sections(big, CONFIG)
     per_plate = (time.perf_counter() - start) / n
     assert per_plate < 0.01, f"{per_plate * 1000:.1f} ms per plate"
-    assert len(html) / n < 30_000
+    assert len(sections) == n
+    assert sum(len(s.html) for s in sections.values()) / n < 30_000
 
 
 @pytest.mark.slow
@@ -269,3 +285,35 @@ def test_pipeline_writes_the_report_and_snakemake_report_works(tmp_path):
     proc = subprocess.run([*smk, "--report", str(out)], cwd=repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.stat().st_size > 0
+
+
+def test_sections_are_plain_data_that_round_trip_through_json(run):
+    """Batch jobs hand collect plain data (str, int, float, tuples), not HTML to take apart."""
+    _, sections, _, _ = run
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return all(plain(x) for x in v)
+        if dataclasses.is_dataclass(v):
+            return all(plain(getattr(v, f.name)) for f in dataclasses.fields(v))
+        return type(v) in (str, int, float)
+
+    for plate, s in sections.items():
+        assert s.plate == plate and plain(s)
+        assert f'data-lots="{"|".join(s.lots)}"' in s.html  # the lots the page colours are the map's
+        text = json.dumps(s.to_dict())
+        back = Section.from_dict(json.loads(text))
+        assert back == s and json.dumps(back.to_dict()) == text
+        assert back.figure("curves").svg() in s.html
+
+
+def test_standalone_figures_use_fixed_colours_of_the_run(run):
+    tables, sections, report, _ = run
+    html = report.html
+    for plate in ("run_00", "run_02"):
+        inline = sections[plate].figure("curves").svg()
+        standalone = report.figures[f"plates/{plate}.svg"]
+        for cls in set(re.findall(r'class="(l[0-9a-f]{8})"', inline)):
+            colour = re.search(rf"\.{cls}{{color:(#[0-9A-Fa-f]{{6}})}}", html).group(1)
+            assert f'stroke="{colour}"' in standalone
+        assert "class=" not in standalone and "currentColor" not in standalone

@@ -69,7 +69,7 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
         t1 = time.perf_counter()
         tables.update(plate_mod.analyse_batch(tables["wells"], tables["qc"], cfg))
         t2 = time.perf_counter()
-        report.split_sections(report.plate_sections(tables, cfg.to_dict()))
+        report.plate_sections(tables, cfg)
         t3 = time.perf_counter()
         for name in batch.TEXT_TABLES:
             render_rows(tables[name], TABLES[name])

@@ -26,7 +26,7 @@ import pandas as pd
 from . import store
 from .digests import content_digest, software_digest
 from .plate import PlateInput, analyse_batch, ingest_batch
-from .report import plate_sections, split_sections
+from .report import Section, plate_sections
 from .schema import PLATE_TABLES, TABLES
 from .settings import Analysis
 from .store import StaleFile
@@ -43,11 +43,11 @@ TEXT_TABLES = ("wells", "lysis")
 @dataclass(frozen=True)
 class PlateOutput:
     """One plate's results: its tables, its rows of :data:`TEXT_TABLES` rendered for the result
-    CSVs, and its report section (``{plate: html}``, empty for a plate without a QC row)."""
+    CSVs, and its report section (``{plate: Section}``, empty for a plate without a QC row)."""
 
     tables: dict[str, pd.DataFrame]
     rows: dict[str, Rows | None]
-    sections: dict[str, str]
+    sections: dict[str, Section]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class BatchOutput:
 
     tables: dict[str, pd.DataFrame]
     rows: dict[str, list[tuple[str, Rows]]]
-    sections: dict[str, str]
+    sections: dict[str, Section]
 
 
 #: Stored-file kinds and formats (:mod:`cr51.store`); a change of what is stored bumps the format.
@@ -153,7 +153,7 @@ def process_plate(plate: PlateInput, settings: Analysis | Mapping[str, Any]) -> 
     tables = ingest_batch([plate], settings)
     tables.update(analyse_batch(tables["wells"], tables["qc"], settings))
     rows = {name: render_rows(tables[name], TABLES[name]) for name in TEXT_TABLES}
-    return PlateOutput(tables, rows, split_sections(plate_sections(tables, settings.to_dict())))
+    return PlateOutput(tables, rows, plate_sections(tables, settings))
 
 
 def process_batch(

@@ -1,16 +1,19 @@
 """The report's figures as SVG strings: suppression curves, E:T titration, forest plot.
 
-Every lot is drawn with ``class="<lot_class(lot)>"`` and ``stroke="currentColor"``; the report's
-stylesheet gives each class its colour (:func:`lot_colours`), so a lot has the same colour in
-every figure although plates are drawn in separate batch jobs. :func:`standalone` swaps the classes
-for fixed colours in the SVG files written for slides.
+Each figure is drawn in one of two colour modes (:func:`lot_attrs`), from the same inputs:
+
+* inline (``colours=None``), for the HTML report: every lot is drawn with ``class="<lot_class(lot)>"``
+  and ``stroke="currentColor"``, and the report's stylesheet gives each class its colour
+  (:func:`lot_colours`), so a lot has the same colour in every figure although plates are drawn in
+  separate batch jobs, before the run's lots are all known;
+* standalone (``colours`` = the run's :func:`lot_colours`), for the SVG files written for slides:
+  every lot is drawn with its fixed colour.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +27,6 @@ from .fit import curve
 PALETTE = ("#E69F00", "#0072B2", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#882255", "#7F7F7F")
 REFERENCE_COLOUR = "#111111"
 UNTREATED_COLOUR = "#8a8a8a"
-_CLASS_RE = re.compile(r'class="(l[0-9a-f]{8})"([^>]*)')
 
 
 def lot_class(lot: str) -> str:
@@ -41,15 +43,31 @@ def lot_colours(lots: Iterable[str], references: Iterable[str]) -> dict[str, str
     return colours
 
 
-def standalone(figure: str, colours: Mapping[str, str]) -> str:
-    """An inline figure with every lot class replaced by its fixed colour (for an .svg file)."""
-    by_class = {lot_class(lot): c for lot, c in colours.items()}
+def lot_attrs(lot: str, colours: Mapping[str, str] | None = None, fill: bool = False) -> str:
+    """The paint attributes of a lot's series.
 
-    def fixed(m: re.Match[str]) -> str:
-        colour = by_class.get(m.group(1), REFERENCE_COLOUR)
-        return m.group(2).replace("currentColor", colour)
+    Parameters
+    ----------
+    lot
+        The lot's name.
+    colours
+        ``None`` for an inline figure: the lot's class and ``currentColor`` (the page's stylesheet
+        colours the class). Otherwise {lot: colour} for a standalone figure: the lot's fixed colour
+        (:data:`REFERENCE_COLOUR` for a lot without one).
+    fill
+        Fill with the same paint as the stroke.
 
-    return _CLASS_RE.sub(fixed, figure)
+    Returns
+    -------
+    str
+        ``class="l…" stroke="currentColor"`` inline, `` stroke="#…"`` standalone. The standalone
+        attributes keep the class's (empty) slot, a leading space, so that a standalone file is byte for
+        byte what the earlier text substitution of classes by colours wrote.
+    """
+    inline = colours is None
+    paint = "currentColor" if inline else colours.get(lot, REFERENCE_COLOUR)
+    cls = f'class="{lot_class(lot)}"' if inline else ""
+    return f'{cls} stroke="{paint}"' + (f' fill="{paint}"' if fill else "")
 
 
 def _short(label: str, n: int = 18) -> str:
@@ -98,8 +116,28 @@ class CurvePoints:
     et_ratio: float
 
 
-def curves_svg(points: CurvePoints, curves: Sequence[JointCurve], reference: str, title: str) -> str:
-    """Suppression curves: % specific lysis against IVIG mg/mL (log axis, dose 0 on a broken axis)."""
+def curves_svg(
+    points: CurvePoints,
+    curves: Sequence[JointCurve],
+    reference: str,
+    title: str,
+    colours: Mapping[str, str] | None = None,
+) -> str:
+    """Suppression curves: % specific lysis against IVIG mg/mL (log axis, dose 0 on a broken axis).
+
+    Parameters
+    ----------
+    points
+        The plate's wells that enter the fits.
+    curves
+        The joint parallel fit's curve of each lot (none without a joint fit).
+    reference
+        The plate's reference lot (drawn first, labelled ``(ref.)``).
+    title
+        The figure's accessible title.
+    colours
+        ``None``: inline, lots coloured by class; else {lot: colour}, standalone (:func:`lot_attrs`).
+    """
     w, h = 600, 300
     frame = svg.Frame(left=56, top=14, right=420, bottom=h - 46)
     conc, lysis, et_ratio = points.conc, points.lysis, points.et_ratio
@@ -120,7 +158,7 @@ def curves_svg(points: CurvePoints, curves: Sequence[JointCurve], reference: str
     by_lot = {c.lot: c for c in curves}
     legend: list[tuple[str, str]] = []
     for lot in lots:
-        attrs = svg.series_attrs(lot_class(lot))
+        attrs = lot_attrs(lot, colours)
         c = by_lot.get(lot)
         if c is not None and all(math.isfinite(v) for v in (c.slope, c.bottom, c.top, c.f, c.e)):
             y = curve(grid, c.slope, c.bottom, c.top, c.e, c.f)
@@ -203,8 +241,25 @@ def _forest_range(groups: Sequence[ForestGroup]) -> tuple[float, float]:
     return lo / 1.15, hi * 1.15
 
 
-def forest_svg(groups: Sequence[ForestGroup], references: Sequence[str], ci_level: float) -> str:
-    """Forest plot: per lot, each plate's RP with its CI, then the combined RP (diamond) and CI."""
+def forest_svg(
+    groups: Sequence[ForestGroup],
+    references: Sequence[str],
+    ci_level: float,
+    colours: Mapping[str, str] | None = None,
+) -> str:
+    """Forest plot: per lot, each plate's RP with its CI, then the combined RP (diamond) and CI.
+
+    Parameters
+    ----------
+    groups
+        One block per lot.
+    references
+        The run's reference lots (RP = 1).
+    ci_level
+        The confidence level of the intervals (for the column heading).
+    colours
+        ``None``: inline, lots coloured by class; else {lot: colour}, standalone (:func:`lot_attrs`).
+    """
     row_h, w = 15, 780
     heights = [row_h * (len(g.plates) if len(g.plates) <= FOREST_LABELLED_ROWS else 4) + row_h + 30 for g in groups]
     top = 40
@@ -222,7 +277,7 @@ def forest_svg(groups: Sequence[ForestGroup], references: Sequence[str], ci_leve
     out.append(svg.text(frame.right + 12, frame.top - 14, f"RP ({ci_level:.0%} CI)", extra=' font-weight="600"'))
     y = frame.top + 8
     for g, gh in zip(groups, heights):
-        out.append(_forest_group(g, xs, frame, y, row_h))
+        out.append(_forest_group(g, xs, frame, y, row_h, colours))
         y += gh
     out.append("</svg>")
     return "".join(out)
@@ -236,8 +291,10 @@ def _clip(xs: svg.Scale, v: float) -> float:
     return xs.at(min(max(v, xs.lo), xs.hi)) if math.isfinite(v) and v > 0 else math.nan
 
 
-def _forest_group(g: ForestGroup, xs: svg.Scale, frame: svg.Frame, y: float, row_h: int) -> str:
-    attrs = svg.series_attrs(lot_class(g.lot))
+def _forest_group(
+    g: ForestGroup, xs: svg.Scale, frame: svg.Frame, y: float, row_h: int, colours: Mapping[str, str] | None
+) -> str:
+    attrs = lot_attrs(g.lot, colours)
     out = [svg.text(8, y + 4, _short(g.lot, 24), extra=' font-weight="700"')]
     y += row_h
     labelled = len(g.plates) <= FOREST_LABELLED_ROWS
@@ -262,7 +319,7 @@ def _forest_group(g: ForestGroup, xs: svg.Scale, frame: svg.Frame, y: float, row
     if c is not None and math.isfinite(c.rp):
         lo, mid, hi = _clip(xs, c.lo), _clip(xs, c.rp), _clip(xs, c.hi)
         pts = f"{svg.num(lo)},{svg.num(y)} {svg.num(mid)},{svg.num(y - 6)} {svg.num(hi)},{svg.num(y)} {svg.num(mid)},{svg.num(y + 6)}"
-        fill = attrs.replace('stroke="currentColor"', 'stroke="currentColor" fill="currentColor"')
+        fill = lot_attrs(g.lot, colours, fill=True)
         out.append(f'<polygon points="{pts}" {fill} fill-opacity="0.35" stroke-width="1.5"/>')
         out.append(svg.text(20, y + 4, c.label, extra=' font-weight="700"'))
         out.append(svg.text(frame.right + 12, y + 4, _ci_text(c), extra=' font-weight="700"'))

@@ -18,21 +18,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .schema import FLAGS
-from .settings import QC, Analysis
+from .settings import QC
 
 LU_PCT = 20.0
-
-#: Human text for each machine-readable flag (kept for the report until it imports the schema).
-FLAG_TEXT = FLAGS
-
-
-class QCConfig(QC):
-    """The ``qc:`` settings under their former name, for the report until it reads :class:`Settings`."""
-
-    @classmethod
-    def from_config(cls, cfg: dict | None) -> QC:
-        return Analysis.from_config({"qc": dict(cfg or {})}).qc
 
 
 def untreated(wells: pd.DataFrame) -> pd.DataFrame:

@@ -2,8 +2,8 @@
 
 Figures are built as strings (no matplotlib: a figure costs well under a millisecond here, and
 the report draws several per plate). Coordinates are rounded to 0.1 px to keep files small.
-Colours are either CSS colours or ``currentColor`` with a class (see :func:`series_attrs`), so the
-HTML report can set one colour per lot in its stylesheet.
+Colours are either CSS colours or ``currentColor`` with a class (see :func:`cr51.figures.lot_attrs`),
+so the HTML report can set one colour per lot in its stylesheet.
 """
 
 from __future__ import annotations
@@ -118,11 +118,6 @@ def dots(xs: Sequence[float], ys: Sequence[float], size: float, attrs: str) -> s
     """Round dots of diameter ``size`` as one path (zero-length segments with round caps: small files)."""
     d = "".join(f"M{num(x)} {num(y)}h0" for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y))
     return f'<path d="{d}" stroke-width="{size}" stroke-linecap="round" {attrs}/>' if d else ""
-
-
-def series_attrs(css_class: str | None, colour: str = "#222") -> str:
-    """Stroke attributes of a data series: a class whose CSS ``color`` is the series colour, or a fixed colour."""
-    return f'class="{css_class}" stroke="currentColor"' if css_class else f'stroke="{colour}"'
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def main(smk):
     # the report shows what the CSVs say: read back exactly what was written (the small tables it shows)
     names = {"potency_combined": "combined", "potency_combined_inputs": "combined_inputs"}
     shown = {name: read_table(smk.output[names.get(name, name)]) for name in REPORTED}
-    sections = {plate: html for b in batches for plate, html in b.sections.items()}
+    sections = {plate: section for b in batches for plate, section in b.sections.items()}
     inputs = ReportInputs(shown, sections, dict(smk.params.config), list(smk.input.templates))
     write_report(build_report(inputs), smk.output.html, Path(smk.output.forest).parent)
 
