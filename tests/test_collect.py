@@ -137,3 +137,19 @@ def test_write_rows_refuses_rows_of_another_table(tmp_path):
         write_rows(tmp_path / "wells.csv", Table("wells", SMALL.columns), [rows])
     write_rows(tmp_path / "small.csv", SMALL, [rows, rows])
     assert (tmp_path / "small.csv").read_text() == "plate,n,x,ok\np,1,,\np,1,,\n"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_result_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """Colleagues read the tables: a result file's mode follows the umask, as an ordinary file's does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, pandas as pd; os.umask(int(sys.argv[2]));"
+        "from cr51.schema import FILES; from cr51.tables import write_table;"
+        "write_table(pd.DataFrame({'file': ['a']}), sys.argv[1], FILES)"
+    )
+    path = tmp_path / "files.csv"
+    subprocess.run([sys.executable, "-c", code, str(path), str(umask)], check=True)
+    assert path.stat().st_mode & 0o777 == mode

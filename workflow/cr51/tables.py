@@ -93,12 +93,23 @@ def conform(df: pd.DataFrame, table: Table) -> pd.DataFrame:
     return pd.DataFrame({c.name: _as_kind(df[c.name], c.kind) for c in table.columns}, index=df.index)
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> None:
-    """Write a text file through ``write(fh)`` into a temporary file, then rename it into place."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> None:
+    """Write a text file through ``write(fh)`` into a temporary file, then rename it into place.
+
+    The file gets the mode an ordinary ``open`` would give (``0o666`` less the process umask: with
+    umask 002 the lab group can read it), not ``mkstemp``'s owner-only ``0o600``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             write(fh)
         os.replace(tmp, path)
@@ -110,7 +121,7 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> 
 def write_table(df: pd.DataFrame, path: str | os.PathLike, table: Table) -> None:
     """Write ``df`` atomically as the CSV of ``table`` (:func:`conform`), formula-like text neutralised."""
     df = neutralised(conform(df, table))
-    _write_atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
+    write_text_atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,7 @@ def write_rows(path: str | os.PathLike, table: Table, parts: list[Rows]) -> None
         for part in parts:
             fh.write(part.text)
 
-    _write_atomic(path, write)
+    write_text_atomic(path, write)
 
 
 def read_table(path: str | os.PathLike, table: Table | None = None) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from ..digests import file_digest
 from ..figures import forest_svg, lot_class, lot_colours
 from ..schema import FLAGS
 from ..settings import Settings
-from ..tables import _write_atomic
+from ..tables import write_text_atomic
 from .html import esc, plate_id, table, td
 from .potency_section import forest_groups, potency_section
 from .section import Section
@@ -226,5 +226,5 @@ def write_report(report: Report, html_path: str | Path, figures_dir: str | Path)
     html_path, figures_dir = Path(html_path), Path(figures_dir)
     (figures_dir / "plates").mkdir(parents=True, exist_ok=True)
     for name, content in report.figures.items():
-        _write_atomic(figures_dir / name, lambda fh, text=content: fh.write(text))
-    _write_atomic(html_path, lambda fh: fh.write(report.html))
+        write_text_atomic(figures_dir / name, lambda fh, text=content: fh.write(text))
+    write_text_atomic(html_path, lambda fh: fh.write(report.html))
