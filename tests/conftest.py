@@ -6,19 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from cr51.settings import Analysis, with_defaults
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 LAYOUTS = REPO / "config" / "layouts"
 
-#: The settings a batch job gets (cr51.batch.process_batch), with the shipped defaults.
-BATCH_SETTINGS = {
-    "layouts_dir": str(LAYOUTS),
-    "max_export_bytes": 20_000_000,
-    "qc": {},
-    "outliers": {"rule": "dixon_q", "exclude": False},
-    "fit": {"models": ["LL.4"], "et_ratio": None},
-    "potency": {},
-}
+#: A whole configuration as Snakemake hands it to the jobs: the schema's defaults, the shipped templates.
+CONFIG = with_defaults({"raw_dir": "raw", "layouts_dir": str(LAYOUTS)})
+#: The settings a batch job gets (cr51.batch.process_batch).
+BATCH_SETTINGS = Analysis.from_config(CONFIG)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The per-plate cache of the batch jobs: identical results, reuse only on identical content."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_changed_content_recomputes_only_that_plate(tmp_path, plates, monkeypatc
 
 def test_settings_or_template_change_recomputes(tmp_path, plates, monkeypatch):
     process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
-    other = {**SETTINGS, "qc": {"max_cv_pct": 15}}
+    other = replace(SETTINGS, qc=replace(SETTINGS.qc, max_cv_pct=15.0))
     calls = forbid_compute(monkeypatch, allowed={p.name for p in plates})
     process_batch(plates, other, PlateCache(tmp_path / "cache", other))
     assert sorted(calls) == sorted(p.name for p in plates)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONFIG
 
 from cr51.batch import process_batch
 from cr51.combination import combine_plates
@@ -26,15 +27,6 @@ from cr51.simulate import simulate_plate, write_plate
 from cr51.svg import log_ticks, nice_ticks
 
 LAYOUTS = Path(__file__).resolve().parents[1] / "config" / "layouts"
-CONFIG = {
-    "raw_dir": "raw",
-    "layouts_dir": str(LAYOUTS),
-    "max_export_bytes": 20_000_000,
-    "qc": {"max_spontaneous_pct_of_max": 20, "max_cv_pct": 20, "max_vehicle_suppression_pct": 10},
-    "outliers": {"rule": "dixon_q", "exclude": False},
-    "fit": {"models": ["LL.4"], "et_ratio": None},
-    "potency": {"ci_level": 0.95, "alpha": 0.05, "parallelism_gate": "f_test"},
-}
 
 
 class Cells(HTMLParser):

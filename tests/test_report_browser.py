@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONFIG
 from PIL import Image
 
 from cr51.batch import process_batch
@@ -24,14 +25,6 @@ FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 LAYOUTS = Path(__file__).resolve().parents[1] / "config" / "layouts"
-CONFIG = {
-    "layouts_dir": str(LAYOUTS),
-    "max_export_bytes": 20_000_000,
-    "qc": {},
-    "outliers": {"rule": "dixon_q", "exclude": False},
-    "fit": {"models": ["LL.4"], "et_ratio": None},
-    "potency": {"ci_level": 0.95, "alpha": 0.05, "parallelism_gate": "f_test"},
-}
 
 
 @pytest.fixture(scope="module")

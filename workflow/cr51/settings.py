@@ -149,9 +149,7 @@ class Analysis:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Analysis:
         """From a whole configuration or just its analysis keys (validated; defaults filled)."""
-        check_config(config)
-        full = with_defaults(config)
-        return _build(cls, {f.name: full[f.name] for f in dataclasses.fields(cls)})
+        return _build(cls, _complete(config))
 
     @classmethod
     def of(cls, settings: Analysis | Mapping[str, Any]) -> Analysis:
@@ -176,10 +174,14 @@ class Settings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         """Validate ``config`` (raises :class:`ConfigError`), fill the schema's defaults, build."""
-        check_config(config)
-        full = with_defaults(config)
-        top = {f.name: full[f.name] for f in dataclasses.fields(cls) if f.name != "analysis"}
-        return _build(cls, {**top, "analysis": Analysis.from_config(full)})
+        full = _complete(config)
+        return _build(cls, {**full, "analysis": full})
+
+
+def _complete(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` validated (:class:`ConfigError` otherwise) and completed with the schema's defaults."""
+    check_config(config)
+    return with_defaults(config)
 
 
 def _plain(value: Any) -> Any:
