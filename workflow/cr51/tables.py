@@ -86,11 +86,28 @@ def _as_kind(values: pd.Series, kind: str) -> pd.Series:
     return values.astype("boolean")  # "boolean", or a "bool" column with a gap: never NaN read as True
 
 
+def _prints_as_kind(dtype: Any, kind: str) -> bool:
+    """Whether a column of ``dtype`` already prints as ``kind`` does (then it is left as it is)."""
+    if kind == "text":
+        return dtype == object or isinstance(dtype, pd.StringDtype)  # noqa: E721 - numpy dtype equality
+    if kind == "float":
+        return dtype == "float64"
+    if kind == "int":
+        return dtype == "int64" or isinstance(dtype, pd.Int64Dtype)
+    return dtype == "bool" or isinstance(dtype, pd.BooleanDtype)
+
+
 def conform(df: pd.DataFrame, table: Table) -> pd.DataFrame:
-    """``df`` as ``table`` declares it: exactly its columns (missing ones empty), in order, each as its
-    kind. Raises ``ValueError``/``TypeError`` for a value its kind cannot hold (e.g. 2.5 as an int)."""
-    df = df.reindex(columns=list(table.names))
-    return pd.DataFrame({c.name: _as_kind(df[c.name], c.kind) for c in table.columns}, index=df.index)
+    """``df`` as ``table`` declares it: exactly its columns (missing ones empty), in order, each
+    printing as its kind (converted where its dtype would print otherwise, e.g. ints in a float
+    column, or a gap in an int column). Raises ``ValueError``/``TypeError`` for a value its kind
+    cannot hold (e.g. 2.5 as an int)."""
+    if tuple(df.columns) != table.names:
+        df = df.reindex(columns=list(table.names))
+    changed = {
+        c.name: _as_kind(df[c.name], c.kind) for c in table.columns if not _prints_as_kind(df.dtypes[c.name], c.kind)
+    }
+    return df.assign(**changed) if changed else df
 
 
 def _umask() -> int:
