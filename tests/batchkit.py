@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -93,9 +95,23 @@ def snapshot(folder: Path) -> dict[bytes, tuple[int, int, int, str]]:
     return out
 
 
+#: plate_history.csv columns that say when *this* results folder admitted, accepted or replaced a
+#: version: they differ between two folders fed the same files at other times.
+HISTORY_TIMES = ("admitted_at", "accepted_at", "replaced_at")
+
+
 def result_tables(results: Path) -> dict[str, bytes]:
-    """The bytes of every result table (top-level CSV) of a run."""
-    return {p.name: p.read_bytes() for p in sorted(results.glob("*.csv"))}
+    """The bytes of every result table (top-level CSV) of a run; in plate_history.csv the times are
+    reduced to whether they are set."""
+    out = {p.name: p.read_bytes() for p in sorted(results.glob("*.csv"))}
+    if "plate_history.csv" in out:
+        rows = list(csv.reader(io.StringIO(out["plate_history.csv"].decode())))
+        idx = [rows[0].index(c) for c in HISTORY_TIMES]
+        for row in rows[1:]:
+            for i in idx:
+                row[i] = "set" if row[i] else ""
+        out["plate_history.csv"] = "\n".join(",".join(r) for r in rows).encode()
+    return out
 
 
 def audit_records(results: Path) -> list[dict]:

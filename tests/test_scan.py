@@ -34,7 +34,8 @@ def test_plate_pairs_layout_and_export(tmp_path, layouts_dir):
     assert list(s.plates) == ["p1"]
     p = s.plates["p1"]
     assert p.export == str(tmp_path / "p1.csv") and p.batch == batch_of("p1", 8)
-    assert s.others == []
+    # README.md is documentation, not listed; a hidden file is listed as ignored (never opened)
+    assert [(o.file, o.status) for o in s.others] == [(".hidden", "ignored")]
     assert sorted(os.path.basename(f) for f in s.files) == ["p1.csv", "p1.toml"]
 
 

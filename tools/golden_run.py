@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 
 #: Folders and files of results/ that are internal state, not results.
-INTERNAL = ("logs/", "cache/", "batches/", "audit.jsonl", ".scan-cache.json", ".snakemake/")
+INTERNAL = ("logs/", "cache/", "batches/", "archive/", "audit.jsonl", ".scan-cache.json", ".snakemake/")
 _GENERATED = re.compile(rb"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")
 
 

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from .digests import file_digest
+from .schema import FILE_STATUSES
 
 AUDIT_NAME = "audit.jsonl"
 #: Set by the batch runner so that it finds the record Snakemake's handler wrote for its run.
 RUN_ID_ENV = "CR51_RUN_ID"
 #: Set by the batch runner to a note for the record (e.g. a stale lock was cleared).
 NOTE_ENV = "CR51_RUN_NOTE"
-STATUSES = ("ok", "rejected", "pending", "duplicate")
+STATUSES = FILE_STATUSES
 DECIDED = ("ok", "rejected", "duplicate")  # statuses whose content produced results
 
 Record = dict[str, Any]
@@ -162,6 +163,11 @@ def build_record(
         "logs": logs or [],
         "files": counts,
         "outputs": written_outputs(results_dir, start),
+        "retractions": [
+            {"plate": r["plate"], "file": r["file"], "reason": r["reason"]}
+            for r in rows or []
+            if r["status"] == "retracted" and r["file"].endswith(".retract")
+        ],
         **changes,
     }
 

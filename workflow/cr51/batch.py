@@ -17,7 +17,7 @@ import logging
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class BatchOutput:
     tables: dict[str, pd.DataFrame]
     rows: dict[str, list[tuple[str, Rows]]]
     sections: dict[str, Section]
+    versions: dict[str, int] = field(default_factory=dict)  # plate -> archived version its results are from
 
 
 #: Stored-file kinds and formats (:mod:`cr51.store`); a change of what is stored bumps the format.
@@ -156,15 +157,54 @@ def process_plate(plate: PlateInput, settings: Analysis | Mapping[str, Any]) -> 
     return PlateOutput(tables, rows, plate_sections(tables, settings))
 
 
+def with_notes(out: PlateOutput, notes: dict[str, tuple[str, str]]) -> PlateOutput:
+    """``out`` with the files.csv rows of the noted files changed (status "": the row is left out,
+    the drop folder's own row speaks for that file)."""
+    if not notes:
+        return out
+    files = out.tables["files"].copy()
+    keep = []
+    for i, name in enumerate(files["file"]):
+        status, reason = notes.get(name, (None, None))
+        if status == "":
+            continue
+        if status is not None:
+            files.loc[files.index[i], ["status", "reason"]] = [status, reason]
+        keep.append(files.index[i])
+    return replace(out, tables={**out.tables, "files": files.loc[keep].reset_index(drop=True)})
+
+
+def kept_version(refused: PlateOutput, kept: PlateOutput, version: int) -> PlateOutput:
+    """The results of the accepted version ``kept``, with the refused version's files.csv rows saying
+    why it was refused and that the plate keeps ``version``."""
+    files = refused.tables["files"].copy()
+    files["reason"] = files["reason"] + f"; the plate keeps its accepted version {version}"
+    older = kept.tables["files"][~kept.tables["files"]["file"].isin(files["file"])]
+    both = concat_frames([files, older], TABLES["files"].names)
+    return replace(kept, tables={**kept.tables, "files": both})
+
+
+def refused(out: PlateOutput) -> bool:
+    """Whether the plate's version was refused (no QC row: its files are rejected)."""
+    return out.tables["qc"].empty and bool((out.tables["files"]["status"] == "rejected").any())
+
+
 def process_batch(
     plates: list[PlateInput], settings: Analysis | Mapping[str, Any], cache: PlateCache | None = None
 ) -> BatchOutput:
-    """Every plate of a batch (in the given order), from ``cache`` where it holds the plate."""
+    """Every plate of a batch (in the given order), from ``cache`` where it holds the plate.
+
+    A plate version the pipeline refuses, whose plate has an accepted version (``fallback``), keeps
+    the accepted version's results (:func:`kept_version`); the scan's notes on the plate's files
+    (gone from the drop folder, a re-export settling) are applied last (:func:`with_notes`).
+    """
     settings = Analysis.of(settings)
     max_bytes = settings.max_export_bytes
-    outs = []
+    outs, versions = [], {}
     hits = 0
-    for plate in plates:
+
+    def get(plate: PlateInput) -> PlateOutput:
+        nonlocal hits
         key = cache.key(plate, max_bytes) if cache else ""
         out = cache.get(key) if cache else None
         if out is None:
@@ -173,7 +213,15 @@ def process_batch(
                 cache.put(key, out)
         else:
             hits += 1
-        outs.append(out)
+        return out
+
+    for plate in plates:
+        out, version = get(plate), plate.version
+        fallback = plate.fallback_input()
+        if fallback is not None and refused(out):
+            out, version = kept_version(out, get(fallback), fallback.version), fallback.version
+        outs.append(with_notes(out, dict(plate.notes)))
+        versions[plate.name] = version
     if cache:
         cache.prune()
         log.info("%d plate(s), %d read back from the plate cache", len(plates), hits)
@@ -182,4 +230,4 @@ def process_batch(
         name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None] for name in TEXT_TABLES
     }
     sections = {k: v for o in outs for k, v in o.sections.items()}
-    return BatchOutput(tables, rows, sections)
+    return BatchOutput(tables, rows, sections, versions)

@@ -13,6 +13,7 @@ and its rows leave every result table.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,10 @@ def other_files(others: list[dict], raw_dir: str, max_bytes: int) -> pd.DataFram
     for o in others:
         path = Path(raw_dir) / o["file"]
         try:
-            size = os.stat(path).st_size
-            sha = file_digest(path)[0] if size <= max_bytes else ""
+            st = os.stat(path, follow_symlinks=False)
+            regular = stat.S_ISREG(st.st_mode) and o["status"] != "ignored"  # never open a FIFO or a device
+            size = st.st_size if regular else 0
+            sha = file_digest(path)[0] if regular and size <= max_bytes else ""
         except OSError:  # gone since the scan
             size, sha = 0, ""
         rows.append({**o, "file": display_name(o["file"]), "sha256": sha, "bytes": size})
@@ -124,3 +127,60 @@ def collect(
             table = table.sort_values("plate", kind="stable")
         out.tables[name] = table.reset_index(drop=True)
     return out
+
+
+def plate_history(
+    results_dir: str | os.PathLike, batches: Sequence[BatchOutput], potency: pd.DataFrame, qc: pd.DataFrame, now: float
+) -> pd.DataFrame:
+    """Update ``archive/history.json`` with this run's accepted versions and return plate_history.csv.
+
+    A plate's version is *accepted* when it has a QC row; when a plate's accepted version changes (a
+    corrected re-export), the previous entry gets ``replaced_at`` and keeps its relative potencies,
+    so that superseded numbers stay readable. The current entry's numbers follow the latest run.
+    """
+    from .archive import FORMAT, HISTORY, Archive, iso, read_json, write_json
+
+    path = Path(results_dir) / "archive" / HISTORY
+    data = read_json(path, "the plate history") or {"format": FORMAT, "plates": {}}
+    hist: dict[str, list[dict]] = data["plates"]
+    accepted = set(qc["plate"].astype(str))
+    versions = {p: v for b in batches for p, v in b.versions.items() if p in accepted and v}
+    cols = ["lot", "rp", "rp_lo", "rp_hi", "status"]
+    rows_of = {
+        str(p): [{c: (None if pd.isna(r[c]) else r[c]) for c in cols} for r in g[cols].to_dict("records")]
+        for p, g in potency.groupby("plate", sort=False)
+    }
+    stamp = iso(now)
+    for plate, version in sorted(versions.items()):
+        entries = hist.setdefault(plate, [])
+        current = next((e for e in reversed(entries) if e["replaced_at"] is None), None)
+        if current is not None and current["version"] == version:
+            current["potency"] = rows_of.get(plate, [])
+            continue
+        if current is not None:
+            current["replaced_at"] = stamp
+        entries.append(
+            {"version": version, "accepted_at": stamp, "replaced_at": None, "potency": rows_of.get(plate, [])}
+        )
+    if hist or path.exists():
+        write_json(path, data)
+    archive = Archive(results_dir)
+    out = []
+    for plate, entries in sorted(hist.items()):
+        record = archive.plates.get(plate)
+        known = {v.version: v for v in record.versions} if record else {}
+        for e in entries:
+            v = known.get(e["version"])
+            base = {
+                "plate": plate,
+                "version": e["version"],
+                "layout_sha256": v.layout.sha256 if v else "",
+                "export_sha256": v.export.sha256 if v else "",
+                "templates_sha256": " ".join(t.sha256 for t in v.templates) if v else "",
+                "admitted_at": v.admitted_at if v else "",
+                "accepted_at": e["accepted_at"],
+                "replaced_at": e["replaced_at"] or "",
+                "current": e["replaced_at"] is None and plate in accepted,
+            }
+            out += [{**base, **r} for r in e["potency"]] or [base]
+    return pd.DataFrame(out, columns=list(TABLES["plate_history"].names))

@@ -46,6 +46,33 @@ class PlateInput:
     export: str
     includes: tuple[str, ...] = ()  # layout templates the layout includes (for the plate cache key)
     digest: str = ""  # the scan's content digest of these files ('' = compute it when needed)
+    version: int = 0  # the archived version (cr51.archive); 0: files straight from a folder
+    shas: tuple[str, str] = ("", "")  # expected sha256 of layout and export ("": not checked)
+    notes: tuple[tuple[str, tuple[str, str]], ...] = ()  # files.csv status/reason per file name
+    fallback: tuple[int, str, str, tuple[str, ...]] | None = None  # version kept if this one is refused
+
+    @classmethod
+    def from_params(cls, p: dict) -> PlateInput:
+        """From the batch rule's ``plates`` parameter (lists where the scan had tuples)."""
+        fb = p.get("fallback")
+        return cls(
+            name=p["name"],
+            layout=p["layout"],
+            export=p["export"],
+            includes=tuple(p.get("includes", ())),
+            digest=p.get("digest", ""),
+            version=int(p.get("version", 0)),
+            shas=tuple(p.get("shas", ("", ""))),
+            notes=tuple((n, (st, why)) for n, (st, why) in p.get("notes", ())),
+            fallback=None if fb is None else (int(fb[0]), fb[1], fb[2], tuple(fb[3])),
+        )
+
+    def fallback_input(self) -> PlateInput | None:
+        """The plate's accepted version, to keep when this version is refused (``None``: none)."""
+        if self.fallback is None:
+            return None
+        version, layout, export, includes = self.fallback
+        return PlateInput(self.name, layout, export, tuple(includes), version=version)
 
 
 @dataclass
@@ -75,6 +102,9 @@ def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> Non
     # an export over the size limit is refused by read_export without being read at all
     too_big = export_bytes > settings.max_export_bytes
     export_sha = "" if too_big else file_digest(plate.export)[0]
+    damaged = [
+        n for n, sha, want in zip(("layout", "export"), (layout_sha, export_sha), plate.shas) if want and sha != want
+    ]
     layout_name, export_name = Path(plate.layout).name, Path(plate.export).name
 
     def files_rows(status: str, reason_layout: str, reason_export: str) -> None:
@@ -87,6 +117,10 @@ def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> Non
                  plate=plate.name, reason=reason_export)
         )  # fmt: skip
 
+    if damaged:
+        msg = f"the archived {' and '.join(damaged)} of version {plate.version} no longer match their sha256: restore the archive"
+        files_rows("rejected", msg, msg)
+        return
     try:
         layout = load_layout(plate.layout, layouts_dir=settings.layouts_dir)
         export = read_export(plate.export, max_bytes=settings.max_export_bytes)

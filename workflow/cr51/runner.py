@@ -33,10 +33,11 @@ from typing import IO
 
 import yaml
 
-from . import audit
+from . import archive, audit
 from .settings import with_defaults
 
 EXIT_OK = 0  # the run completed (rejected and pending files are data, not failures)
+EXIT_INBOX_SHRUNK = 65  # the drop folder lost most accepted plates (unmounted?): nothing was run
 EXIT_NO_INPUT = 66  # the drop folder does not exist (not mounted?)
 EXIT_FAILED = 70  # the pipeline failed (invalid config, a job failed, Snakemake killed)
 EXIT_NOT_WRITABLE = 73  # the results folder cannot be created or written
@@ -57,10 +58,13 @@ class Stop(Exception):
 
 @dataclass(frozen=True)
 class Folders:
-    """The folders a run works on, from config/config.yaml and the ``--config`` overrides."""
+    """The folders a run works on, from config/config.yaml and the ``--config`` overrides, and the
+    inbox guard's settings."""
 
     raw: Path
     results: Path
+    min_share: float = 0.5
+    confirm_cleanout: bool = False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="cr51-batch",
         description="Scheduled run of the cr51 pipeline: lock, checks, Snakemake, audit "
         "record, one summary line. Run it from the pipeline folder. Exit codes: "
-        f"{EXIT_OK} ok, {EXIT_NO_INPUT} drop folder missing, {EXIT_FAILED} pipeline failed, "
+        f"{EXIT_OK} ok, {EXIT_INBOX_SHRUNK} drop folder lost most accepted plates, "
+        f"{EXIT_NO_INPUT} drop folder missing, {EXIT_FAILED} pipeline failed, "
         f"{EXIT_NOT_WRITABLE} results folder not writable, {EXIT_DISK_FULL} disk full, "
         f"{EXIT_LOCKED} another run holds the lock.",
     )
@@ -105,8 +110,15 @@ def folders(overrides: list[str]) -> Folders:
         key, _, value = item.partition("=")
         if key in ("raw_dir", "results_dir"):
             config[key] = value
+        elif key in ("inbox_min_share", "confirm_cleanout"):
+            config[key] = yaml.safe_load(value)  # as Snakemake reads --config values
     config = with_defaults(config)  # the schema's defaults for keys config.yaml leaves out
-    return Folders(Path(config["raw_dir"]), Path(config["results_dir"]))
+    return Folders(
+        Path(config["raw_dir"]),
+        Path(config["results_dir"]),
+        float(config["inbox_min_share"]),
+        config["confirm_cleanout"] is True,
+    )
 
 
 def acquire_lock(results: Path) -> IO[str]:
@@ -182,6 +194,14 @@ def summary(results: Path, record: audit.Record, seconds: float) -> str:
 def batch(args: argparse.Namespace, dirs: Folders, lock: IO[str], started: float) -> tuple[int, str]:
     """Checks, stale-lock recovery, the Snakemake run and its audit record: (exit code, summary)."""
     check_folders(dirs, args.min_free_mb)
+    if message := archive.inbox_check(dirs.raw, dirs.results, dirs.min_share, dirs.confirm_cleanout):
+        audit.append_record(
+            dirs.results,
+            audit.build_record(
+                dirs.results, status="refused", start=started, config_hash=None, invoked_by="cr51-batch", note=message
+            ),
+        )
+        raise Stop(EXIT_INBOX_SHRUNK, message)
     run_id = uuid.uuid4().hex
     env = {**os.environ, audit.RUN_ID_ENV: run_id}
     log_path = dirs.results / "logs" / "runs" / f"{datetime.now():%Y%m%dT%H%M%S}-{run_id[:8]}.log"

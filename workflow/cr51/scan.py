@@ -13,19 +13,26 @@ Rules (documented for users in ``config/README.md``):
 * A file modified less than ``settle_seconds`` ago is *pending* (it may still be being written).
 * An export that no layout names is *pending*; a layout whose export is not there yet is
   *pending*.
-* ``README.md`` and hidden files (``.*``) are not plate data and are not listed.
+* ``README.md`` is not plate data and is not listed. Hidden files (``.*``), sub-folders, links and
+  special files (FIFOs, devices, sockets) are never opened: they are listed as *ignored* with the reason.
+* ``<plate>.retract`` (a small text file whose content is the reason) retracts a plate (see
+  :mod:`cr51.archive`).
+* A pending file older than ``stale_seconds`` is *stale*; a layout waiting for an export that is not
+  there gets the closest unclaimed file name as a suggestion ("did you mean …?").
 * A file whose name is not UTF-8, holds a control character, or holds ``{`` or ``}`` (which
   Snakemake reads as a wildcard pattern: one such name would stop the whole run) is refused.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
 import time
 import tomllib
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .digests import content_digest
@@ -34,6 +41,9 @@ from .metacache import MetaCache
 
 IGNORED_NAMES = frozenset({"README.md"})
 LAYOUT_SUFFIX = ".toml"
+RETRACT_SUFFIX = ".retract"
+#: A retraction's reason is read from at most this many bytes of its file.
+MAX_RETRACT_BYTES = 4096
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -42,9 +52,19 @@ class FileStatus:
     """A drop-folder file that is not (or not yet) part of an accepted plate."""
 
     file: str
-    status: str  # "ok" | "rejected" | "pending"
+    status: str  # see cr51.schema.FILE_STATUSES
     plate: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """A ``<plate>.retract`` file: the plate it takes out, why, and when it was written."""
+
+    file: str
+    plate: str
+    reason: str
+    since: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,11 @@ class PlateFiles:
     includes: tuple[str, ...]  # resolved paths of included templates
     batch: str
     digest: str = ""  # sha256 of the plate's file contents (see content_digest)
+    version: int = 0  # the archived version these files are (cr51.archive; 0: straight from the inbox)
+    shas: tuple[str, str] = ("", "")  # sha256 of the layout and export as archived ("" when not archived)
+    #: files.csv status and reason for some of the plate's files ({name: (status, reason)}; status "":
+    #: the drop folder's own row for that name speaks for it)
+    notes: tuple[tuple[str, tuple[str, str]], ...] = ()
 
 
 @dataclass
@@ -67,6 +92,7 @@ class Scan:
     plates: dict[str, PlateFiles] = field(default_factory=dict)
     others: list[FileStatus] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # every listed file (paths)
+    retractions: list[Retraction] = field(default_factory=list)
 
     def batches(self) -> list[str]:
         """Sorted ids of the batches that hold at least one plate."""
@@ -78,8 +104,8 @@ class Scan:
 
     def unassigned_files(self) -> list[str]:
         """Listed files (usable names only) that belong to no plate: pending, refused, templates."""
-        in_plates = {f for p in self.plates.values() for f in (p.layout, p.export)}
-        return [f for f in self.files if f not in in_plates]
+        in_plates = {Path(f).name for p in self.plates.values() for f in (p.layout, p.export)}
+        return [f for f in self.files if Path(f).name not in in_plates]
 
 
 def batch_of(plate: str, batch_count: int) -> str:
@@ -119,25 +145,26 @@ def scan(
     now: float | None = None,
     max_bytes: int = 20_000_000,
     meta_cache: str | os.PathLike | None = None,
+    stale_seconds: float = float("inf"),
+    accepted_layouts: frozenset[str] = frozenset(),
 ) -> Scan:
     """Classify the files of the drop folder ``raw_dir`` (top level only); ``meta_cache``: a
-    :class:`MetaCache` file."""
+    :class:`MetaCache` file; ``accepted_layouts``: layout names of plates the archive already holds
+    (a new layout naming one of their exports is refused, the accepted plate keeps it)."""
     raw = Path(raw_dir)
     result = Scan(raw_dir=str(raw))
     if not raw.is_dir():
         return result
     cache = MetaCache(meta_cache) if meta_cache is not None else None
     now = time.time() if now is None else now
-    entries = sorted(
-        (
-            e
-            for e in os.scandir(raw)
-            if e.is_file(follow_symlinks=False) and not e.name.startswith(".") and e.name not in IGNORED_NAMES
-        ),
-        key=lambda e: e.name,
-    )
+    listing = sorted(os.scandir(raw), key=lambda e: e.name)
+    ignored = {e.name: why for e in listing if e.name not in IGNORED_NAMES and (why := ignored_entry(e))}
+    entries = [e for e in listing if e.name not in ignored and e.name not in IGNORED_NAMES]
     unusable = {e.name: why for e in entries if (why := unusable_name(e.name))}
     entries = [e for e in entries if e.name not in unusable]
+    retract = [e for e in entries if e.name.endswith(RETRACT_SUFFIX)]
+    result.retractions = [read_retraction(e) for e in retract]
+    entries = [e for e in entries if not e.name.endswith(RETRACT_SUFFIX)]
     by_name = {e.name: e for e in entries}
     result.files = [str(raw / e.name) for e in entries]
 
@@ -226,6 +253,17 @@ def scan(
                 )
             continue
         owners = claimed[path]
+        if len(owners) > 1 and any(o in accepted_layouts for o in owners) and layout_name not in accepted_layouts:
+            holder = next(o for o in owners if o in accepted_layouts)
+            statuses[layout_name] = FileStatus(
+                layout_name,
+                "rejected",
+                plate,
+                f"export '{path}' already belongs to the accepted plate of layout '{holder}'; that plate stays "
+                "as it is. Name this plate's own export in [meta] path",
+            )
+            continue
+        owners = [o for o in owners if o in accepted_layouts] or owners
         if len(owners) > 1:
             statuses[layout_name] = FileStatus(
                 layout_name,
@@ -235,7 +273,8 @@ def scan(
             )
             continue
         if path not in by_name:
-            statuses[layout_name] = FileStatus(layout_name, "pending", plate, f"waiting for its export '{path}'")
+            hint = suggestion(path, [n for n in by_name if n not in claimed and not n.lower().endswith(LAYOUT_SUFFIX)])
+            statuses[layout_name] = FileStatus(layout_name, "pending", plate, f"waiting for its export '{path}'{hint}")
             continue
         if path.lower().endswith(LAYOUT_SUFFIX):
             statuses[layout_name] = FileStatus(layout_name, "rejected", plate, f"[meta] path '{path}' names a layout")
@@ -262,6 +301,8 @@ def scan(
     }
     for name, why in unusable.items():
         result.others.append(FileStatus(name, "rejected", "", why))
+    for name, why in ignored.items():
+        result.others.append(FileStatus(display_name(name), "ignored", "", why))
     for e in entries:
         if e.name in in_plates:
             continue
@@ -285,4 +326,45 @@ def scan(
                     "no layout names this file yet (a plate needs a *.toml layout whose [meta] path names it)",
                 )
             )
+    result.others = [stale(o, by_name, now, stale_seconds) for o in result.others]
     return result
+
+
+def ignored_entry(entry: os.DirEntry) -> str | None:
+    """Why a drop-folder entry is not read at all (``None`` for a regular, visible file)."""
+    if entry.is_symlink():
+        return "a symbolic link: links are not followed (copy the file itself into the drop folder)"
+    if entry.is_dir(follow_symlinks=False):
+        return "a sub-folder: only the drop folder's top level is read (move the files up)"
+    if not entry.is_file(follow_symlinks=False):
+        return "not a regular file (a FIFO, device or socket): never opened"
+    if entry.name.startswith("."):
+        return "a hidden file (its name starts with '.'): not plate data"
+    return None
+
+
+def read_retraction(entry: os.DirEntry) -> Retraction:
+    """The plate a ``<plate>.retract`` file retracts, its reason (the file's text) and its date."""
+    with open(entry.path, "rb") as fh:
+        text = fh.read(MAX_RETRACT_BYTES).decode("utf-8", "replace")
+    reason = " ".join(text.split())[:500] or "no reason given"
+    since = datetime.fromtimestamp(entry.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    return Retraction(entry.name, entry.name[: -len(RETRACT_SUFFIX)], reason, since)
+
+
+def suggestion(name: str, candidates: list[str]) -> str:
+    """`` — did you mean 'X'?`` for the candidate equal up to case or a small edit, else ``""``."""
+    same_case = [c for c in candidates if c.lower() == name.lower()]
+    close = same_case or difflib.get_close_matches(name, candidates, n=1, cutoff=0.8)
+    return f" — did you mean '{close[0]}'? (names must match exactly, case included)" if close else ""
+
+
+def stale(row: FileStatus, by_name: dict[str, os.DirEntry], now: float, stale_seconds: float) -> FileStatus:
+    """A pending row whose file has waited longer than ``stale_seconds`` becomes ``stale``."""
+    entry = by_name.get(row.file)
+    if row.status != "pending" or entry is None:
+        return row
+    age = now - entry.stat().st_mtime
+    if age <= stale_seconds:
+        return row
+    return replace(row, status="stale", reason=f"{row.reason} (waiting for {age / 3600:.0f} h: check this file)")

@@ -116,6 +116,13 @@ POTENCY_COMBINED = Table(
     "potency_combined",
     _cols("lot:text reference_lot:text n_plates:int rp rp_lo rp_hi homogeneity_chi2 homogeneity_p method:text"),
 )
+PLATE_HISTORY = Table(
+    "plate_history",
+    _cols(
+        "plate:text version:int layout_sha256:text export_sha256:text templates_sha256:text admitted_at:text "
+        "accepted_at:text replaced_at:text current:bool lot:text rp rp_lo rp_hi status:text"
+    ),
+)
 POTENCY_COMBINED_INPUTS = Table(
     "potency_combined_inputs",
     _cols("plate:text lot:text reference_lot:text rp rp_lo rp_hi included:bool reason:text"),
@@ -123,7 +130,19 @@ POTENCY_COMBINED_INPUTS = Table(
 
 #: Every result table by name, in the order the pipeline writes them.
 TABLES: dict[str, Table] = {
-    t.name: t for t in (FILES, WELLS, LYSIS, QC, FITS, POTENCY, LOTS_DIFFER, POTENCY_COMBINED, POTENCY_COMBINED_INPUTS)
+    t.name: t
+    for t in (
+        FILES,
+        WELLS,
+        LYSIS,
+        QC,
+        FITS,
+        POTENCY,
+        LOTS_DIFFER,
+        POTENCY_COMBINED,
+        POTENCY_COMBINED_INPUTS,
+        PLATE_HISTORY,
+    )
 }
 #: The tables each plate contributes rows to (a batch job writes these; collect concatenates them).
 PLATE_TABLES = ("files", "wells", "lysis", "qc", "fits", "potency", "lots_differ")
@@ -134,8 +153,12 @@ PLATE_TABLES = ("files", "wells", "lysis", "qc", "fits", "potency", "lots_differ
 
 #: Well roles a layout may give (``role`` in wells.csv and lysis.csv).
 ROLES = ("spontaneous", "maximum", "sample", "background", "vehicle")
-#: ``status`` of files.csv.
-FILE_STATUSES = ("ok", "rejected", "pending", "duplicate")
+#: ``status`` of files.csv: ``ok`` (part of an accepted plate), ``rejected`` (with the reason),
+#: ``pending`` (waiting: settling, or for its partner file), ``stale`` (pending for longer than
+#: ``stale_after_hours``), ``duplicate`` (same export bytes as an accepted plate), ``retracted``
+#: (a ``<plate>.retract`` file, and the plate's files), ``gone`` (an accepted plate's file no longer in
+#: the drop folder: the plate stays, from the archive), ``ignored`` (not read: sub-folder, link, hidden…).
+FILE_STATUSES = ("ok", "rejected", "pending", "stale", "duplicate", "retracted", "gone", "ignored")
 #: ``status`` of qc.csv.
 QC_STATUSES = ("pass", "fail")
 #: ``status`` of potency.csv.

@@ -169,6 +169,9 @@ class Settings:
     results_dir: str
     batch_count: int
     settle_seconds: float
+    inbox_min_share: float
+    confirm_cleanout: bool
+    stale_after_hours: float
     analysis: Analysis
 
     @classmethod

@@ -34,6 +34,11 @@ rule collect:
             category="Tables",
             caption="../report/potency_combined_inputs.rst",
         ),
+        history=report(
+            f"{RESULTS}/plate_history.csv",
+            category="Tables",
+            caption="../report/plate_history.rst",
+        ),
         html=report(
             f"{RESULTS}/report.html",
             category="Report",
@@ -55,6 +60,7 @@ rule collect:
     params:
         others=unassigned_files(),
         raw_dir=SETTINGS.raw_dir,
+        results=lambda wildcards, output: str(Path(output.history).parent),
         max_export_bytes=SETTINGS.analysis.max_export_bytes,
         settings=batch_settings(),
         tables=TABLES,

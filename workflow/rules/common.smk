@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 # The domain logic is the importable package workflow/cr51 (also pip-installable).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
-from cr51 import scan as cr51_scan
+from cr51 import archive as cr51_archive
 from cr51.digests import software_digest
 from cr51.schema import PLATE_TABLES
 from cr51.settings import Settings
@@ -22,14 +22,20 @@ validate(config, "../schemas/config.schema.yaml")
 RESULTS = SETTINGS.results_dir.rstrip("/")
 TABLES = list(PLATE_TABLES)
 
-# Which files form which plate, in which batch: decided by a stdlib-only scan at parse time.
-SCAN = cr51_scan.scan(
+# Which files form which plate, in which batch: decided at parse time (standard library only) by a
+# scan of the drop folder, whose plates are then admitted into the archive under results_dir: plates
+# are computed from the archive, and stay when their files leave the drop folder (cr51.archive).
+# An inbox that lost most accepted plates (an unmounted share) stops here, before anything is written.
+SCAN = cr51_archive.scan_inbox(
     SETTINGS.raw_dir,
+    RESULTS,
     layouts_dir=SETTINGS.analysis.layouts_dir,
     batch_count=SETTINGS.batch_count,
     settle_seconds=SETTINGS.settle_seconds,
     max_bytes=SETTINGS.analysis.max_export_bytes,
-    meta_cache=f"{RESULTS}/.scan-cache.json",
+    min_share=SETTINGS.inbox_min_share,
+    confirm_cleanout=SETTINGS.confirm_cleanout,
+    stale_after_hours=SETTINGS.stale_after_hours,
 )
 BATCHES = SCAN.batches()
 
@@ -61,6 +67,9 @@ def batch_plates(wildcards):
             "export": p.export,
             "includes": p.includes,
             "digest": p.digest,
+            "version": p.version,
+            "shas": p.shas,
+            "notes": p.notes,
         }
         for p in SCAN.plates_in(wildcards.batch)
     ]
@@ -96,5 +105,6 @@ def final_outputs():
     """The run's products: the result tables and the report."""
     return [f"{RESULTS}/{name}.csv" for name in TABLES] + [
         f"{RESULTS}/potency_combined.csv",
+        f"{RESULTS}/plate_history.csv",
         f"{RESULTS}/report.html",
     ]

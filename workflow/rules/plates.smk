@@ -21,5 +21,6 @@ rule process_batch:
         settings=batch_settings(),
         software=SOFTWARE_DIGEST,
         cache=lambda wildcards: f"{RESULTS}/cache/{wildcards.batch}",
+        results=lambda wildcards, output: str(Path(output.batch).parent.parent),
     script:
         "../scripts/process_batch.py"

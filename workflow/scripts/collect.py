@@ -2,19 +2,20 @@
 combined potency per lot (Ph. Eur. 5.3) and the report (report.html + figures/*.svg)."""
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from cr51.batch import load_batches
-from cr51.collect import collect
+from cr51.collect import collect, plate_history
 from cr51.combination import combine_plates
 from cr51.jobs import run_job
 from cr51.report import ReportInputs, build_report, write_report
-from cr51.schema import POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
+from cr51.schema import PLATE_HISTORY, POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
 from cr51.settings import Analysis
 from cr51.tables import read_table, write_table
 
-REPORTED = ("files", "qc", "potency", "lots_differ", "potency_combined", "potency_combined_inputs")
+REPORTED = ("files", "qc", "potency", "lots_differ", "potency_combined", "potency_combined_inputs", "plate_history")
 
 
 def main(smk):
@@ -26,8 +27,10 @@ def main(smk):
     combined = combine_plates(result.tables["potency"], result.tables["qc"], settings)
     write_table(combined[0], smk.output.combined, POTENCY_COMBINED)
     write_table(combined[1], smk.output.combined_inputs, POTENCY_COMBINED_INPUTS)
+    history = plate_history(smk.params.results, batches, result.tables["potency"], result.tables["qc"], time.time())
+    write_table(history, smk.output.history, PLATE_HISTORY)
     # the report shows what the CSVs say: read back exactly what was written (the small tables it shows)
-    names = {"potency_combined": "combined", "potency_combined_inputs": "combined_inputs"}
+    names = {"potency_combined": "combined", "potency_combined_inputs": "combined_inputs", "plate_history": "history"}
     shown = {name: read_table(smk.output[names.get(name, name)]) for name in REPORTED}
     sections = {plate: section for b in batches for plate, section in b.sections.items()}
     inputs = ReportInputs(shown, sections, dict(smk.params.config), list(smk.input.templates))

@@ -4,6 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+from dataclasses import replace
+
+from cr51.archive import fallbacks
 from cr51.batch import PlateCache, process_batch, save_batch
 from cr51.jobs import run_job
 from cr51.plate import PlateInput
@@ -11,7 +14,10 @@ from cr51.settings import Analysis
 
 
 def main(smk):
-    plates = [PlateInput(**{**p, "includes": tuple(p["includes"])}) for p in smk.params.plates]
+    plates = [PlateInput.from_params(p) for p in smk.params.plates]
+    # a re-export the pipeline refuses keeps the plate's accepted version (archive/history.json)
+    kept = fallbacks(smk.params.results, {p.name: p.version for p in plates})
+    plates = [replace(p, fallback=kept.get(p.name)) for p in plates]
     settings = Analysis.from_config(smk.params.settings)
     cache = PlateCache(smk.params.cache, settings)
     save_batch(process_batch(plates, settings, cache), smk.output.batch)

@@ -24,7 +24,7 @@ import yaml
 from .. import __version__
 from ..digests import file_digest
 from ..figures import forest_svg, lot_class, lot_colours
-from ..schema import FLAGS
+from ..schema import FILE_STATUSES, FLAGS
 from ..settings import Settings
 from ..tables import write_text_atomic
 from .html import esc, plate_id, table, td
@@ -37,6 +37,12 @@ NEXT_STEP = {
     "pending": "Nothing, if the file is still being copied or its partner file is on its way; "
     "otherwise add the missing layout or export. It is read again at the next run.",
     "duplicate": "Check that the right export was copied for this plate; re-export it or remove the copy.",
+    "stale": "This file has waited too long: add its missing partner, correct the name the reason points to, "
+    "or remove it from the drop folder.",
+    "retracted": "Nothing: the plate is out of every table as its .retract file asks. Delete that file to restore it.",
+    "gone": "Nothing, if the file was moved on purpose: the plate stays, computed from the archive. Otherwise "
+    "copy it back.",
+    "ignored": "Move the file to the drop folder's top level as a regular file if it is plate data; otherwise nothing.",
 }
 #: The page's stylesheet and script (package data files of :mod:`cr51.report`).
 CSS = files(__package__).joinpath("style.css").read_text(encoding="utf-8")
@@ -81,6 +87,7 @@ def build_report(inputs: ReportInputs) -> Report:
         summary_section(t["files"], qc),
         potency_section(t, forest, refs, colours, settings.analysis),
         plates_section(t, sections),
+        history_section(t["plate_history"]) if "plate_history" in t else "",
         provenance_section(t["files"], inputs.config, inputs.templates),
     ])  # fmt: skip
     figures = {"forest.svg": forest_svg(groups, refs, ci_level, colours)}
@@ -112,15 +119,17 @@ def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
     counts = files["status"].value_counts().to_dict()
     n_pass = int((qc["status"] == "pass").sum())
     cards = [("files seen", len(files), "")] + [
-        (s, counts.get(s, 0), s) for s in ("ok", "rejected", "pending", "duplicate")
+        (s, counts.get(s, 0), s) for s in FILE_STATUSES if s in ("ok", "rejected", "pending", "duplicate") or counts.get(s)
     ] + [("plates accepted", len(qc), ""), ("plates QC pass", n_pass, "ok"), ("plates QC fail", len(qc) - n_pass, "rejected" if len(qc) - n_pass else "")]  # fmt: skip
     card_html = "".join(
         f'<div class="card {cls}" data-status="{esc(label)}"><div class="big">{n}</div><div>{esc(label)}</div></div>'
         for label, n, cls in cards
     )
     bad = files[files["status"] != "ok"]
-    if bad.empty:
+    if bad.empty and len(files):
         problems = '<p class="okmsg">Every file in the drop folder was accepted.</p>'
+    elif bad.empty:
+        problems = '<p class="muted">The drop folder holds no files.</p>'
     else:
         rows = [
             f'<tr data-file="{esc(r["file"])}" class="{esc(r["status"])}"><td><code>{esc(r["file"])}</code></td>'
@@ -128,7 +137,7 @@ def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
             f'<td>{esc(r["reason"])}</td><td class="muted">{esc(NEXT_STEP.get(str(r["status"]), ""))}</td></tr>'
             for r in bad.to_dict("records")
         ]
-        problems = "<h3>Files not accepted</h3>" + table(
+        problems = "<h3>Files not accepted, not read, retracted or gone</h3>" + table(
             ["file", "status", "plate", "reason", "what to do"], rows, ' data-table="files"'
         )
     failed = qc[qc["status"] != "pass"]
@@ -143,6 +152,28 @@ def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
         fail_html = f"<h3>Plates that failed QC (not used for potency)</h3><ul>{items}</ul>"
     return (
         f'<section id="summary"><h2>Run summary</h2><div class="cards">{card_html}</div>{problems}{fail_html}</section>'
+    )
+
+
+def history_section(history: pd.DataFrame) -> str:
+    """Plates with more than one accepted version: each version's files, dates and RP per lot."""
+    several = history.groupby("plate")["version"].nunique()
+    replaced = history[history["plate"].isin(several[several > 1].index)]
+    if replaced.empty:
+        return ""
+    rows = [
+        f'<tr data-plate="{esc(r["plate"])}"><td>{esc(r["plate"])}</td>{td(r["version"], "version")}'
+        f"<td>{esc(r['accepted_at'])}</td><td>{esc(r['replaced_at'])}</td>"
+        f"<td>{'current' if r['current'] is True or str(r['current']) == 'True' else 'superseded'}</td>"
+        f"<td>{esc(r['lot'])}</td>{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}"
+        f"<td><code>{esc(str(r['export_sha256'])[:12])}</code></td></tr>"
+        for r in replaced.to_dict("records")
+    ]
+    headers = ["plate", "version", "accepted", "replaced", "", "lot", "RP", "CI low", "CI high", "export sha256"]
+    return (
+        '<section id="history"><h2>Re-exported plates</h2><p>A corrected export or layout replaced these plates\' '
+        "results; the superseded versions stay in the archive and in <code>plate_history.csv</code> with the "
+        "numbers they gave.</p>" + table(headers, rows, ' data-table="plate_history"') + "</section>"
     )
 
 
