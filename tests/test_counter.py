@@ -159,3 +159,22 @@ def test_well_exports_have_empty_counter_columns(tmp_path):
     export = next(p for p in files if p.suffix == ".csv")
     wells = ingest(PlateInput("wl", str(layout), str(export))).frames()["wells"]
     assert (wells["counter_info"] == "").all() and wells["counter_error_pct"].isna().all()
+
+
+def test_only_used_wells_flag_the_plate():
+    import pandas as pd
+
+    from cr51.qc import counter_flagged
+
+    wells = pd.DataFrame(
+        {
+            "role": ["spontaneous", "background", "sample", "", "maximum"],
+            "excluded": [False, False, True, True, False],
+            "cpm": [300.0, 2.1, 1.5, 4.0, np.nan],
+            "counter_info": ["I", "I", "I", "I", "I"],
+        }
+    )
+    # used: counted, not excluded, a role whose counts enter lysis (background tubes are near-empty by design)
+    assert counter_flagged(wells).tolist() == [True, False, False, False, False]
+    assert not counter_flagged(wells.assign(counter_info="")).any()
+    assert not counter_flagged(wells.drop(columns="counter_info")).any()
