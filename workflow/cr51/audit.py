@@ -36,6 +36,8 @@ AUDIT_NAME = "audit.jsonl"
 RUN_ID_ENV = "CR51_RUN_ID"
 #: Set by the batch runner to a note for the record (e.g. a stale lock was cleared).
 NOTE_ENV = "CR51_RUN_NOTE"
+#: ``status`` of a run that ``cr51-batch`` refused before Snakemake started (its ``note`` says why).
+REFUSED = "refused"
 STATUSES = FILE_STATUSES
 DECIDED = ("ok", "rejected", "duplicate")  # statuses whose content produced results
 
@@ -133,11 +135,14 @@ def build_record(
     invoked_by: str,
     logs: list[str] | None = None,
     note: str = "",
+    exit_code: int | None = None,
 ) -> Record:
     """The record of a run that started at ``start`` (epoch seconds) and ends now.
 
     File counts and input changes come from ``files.csv`` and are only recorded for a run
-    with ``status == "ok"`` (a failed run has not rewritten ``files.csv``).
+    with ``status == "ok"`` (a failed run has not rewritten ``files.csv``). A run with status
+    :data:`REFUSED` wrote nothing: its ``outputs`` stay empty (files another run wrote meanwhile
+    are not its own). ``exit_code`` is ``cr51-batch``'s exit code (``None`` in Snakemake's handlers).
     """
     from . import __version__
 
@@ -162,7 +167,8 @@ def build_record(
         "results_dir": os.path.abspath(results_dir),
         "logs": logs or [],
         "files": counts,
-        "outputs": written_outputs(results_dir, start),
+        "exit_code": exit_code,
+        "outputs": [] if status == REFUSED else written_outputs(results_dir, start),
         "retractions": [
             {"plate": r["plate"], "file": r["file"], "reason": r["reason"]}
             for r in rows or []

@@ -4,7 +4,9 @@ Supported formats, recognised from the content (never from the file name):
 
 * ``well_list``  - delimited table with a well column and a CPM/counts column;
 * ``plate_grid`` - one or more 8x12 blocks (header ``1..12``, rows ``A..H``);
-* ``wizard2``    - PerkinElmer Wizard2 CSV (tubes identified by ``Rack`` + ``Pos``);
+* ``wizard2``    - PerkinElmer Wizard2 CSV (tubes identified by ``Rack`` + ``Pos``; the CPM column
+  must be the configured nuclide's, ``<nuclide> CPM``; the tubes' ``<nuclide> Info`` flags and
+  ``<nuclide> Error %`` are kept in :attr:`Export.counter`);
 * ``xlsx/well_list`` / ``xlsx/plate_grid`` - the first two, on the first sheet of an
   ``.xlsx`` workbook that holds such a table.
 
@@ -33,6 +35,9 @@ WELL_HEADER = re.compile(r"^(?:well(?:[\s_-]*(?:id|pos|position|name))?|pos|posi
 CPM_HEADER = re.compile(r"^(?:[\w-]+\s+)?c?cpm\s*\d*$", re.I)  # CPM, CCPM, CCPM1, CPM2, Cr-51 CPM
 COUNTS_HEADER = re.compile(r"^(?:[\w-]+\s+)?(?:raw\s+)?counts?\s*\d*$", re.I)  # Counts, Count, Raw counts
 WIZARD_CPM = re.compile(r"^(.+?)\s+CPM$", re.I)
+NUCLIDE = re.compile(r"^([a-z]{1,2})-?(\d{1,3}m?)$|^(\d{1,3}m?)-?([a-z]{1,2})$", re.I)  # Cr-51, Cr51, 51Cr, 51-Cr
+#: The nuclide a counter export must be counted for unless the configuration says otherwise.
+DEFAULT_NUCLIDE = "Cr-51"
 WELL_ID = re.compile(r"^([A-Ha-h])0*([1-9]|1[0-2])$")
 WELL_LIKE = re.compile(r"^[A-Za-z]{1,2}\d{1,3}$")
 PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
@@ -55,11 +60,17 @@ class Export:
     ``counts`` has one row per well or tube, in file order, with columns ``well`` (str such as
     ``"A1"``; None for tube exports), ``rack`` and ``pos`` (Int64; NA for well exports) and
     ``cpm`` (float64).
+
+    ``counter`` (Wizard2 exports only, else None) has one row per row of ``counts``, in the same
+    order, with the counter's own verdict on each tube: ``counter_info`` (str, the ``Info`` flags,
+    ``""`` when none) and ``counter_error_pct`` (float64, the counting error ``Error %``; NaN
+    when the export has no such column or the cell is empty).
     """
 
     format: str  # "well_list" | "plate_grid" | "wizard2" | "xlsx/well_list" | "xlsx/plate_grid"
     counts: pd.DataFrame
     notes: tuple[str, ...]
+    counter: pd.DataFrame | None = None
 
 
 Row = tuple[int, list[str]]  # (1-based line or sheet-row number, stripped cells)
@@ -93,11 +104,19 @@ class _Source:
 # entry point
 
 
-def read_export(path: str | os.PathLike, *, max_bytes: int = 20_000_000, block: str | None = None) -> Export:
+def read_export(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = 20_000_000,
+    block: str | None = None,
+    nuclide: str = DEFAULT_NUCLIDE,
+) -> Export:
     """Parse a counter export; see the module docstring for the formats.
 
     ``block`` names the grid block to use in a plate-grid file with several blocks (ignored,
-    with a note, for other formats). Raises :class:`InputError` for any problem with the file.
+    with a note, for other formats). ``nuclide`` (config ``counter.nuclide``) is the nuclide
+    the tubes must have been counted for: a Wizard2 export whose CPM column is another
+    nuclide's is refused. Raises :class:`InputError` for any problem with the file.
     """
     name = os.fspath(path)
     try:
@@ -133,7 +152,7 @@ def read_export(path: str | os.PathLike, *, max_bytes: int = 20_000_000, block: 
     if not any(any(cells) for _, cells in rows):
         raise src.err("file holds no data (only blank lines)")
     default_decimal = "," if delim == ";" else "."
-    found = _parse_rows(rows, src, block, default_decimal, allow_wizard2=True)
+    found = _parse_rows(rows, src, block, default_decimal, allow_wizard2=True, nuclide=nuclide)
     if found is None:
         raise src.err("unrecognised format: no well/CPM columns, no 8×12 grid, no Wizard2 columns found")
     return found
@@ -219,7 +238,12 @@ def _cell_text(v: object) -> str:
 
 
 def _parse_rows(
-    rows: list[Row], src: _Source, block: str | None, default_decimal: str, allow_wizard2: bool
+    rows: list[Row],
+    src: _Source,
+    block: str | None,
+    default_decimal: str,
+    allow_wizard2: bool,
+    nuclide: str = DEFAULT_NUCLIDE,
 ) -> Export | None:
     """Detect the format from the first header-like row and parse it; None if nothing is recognised.
 
@@ -230,7 +254,7 @@ def _parse_rows(
         if _wizard2_columns(cells):
             if not allow_wizard2:
                 raise src.err("Wizard2 table in a workbook is not supported; use the counter's CSV export", rows[k][0])
-            return _parse_wizard2(rows, k, src, default_decimal, block)
+            return _parse_wizard2(rows, k, src, default_decimal, block, nuclide)
         if _well_list_columns(cells):
             return _parse_well_list(rows, k, src, default_decimal, block)
         if _is_grid_header(cells):
@@ -298,26 +322,71 @@ def _parse_well_list(rows: list[Row], header: int, src: _Source, default_decimal
     return Export("well_list", _frame(wells=wells, cpm=cpm), tuple(notes))
 
 
-def _parse_wizard2(rows: list[Row], header: int, src: _Source, default_decimal: str, block: str | None) -> Export:
+def nuclide_key(name: str) -> str:
+    """A nuclide's name compared up to spelling: ``Cr-51``, ``Cr51``, ``51Cr``, ``51-cr`` are one nuclide."""
+    name = name.strip()
+    m = NUCLIDE.match(name)
+    if m is None:
+        return name.lower()
+    element, mass = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+    return f"{element.lower()}-{mass.lower()}"
+
+
+def _parse_wizard2(
+    rows: list[Row], header: int, src: _Source, default_decimal: str, block: str | None, nuclide: str
+) -> Export:
     hline, hcells = rows[header]
     cpm_cols = [i for i, c in enumerate(hcells) if WIZARD_CPM.match(c)]
-    if len(cpm_cols) > 1:
-        cr = [i for i in cpm_cols if re.match(r"cr-?51", hcells[i], re.I)]
-        if len(cr) != 1:
-            names = ", ".join(f"'{hcells[i]}'" for i in cpm_cols)
-            raise src.err(f"several nuclide CPM columns ({names}) and not exactly one for Cr-51", hline)
-        cpm_cols = cr
-    ccol = cpm_cols[0]
+    prefix = {i: WIZARD_CPM.match(hcells[i]).group(1) for i in cpm_cols}  # type: ignore[union-attr]
+    ours = [i for i in cpm_cols if nuclide_key(prefix[i]) == nuclide_key(nuclide)]
+    names = ", ".join(f"'{hcells[i]}'" for i in cpm_cols)
+    if len(cpm_cols) > 1 and len(ours) != 1:
+        raise src.err(f"several nuclide CPM columns ({names}) and not exactly one for {nuclide}", hline)
+    if not ours:
+        raise src.err(
+            f"the counts are for {prefix[cpm_cols[0]]} (column {names}), not for {nuclide}, the nuclide "
+            "this pipeline is set up for (config counter.nuclide): counted with another nuclide's protocol? "
+            "Count the plate again with the right protocol",
+            hline,
+        )
+    ccol = ours[0]
     lower = [c.lower() for c in hcells]
     rcol, pcol = lower.index("rack"), lower.index("pos")
+    icol, ecol = (_column(lower, f"{prefix[ccol]} {what}".lower()) for what in ("Info", "Error %"))
     notes = [f"used CPM column '{hcells[ccol]}'"]
     _note_block_ignored(block, notes)
-    items = []
+    items, info, error = [], [], []
     for line, cells in _table_rows(rows, header, src, notes):
         rack, pos = (_whole(cells[c], hcells[c], src, line) for c in (rcol, pcol))
         items.append((line, (rack, pos), cells[ccol]))
+        info.append("" if icol is None else cells[icol])
+        error.append((line, (rack, pos), "" if ecol is None else cells[ecol]))
     tubes, cpm = _numbers(items, src, default_decimal, notes)
-    return Export("wizard2", _frame(tubes=tubes, cpm=cpm), tuple(notes))
+    counter = pd.DataFrame(
+        {"counter_info": pd.Series(info, dtype=object), "counter_error_pct": _percents(error, src, default_decimal)}
+    )
+    return Export("wizard2", _frame(tubes=tubes, cpm=cpm), tuple(notes), counter)
+
+
+def _column(lower: list[str], name: str) -> int | None:
+    """The index of the (lower-case) header ``name``, if the header has it."""
+    return lower.index(name) if name in lower else None
+
+
+def _percents(items: list[tuple[int, object, str]], src: _Source, default_decimal: str) -> np.ndarray:
+    """The counter's ``Error %`` cells as numbers (NaN where empty); InputError for text that is not one."""
+    marks = [(line, key, SPACES.sub("_", text)) for line, key, text in items if text]
+    decimal = _decimal_mark(marks, default_decimal, src, []) if marks else default_decimal
+    out = np.full(len(items), np.nan)
+    for k, (line, key, text) in enumerate(items):
+        if not text:
+            continue
+        t = text.replace(decimal, ".") if decimal == "," else text
+        if not PLAIN_NUMBER.match(t):
+            rack, pos = key  # type: ignore[misc]
+            raise src.err(f"rack {rack} pos {pos}: Error % '{text}' is not a number", line)
+        out[k] = float(t)
+    return out
 
 
 def _parse_grid(rows: list[Row], src: _Source, default_decimal: str, block: str | None) -> Export:

@@ -59,7 +59,7 @@ def join_counts(layout: Layout, export: Export, *, source_file: str, source_sha2
         lysis_pct=np.nan,
     )
     order = np.lexsort((lw["col"].to_numpy(), [ord(r) for r in lw["row"].tolist()]))
-    return wells.take(order)[list(WELLS.names)].reset_index(drop=True)
+    return _with_counter(wells.take(order), export, tube_export)[list(WELLS.names)].reset_index(drop=True)
 
 
 def _match_counts(lw: pd.DataFrame, counts: pd.DataFrame, tube_export: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -122,7 +122,24 @@ def _join_counts_outer(
     # plate order A1, A2, …, H12; counts for tubes the layout does not map come last
     order = merged["well"].map(lambda w: (ord(w[0]), int(w[1:])) if w else (999, 0))
     merged = merged.iloc[sorted(range(len(merged)), key=order.iloc.__getitem__)]
-    return merged[list(WELLS.names)].reset_index(drop=True)
+    return _with_counter(merged, export, tube_export)[list(WELLS.names)].reset_index(drop=True)
+
+
+def _with_counter(wells: pd.DataFrame, export: Export, tube_export: bool) -> pd.DataFrame:
+    """``wells`` with the counter's verdict on each well's tube (``counter_info``, ``counter_error_pct``):
+    from a Wizard2 export's Info and Error % columns, by rack and pos; empty / NaN otherwise."""
+    info, error = [""] * len(wells), [np.nan] * len(wells)
+    counter = getattr(export, "counter", None)  # an export-like object without the counter's verdicts: none
+    if counter is not None and tube_export:
+
+        def tubes(df: pd.DataFrame) -> list[tuple[float, float]]:
+            return list(zip(df["rack"].astype(float).tolist(), df["pos"].astype(float).tolist()))
+
+        verdicts = zip(counter["counter_info"].tolist(), counter["counter_error_pct"].tolist())
+        of = dict(zip(tubes(export.counts), verdicts))
+        found = [of.get(tube, ("", np.nan)) for tube in tubes(wells)]
+        info, error = [i for i, _ in found], [e for _, e in found]
+    return wells.assign(counter_info=info, counter_error_pct=np.asarray(error, dtype=float))
 
 
 def conditions(wells: pd.DataFrame) -> dict[tuple, list[int]]:

@@ -123,7 +123,7 @@ def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> Non
         return
     try:
         layout = load_layout(plate.layout, layouts_dir=settings.layouts_dir)
-        export = read_export(plate.export, max_bytes=settings.max_export_bytes)
+        export = read_export(plate.export, max_bytes=settings.max_export_bytes, nuclide=settings.counter.nuclide)
         wells = join_counts(layout, export, source_file=export_name, source_sha256=export_sha)
         if settings.outliers.rule == "dixon_q":
             wells = flag_outliers(wells, exclude=settings.outliers.exclude)

@@ -29,6 +29,20 @@ def untreated(wells: pd.DataFrame) -> pd.DataFrame:
     return wells[ok & (wells["role"] == "sample") & (wells["conc"] == 0)]
 
 
+def counter_flagged(wells: pd.DataFrame) -> pd.Series:
+    """Used wells (counted, not excluded, a role whose counts enter lysis: not ``background``) whose
+    tube the counter flagged (a non-empty ``counter_info``, Wizard2 exports).
+
+    Flagged (``COUNTER_INFO``), not failed: the counter's Info marks a count it doubts (``I`` on a
+    near-empty tube, whose counting error is tens of %), and what such a count does to the plate is
+    judged by the plate's own criteria (spontaneous % of maximum, replicate CV, outliers).
+    """
+    if "counter_info" not in wells:  # a wells table without the counter's columns
+        return pd.Series(False, index=wells.index)
+    used = ~wells["excluded"] & wells["cpm"].notna() & ~wells["role"].isin(["", "background"])
+    return used & (wells["counter_info"].fillna("").astype(str) != "")
+
+
 def fit_lytic_units(et: np.ndarray, lysis: np.ndarray) -> tuple[float, float] | None:
     """Fit y = A(1 − exp(−k·x)) to per-well lysis at E:T x; returns (A, k) or None.
 
@@ -106,6 +120,8 @@ def plate_qc(
         flags.append("MISSING_WELLS")
     if (wells["role"] == "").any():
         flags.append("EXTRA_WELLS")
+    if counter_flagged(wells).any():
+        flags.append("COUNTER_INFO")
 
     unt = untreated(wells)
     untreated_pct = math.nan

@@ -88,7 +88,8 @@ WELLS = Table(
     "wells",
     _cols(
         "plate:text well:text role:text lot:text conc et_ratio cpm excluded:bool exclusion_reason:text "
-        "source_file:text source_sha256:text product:text rack pos lysis_pct outlier:bool"
+        "source_file:text source_sha256:text product:text rack pos lysis_pct outlier:bool counter_info:text "
+        "counter_error_pct"
     ),
 )
 LYSIS = Table(
@@ -175,6 +176,8 @@ FLAGS = {
     "LU_NOT_ESTIMABLE": "lytic units could not be estimated from the E:T titration",
     "NO_TARGETS_PER_WELL": "[expt] targets_per_well is not given: no lytic units",
     "VEHICLE_SUPPRESSION": "a lot's vehicle alone suppresses lysis more than the limit",
+    "COUNTER_INFO": "the counter flagged the tube of a used well (Info, e.g. I on a near-empty tube with a large "
+    "counting error; see counter_info and counter_error_pct in wells.csv)",
 }
 
 # --------------------------------------------------------------------------

@@ -136,11 +136,19 @@ class Potency:
 
 
 @dataclass(frozen=True)
+class Counter:
+    """``counter:`` — what the gamma counter's exports must be."""
+
+    nuclide: str
+
+
+@dataclass(frozen=True)
 class Analysis:
     """The settings every number depends on (the batch jobs' parameter; the plate cache's key)."""
 
     layouts_dir: str
     max_export_bytes: int
+    counter: Counter
     qc: QC
     outliers: Outliers
     fit: Fit
