@@ -42,7 +42,7 @@ def rows_of(results: Path, plate: str) -> dict[str, list[str]]:
 
 
 def batch_mtimes(results: Path) -> dict[str, int]:
-    return {p.stem: p.stat().st_mtime_ns for p in (results / "batches").glob("*.pkl")}
+    return {p.stem: p.stat().st_mtime_ns for p in (results / "batches").glob("*.jsonl")}
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_cached_results_equal_uncached(tmp_path, plates, monkeypatch):
     plain = process_batch(plates, SETTINGS)
     cold = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     assert_same(plain, cold)
-    assert len(list((tmp_path / "cache").glob("*.pkl"))) == len(plates)
+    assert len(list((tmp_path / "cache").glob("*.jsonl"))) == len(plates)
     calls = forbid_compute(monkeypatch)
     warm = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     assert calls == []
@@ -72,7 +72,7 @@ def test_changed_content_recomputes_only_that_plate(tmp_path, plates, monkeypatc
     process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     assert calls == ["p0"]
     # the superseded entry was pruned
-    assert len(list((tmp_path / "cache").glob("*.pkl"))) == len(plates)
+    assert len(list((tmp_path / "cache").glob("*.jsonl"))) == len(plates)
 
 
 def test_settings_or_template_change_recomputes(tmp_path, plates, monkeypatch):
@@ -94,7 +94,7 @@ def test_settings_or_template_change_recomputes(tmp_path, plates, monkeypatch):
 def test_corrupt_entry_is_recomputed(tmp_path, plates):
     cache = PlateCache(tmp_path / "cache", SETTINGS)
     first = process_batch(plates, SETTINGS, cache)
-    for entry in (tmp_path / "cache").glob("*.pkl"):
+    for entry in (tmp_path / "cache").glob("*.jsonl"):
         entry.write_bytes(b"not a pickle")
     again = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     assert_same(first, again)
@@ -111,7 +111,7 @@ def test_library_versions_enter_the_key_and_the_header(tmp_path, plates, monkeyp
     calls = forbid_compute(monkeypatch, allowed={p.name for p in plates})
     process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     assert sorted(calls) == sorted(p.name for p in plates)
-    assert len(list((tmp_path / "cache").glob("*.pkl"))) == len(plates)  # the old entries were pruned
+    assert len(list((tmp_path / "cache").glob("*.jsonl"))) == len(plates)  # the old entries were pruned
 
 
 def rewrite_header(path: Path, **changes) -> None:
@@ -128,7 +128,7 @@ def test_an_entry_of_other_software_under_the_same_key_is_recomputed_with_a_note
 
     first = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     old = {**digests.software(), "libraries": {**digests.library_versions(), "numpy": "1.0.0"}}
-    for entry in (tmp_path / "cache").glob("*.pkl"):
+    for entry in (tmp_path / "cache").glob("*.jsonl"):
         rewrite_header(entry, software=old)
     with caplog.at_level("WARNING", logger="cr51.batch"):
         again = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
@@ -141,7 +141,7 @@ def test_an_entry_of_other_software_under_the_same_key_is_recomputed_with_a_note
 def test_a_damaged_entry_is_recomputed_never_used_never_fatal(tmp_path, plates, caplog, damage):
     first = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
     rng = np.random.default_rng(5)
-    for entry in sorted((tmp_path / "cache").glob("*.pkl")):
+    for entry in sorted((tmp_path / "cache").glob("*.jsonl")):
         data = bytearray(entry.read_bytes())
         if damage == "truncate":
             data = data[: len(data) // 2]
@@ -165,7 +165,7 @@ def test_a_damaged_batch_output_is_refused_with_the_reason(tmp_path, plates):
     from cr51.batch import load_batch, save_batch
     from cr51.store import StaleFile
 
-    path = tmp_path / "b000.pkl"
+    path = tmp_path / "b000.jsonl"
     save_batch(process_batch(plates, SETTINGS), path)
     assert load_batch(path).tables.keys()
     path.write_bytes(path.read_bytes()[:-10])
@@ -179,7 +179,7 @@ def test_a_damaged_batch_output_is_refused_with_the_reason(tmp_path, plates):
 def test_collect_removes_an_unusable_batch_output_and_says_why(tmp_path, plates):
     from cr51.batch import load_batches, save_batch
 
-    good, bad = tmp_path / "b000.pkl", tmp_path / "b001.pkl"
+    good, bad = tmp_path / "b000.jsonl", tmp_path / "b001.jsonl"
     save_batch(process_batch(plates[:2], SETTINGS), good)
     save_batch(process_batch(plates[2:], SETTINGS), bad)
     assert len(load_batches([str(good), str(bad)])) == 2
@@ -187,3 +187,41 @@ def test_collect_removes_an_unusable_batch_output_and_says_why(tmp_path, plates)
     with pytest.raises(RuntimeError, match="has format 1.*removed; the next run recomputes it"):
         load_batches([str(good), str(bad)])
     assert good.exists() and not bad.exists()
+
+
+class _Planted:
+    """What an attacker with write access to results/ would plant: unpickling it runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_with_a_valid_header_never_runs(tmp_path, plates, caplog):
+    """Nothing under results/ is unpickled: a cache entry or batch file holding a pickle, even under a
+    correct header and checksum, is data that does not decode; it is recomputed (or refused), never run."""
+    import pickle
+
+    from cr51 import store
+    from cr51.batch import BATCH_KIND, PLATE_KIND, STORE_FORMAT, load_batch
+    from cr51.store import StaleFile
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Planted(marker))
+    first = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    for entry in (tmp_path / "cache").glob("*.jsonl"):
+        store.write(entry, PLATE_KIND, STORE_FORMAT, payload)  # a valid header and checksum
+    with caplog.at_level("WARNING", logger="cr51.batch"):
+        again = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    assert_same(first, again)
+    assert not marker.exists()
+    assert sum("does not hold a plate's results" in r.getMessage() for r in caplog.records) == len(plates)
+    store.write(tmp_path / "b000.jsonl", BATCH_KIND, STORE_FORMAT, payload)
+    with pytest.raises(StaleFile, match="does not hold a batch output"):
+        load_batch(tmp_path / "b000.jsonl")
+    assert not marker.exists()
+    # and the code path that would have run it is really the one tested: pickle itself would
+    pickle.loads(payload)
+    assert marker.exists()

@@ -45,8 +45,8 @@ def batches_of(plates: list[PlateInput], tmp: Path) -> list[BatchOutput]:
     """Two batches (interleaved names, as hashing gives), through the batch file the job writes."""
     outs = []
     for i, part in enumerate((plates[0::2], plates[1::2])):
-        save_batch(process_batch(part, SETTINGS), tmp / f"b{i:03d}.pkl")
-        outs.append(load_batch(tmp / f"b{i:03d}.pkl"))
+        save_batch(process_batch(part, SETTINGS), tmp / f"b{i:03d}.jsonl")
+        outs.append(load_batch(tmp / f"b{i:03d}.jsonl"))
     return outs
 
 

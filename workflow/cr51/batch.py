@@ -15,8 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from .report import Section, plate_sections
 from .schema import PLATE_TABLES, TABLES
 from .settings import Analysis
 from .store import StaleFile
-from .tables import Rows, concat_frames, render_rows
+from .tables import Rows, concat_frames, frame_from_data, frame_to_data, render_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class PlateOutput:
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """What a batch job writes (``results/batches/<batch>.pkl``, read by ``collect``): every table
+    """What a batch job writes (``results/batches/<batch>.jsonl``, read by ``collect``): every table
     of its plates, in plate order; per text table the rendered rows of each plate that has rows;
     the report sections by plate."""
 
@@ -63,25 +62,74 @@ class BatchOutput:
 
 
 #: Stored-file kinds and formats (:mod:`cr51.store`); a change of what is stored bumps the format.
-BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 3
+BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 4
+
+
+def _rows_to_data(rows: Rows | None) -> dict | None:
+    return None if rows is None else {"table": rows.table, "text": rows.text}
+
+
+def _rows_from_data(data: dict | None) -> Rows | None:
+    return None if data is None else Rows(str(data["table"]), str(data["text"]))
+
+
+def plate_to_data(out: PlateOutput) -> dict[str, Any]:
+    """A plate's results as plain data (JSON): tables, rendered rows, sections; no code."""
+    return {
+        "tables": {k: frame_to_data(v) for k, v in out.tables.items()},
+        "rows": {k: _rows_to_data(v) for k, v in out.rows.items()},
+        "sections": {k: v.to_dict() for k, v in out.sections.items()},
+    }
+
+
+def plate_from_data(data: dict[str, Any]) -> PlateOutput:
+    return PlateOutput(
+        {k: frame_from_data(v) for k, v in data["tables"].items()},
+        {k: _rows_from_data(v) for k, v in data["rows"].items()},
+        {k: Section.from_dict(v) for k, v in data["sections"].items()},
+    )
+
+
+def batch_to_data(out: BatchOutput) -> dict[str, Any]:
+    """A batch output as plain data (JSON)."""
+    return {
+        "tables": {k: frame_to_data(v) for k, v in out.tables.items()},
+        "rows": {k: [[plate, _rows_to_data(r)] for plate, r in v] for k, v in out.rows.items()},
+        "sections": {k: v.to_dict() for k, v in out.sections.items()},
+        "versions": out.versions,
+    }
+
+
+def batch_from_data(data: dict[str, Any]) -> BatchOutput:
+    return BatchOutput(
+        {k: frame_from_data(v) for k, v in data["tables"].items()},
+        {k: [(str(plate), _rows_from_data(r)) for plate, r in v] for k, v in data["rows"].items()},
+        {k: Section.from_dict(v) for k, v in data["sections"].items()},
+        {str(k): int(v) for k, v in data["versions"].items()},
+    )
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _decode(payload: bytes, what: str, build: Callable[[dict[str, Any]], Any]) -> Any:
+    """``build(json.loads(payload))``; :class:`StaleFile` for anything that is not such data."""
+    try:
+        return build(json.loads(payload.decode("utf-8")))
+    except Exception as err:  # noqa: BLE001 - any failure to decode means: not usable
+        raise StaleFile(f"does not hold {what} ({type(err).__name__})") from None
 
 
 def save_batch(out: BatchOutput, path: str | os.PathLike) -> None:
-    """Write a batch's output atomically, with a header (:mod:`cr51.store`)."""
-    store.write(path, BATCH_KIND, STORE_FORMAT, pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+    """Write a batch's output atomically: a header (:mod:`cr51.store`), then JSON data (never code)."""
+    store.write(path, BATCH_KIND, STORE_FORMAT, _encode(batch_to_data(out)))
 
 
 def load_batch(path: str | os.PathLike) -> BatchOutput:
     """Read what :func:`save_batch` wrote; :class:`cr51.store.StaleFile` when it cannot be used
     (other software, damaged, not a batch output)."""
-    payload = store.read(path, BATCH_KIND, STORE_FORMAT)
-    try:
-        out = pickle.loads(payload)
-    except Exception as err:  # noqa: BLE001 - any failure to decode means: not usable
-        raise StaleFile(f"cannot be decoded ({type(err).__name__})") from None
-    if not isinstance(out, BatchOutput):
-        raise StaleFile("does not hold a batch output")
-    return out
+    return _decode(store.read(path, BATCH_KIND, STORE_FORMAT), "a batch output", batch_from_data)
 
 
 def load_batches(paths: list[str]) -> list[BatchOutput]:
@@ -98,7 +146,7 @@ def load_batches(paths: list[str]) -> list[BatchOutput]:
 
 
 class PlateCache:
-    """Per-plate results on disk (``<directory>/<key>.pkl``), keyed by content, not by time.
+    """Per-plate results on disk (``<directory>/<key>.jsonl``), keyed by content, not by time.
 
     The key covers the plate's name and file contents, the analysis settings and the software (code
     digest, Python and library versions); each entry carries a checked header (:mod:`cr51.store`).
@@ -124,27 +172,25 @@ class PlateCache:
     def get(self, key: str) -> PlateOutput | None:
         """The entry stored under ``key``, or ``None`` (absent, or not usable: noted in the log)."""
         self.used.add(key)
-        path = self.directory / f"{key}.pkl"
+        path = self.directory / f"{key}.jsonl"
         if not path.exists():
             return None
         try:
-            out = pickle.loads(store.read(path, PLATE_KIND, STORE_FORMAT))
-            if not isinstance(out, PlateOutput):
-                raise StaleFile("does not hold a plate's results")
+            out = _decode(store.read(path, PLATE_KIND, STORE_FORMAT), "a plate's results", plate_from_data)
         except Exception as err:  # noqa: BLE001 - a bad entry is recomputed, never fatal
             log.warning("plate cache entry %s %s: recomputing the plate", path.name, err)
             return None
         return out
 
     def put(self, key: str, out: PlateOutput) -> None:
-        store.write(self.directory / f"{key}.pkl", PLATE_KIND, STORE_FORMAT, pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
+        store.write(self.directory / f"{key}.jsonl", PLATE_KIND, STORE_FORMAT, _encode(plate_to_data(out)))
 
     def prune(self) -> None:
         """Remove the entries this run did not use (superseded plates, old settings or code)."""
         if not self.directory.is_dir():
             return
         for path in self.directory.iterdir():
-            if path.suffix == ".pkl" and path.stem not in self.used:
+            if path.suffix == ".jsonl" and path.stem not in self.used:
                 path.unlink(missing_ok=True)
 
 

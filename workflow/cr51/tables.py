@@ -183,3 +183,36 @@ def read_table(path: str | os.PathLike, table: Table | None = None) -> pd.DataFr
     header = pd.read_csv(path, nrows=0).columns
     dtypes = {c: {"text": "object", "float": "float64"}[kinds[c]] for c in header if kinds.get(c) in ("text", "float")}
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON can hold it (numpy scalars as Python numbers, pandas' NA as null)."""
+    if value is None or value is pd.NA:
+        return None
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    return value
+
+
+def frame_to_data(df: pd.DataFrame) -> dict[str, Any]:
+    """A table as plain data (JSON): columns, dtypes, index and the values column by column.
+
+    :func:`frame_from_data` gives back the same frame (values, dtypes, index); floats survive JSON
+    exactly (shortest round-trip repr), NaN as JSON's ``NaN``. No code is ever stored.
+    """
+    return {
+        "columns": [str(c) for c in df.columns],
+        "dtypes": [str(t) for t in df.dtypes],
+        "index": [_plain(i) for i in df.index.tolist()],
+        "data": [[_plain(v) for v in s.tolist()] for _, s in df.items()],
+    }
+
+
+def frame_from_data(data: dict[str, Any]) -> pd.DataFrame:
+    """The table :func:`frame_to_data` gave (``ValueError``/``KeyError``/``TypeError`` for other data)."""
+    columns, dtypes, values = data["columns"], data["dtypes"], data["data"]
+    if not (len(columns) == len(dtypes) == len(values)):
+        raise ValueError("columns, dtypes and data differ in length")
+    index = pd.Index(data["index"]) if data["index"] else pd.RangeIndex(0)
+    series = {c: pd.Series(v, dtype=t, index=index) for c, t, v in zip(columns, dtypes, values)}
+    return pd.DataFrame(series, index=index, columns=columns)

@@ -88,7 +88,7 @@ def batch_settings():
 
 def batch_outputs():
     """The output of every batch that holds plates."""
-    return expand(f"{RESULTS}/batches/{{batch}}.pkl", batch=BATCHES)
+    return expand(f"{RESULTS}/batches/{{batch}}.jsonl", batch=BATCHES)
 
 
 def report_templates():

@@ -8,7 +8,7 @@ rule process_batch:
     input:
         unpack(batch_files),
     output:
-        batch=f"{RESULTS}/batches/{{batch}}.pkl",
+        batch=f"{RESULTS}/batches/{{batch}}.jsonl",
     log:
         f"{RESULTS}/logs/batches/{{batch}}.log",
     conda:
