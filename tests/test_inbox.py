@@ -190,3 +190,15 @@ def test_results_are_readable_by_the_lab_group(tmp_path, umask, mode):
         os.umask(old)
     for name in ("files.csv", "wells.csv", "potency.csv", "plate_history.csv", "report.html"):
         assert (results / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_reexport_still_settling_keeps_the_accepted_version(lab):
+    work, raw, results = lab
+    before = result_tables(results)
+    corrected = simulate_plate("alpha", np.random.default_rng(78), lots=LOTS, donor="D01")
+    (raw / "alpha.csv").write_bytes(render_export(corrected, "well_list"))
+    ok(run_batch(work, raw, results, "settle_seconds=3600"))
+    row = files_csv(results)["alpha.csv"]
+    assert row["status"] == "pending" and "keeps its accepted version 1" in row["reason"]
+    after = result_tables(results)
+    assert after["wells.csv"] == before["wells.csv"] and after["potency.csv"] == before["potency.csv"]
