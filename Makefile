@@ -29,8 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Derived results only: results/archive (the accepted inputs, their versions and history) is the
+# lab's record and is kept; remove it by hand if you really mean it.
 clean-results:
-	rm -rf results .snakemake
+	test ! -d results || find results -mindepth 1 -maxdepth 1 ! -name archive -exec rm -rf {} +
+	rm -rf .snakemake/metadata .snakemake/incomplete
 
 # Scheduled run of the drop folder (lock, checks, audit record, one summary line): docs/operations.md
 .PHONY: batch
