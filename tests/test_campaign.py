@@ -141,7 +141,7 @@ def test_report_has_the_campaign_section_above_the_plates(run):
     differ = ct["campaign_tests"].iloc[0]
     sentence = campaign_sentence(html)
     assert "the lots differ" in sentence and f"{differ['df1']} and {differ['df2']} df" in sentence
-    assert "within-plate" in html
+    assert "within-plate" in html and "Potency model LL.4 (usable with six doses" in html
     assert 'data-table="campaign_pairs"' in html and 'data-table="campaign_similarity"' in html
 
 
@@ -204,3 +204,14 @@ def test_gate_takes_the_same_share_from_a_weak_and_a_potent_lot(tmp_path):
     assert abs(gated["LOT-E"] - gated["LOT-D"]) <= 0.1, gated.to_dict()
     lost = tables["potency"].groupby("lot")["parallel_f_p"].apply(lambda p: p.isna().mean())
     assert lost.max() <= 1 / 30, lost.to_dict()  # the old free model lost the weak lot's test on ~13 % of plates
+
+
+@pytest.mark.parametrize("f", [1.0, 0.4, 2.5])
+def test_log_ic50_is_the_half_way_dose_for_ll4_and_ll5(f):
+    """IC50 = e for LL.4; for LL.5 the dose half-way between top and bottom is e (2^(1/f) - 1)^(1/b)."""
+    from cr51 import fit
+
+    b, c, d, e = 1.7, 10.0, 60.0, 1.3
+    x = np.exp(campaign.log_ic50(e, b, f))
+    assert fit.curve(np.array([x]), b, c, d, e, f)[0] == pytest.approx((c + d) / 2, rel=1e-12)
+    assert (campaign.log_ic50(e, b, f) == np.log(e)) == (f == 1.0)

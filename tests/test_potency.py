@@ -336,3 +336,18 @@ def test_non_parallel_lot_leaves_the_refitted_joint_fit() -> None:
     alone = potency.analyse_plate(points[points["lot"] != "BAD"], "P", "REF").potency.set_index("lot")
     assert pot.loc["T", "rp"] == pytest.approx(alone.loc["T", "rp"], rel=1e-6)
     assert pot.loc["T", "rp_lo"] == pytest.approx(alone.loc["T", "rp_lo"], rel=1e-5)
+
+
+def test_undetermined_bottom_falls_back_to_a_slope_only_test() -> None:
+    """A lot whose curve does not reach its bottom within the doses (RP 0.04: IC50 above the top dose) keeps a
+    parallelism test: the slope-only model (top and bottom shared), with the reason saying so."""
+    points = simulate_plate(np.random.default_rng(7), {"REF": 1.0, "T": 0.04})
+    row = potency.analyse_plate(points, "P", "REF").potency.set_index("lot").loc["T"]
+    assert "slope-only parallelism test" in row["reason"]
+    pair = points.assign(lot=points["lot"].fillna("REF"))
+    args = (pair["conc"], pair["lysis"], pair["lot"], "LL.4")
+    assert not fit.fit_joint(*args, potency.SHARED_TOP, ("REF", "T")).converged
+    slope_only = fit.fit_joint(*args, potency.SLOPE_ONLY, ("REF", "T"))
+    parallel = fit.fit_joint(*args, fit.PARALLEL, ("REF", "T"))
+    assert row["parallel_f_p"] == pytest.approx(fit.compare_fits(parallel, slope_only).p, rel=1e-4)
+    assert row["equivalent"] is False or not row["equivalent"]  # no bottom difference: not shown equivalent

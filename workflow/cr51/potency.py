@@ -45,6 +45,9 @@ SIMILARITY_COLUMNS = tuple(c.name for c in POTENCY_SIMILARITY)
 #: for all. The untreated wells are every lot's dose 0, so they belong to every curve: drc
 #: ``pmodels = data.frame(lot, lot, 1, lot)``. The F test against the parallel model compares slope and bottom.
 SHARED_TOP: frozenset[str] = frozenset({"b", "c", "e", "f"})
+#: The free model when a pair's bottom is not determined (SHARED_TOP did not converge): own slope (and f)
+#: and e, top and bottom shared; the F test then compares slopes only.
+SLOPE_ONLY: frozenset[str] = frozenset({"b", "e", "f"})
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,11 @@ def _similarity(
     curve only (the earlier free model) left a weak lot's top to be extrapolated from its own
     doses: its free fit ran to a bound and its test was lost far more often than a potent lot's.
 
+    When the shared-top free fit does not converge (the bottom is not determined by the pair's doses,
+    typically for a lot whose curve does not reach it), the free model is :data:`SLOPE_ONLY` (top and
+    bottom shared) and the test compares slopes only; the reason says so. The rule is the same for
+    every lot.
+
     Equivalence needs the ``1 - 2 alpha`` Fieller CI of b_lot/b_ref inside ``slope_ratio_margins``
     and the ``1 - 2 alpha`` CI (t on the free fit's residual df) of the bottom difference inside
     +/- its margin; the top difference is 0 by construction (shared top), inside any margin.
@@ -257,8 +265,20 @@ def _similarity(
                 free_start.update({f"{param}:{k}": float(parallel.estimates[i]) for k in groups})
     free = fitting.fit_joint(x, y, g, cfg.model, SHARED_TOP, groups, free_start)
     nan2 = (np.nan, np.nan)
+    if not free.converged and free_start is not None:  # from the data instead of the parallel optimum
+        free = fitting.fit_joint(x, y, g, cfg.model, SHARED_TOP, groups)
+    fallback = ""
     if not free.converged:
-        return Similarity(np.nan, None, nan2, nan2, None, f"free fit did not converge: {free.message}")
+        # the bottom is not determined by this pair's doses (typically a weak lot whose curve does not
+        # reach it): test the slope alone, with top and bottom shared (the same rule for every lot)
+        first = free.message
+        slope_start = None if free_start is None else {k: v for k, v in free_start.items() if not k.startswith("c:")}
+        if slope_start is not None and parallel.converged:
+            slope_start["c"] = float(parallel.value("c"))
+        free = fitting.fit_joint(x, y, g, cfg.model, SLOPE_ONLY, groups, slope_start)
+        if not free.converged:
+            return Similarity(np.nan, None, nan2, nan2, None, f"free fit did not converge: {first}; {free.message}")
+        fallback = f"bottom not determined ({first}): slope-only parallelism test (top and bottom shared)"
     level = 1.0 - 2.0 * cfg.alpha
     i, j = free.index("b", lot), free.index("b", ref)
     bi, bj, vii, vjj, vij = free.estimates[i], free.estimates[j], free.vcov[i, i], free.vcov[j, j], free.vcov[i, j]
@@ -267,7 +287,9 @@ def _similarity(
     t = free.t_quantile(level)
     upper, lower = _diff_ci(free, "d", lot, ref, t), _diff_ci(free, "c", lot, ref, t)
     ci, cj = free.index("c", lot), free.index("c", ref)
-    if ci is None or cj is None:  # LL.3: bottom fixed at 0
+    if fallback:  # no bottom difference was estimated: not shown equivalent
+        bottom, lower = nan2, nan2
+    elif ci is None or cj is None:  # LL.3: bottom fixed at 0
         bottom = (0.0, 0.0)
     else:
         var_c = free.vcov[ci, ci] + free.vcov[cj, cj] - 2 * free.vcov[ci, cj]
@@ -280,8 +302,10 @@ def _similarity(
         and -cfg.lower_diff_margin <= lower[0] and lower[1] <= cfg.lower_diff_margin
     )  # fmt: skip
     f_p = fitting.compare_fits(parallel, free).p if parallel.converged else np.nan
-    problem = "" if parallel.converged else f"parallel pair fit did not converge: {parallel.message}"
-    return Similarity(f_p, ratio, upper, lower, bool(equivalent), problem, log_sr, bottom, float(free.df))
+    problems = [fallback] if fallback else []
+    if not parallel.converged:
+        problems.append(f"parallel pair fit did not converge: {parallel.message}")
+    return Similarity(f_p, ratio, upper, lower, bool(equivalent), "; ".join(problems), log_sr, bottom, float(free.df))
 
 
 # --------------------------------------------------------------------------

@@ -24,6 +24,15 @@ def campaign_section(t: Mapping[str, pd.DataFrame], settings: Analysis) -> str:
         "plate-to-plate variation is not evidence that lots differ. Pairs: Tukey-adjusted. The per-plate "
         "tests further down are <em>within-plate</em> tests, not the campaign's answer.</p>"
     ]
+    model = settings.fit.models[0]
+    if model == "LL.5":
+        parts.append(
+            '<p class="warn">Potency model LL.5 is <b>not usable</b> with six doses per lot: its free model has an '
+            "asymmetry per curve that six doses cannot determine, so most parallelism tests cannot be computed. "
+            "Use LL.4 (<code>fit.models</code>; docs/campaign.md).</p>"
+        )
+    else:
+        parts.append(f'<p class="muted">Potency model {esc(model)} (usable with six doses per lot; LL.5 is not).</p>')
     tests = t["campaign_tests"]
     for camp in sorted(tests["campaign"].astype(str).unique()):
         parts.append(_one(camp, t, alpha, settings))
