@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "cr51"
 LAYERS: dict[str, tuple[str, ...]] = {
     "plumbing": ("digests", "includes", "metacache", "scan", "archive", "schema", "store", "audit", "jobs"),
     "contract": ("settings", "tables"),
-    "assay": ("ingest", "layout", "lysis", "qc", "points", "fit", "potency", "combination", "simulate"),
+    "assay": ("ingest", "layout", "lysis", "qc", "points", "fit", "potency", "combination", "campaign", "simulate"),
     "presentation": ("svg", "figures", "report"),
     "orchestration": ("plate", "batch", "collect", "runner"),
 }

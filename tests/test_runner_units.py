@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from cr51 import runner
 
@@ -25,6 +26,9 @@ def test_a_live_snakemake_counts_only_in_its_own_working_folder(tmp_path):
     fake.write_text("import time\ntime.sleep(30)\n")
     proc = subprocess.Popen([sys.executable, str(fake)], cwd=here)
     try:
+        deadline = time.monotonic() + 10  # until the child has exec'd (its /proc cmdline is then its own)
+        while proc.pid not in runner.live_snakemake(here) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert proc.pid in runner.live_snakemake(here)
         assert proc.pid not in runner.live_snakemake(elsewhere)
         assert os.getpid() not in runner.live_snakemake(here)

@@ -3,6 +3,18 @@
 A plate's relative potency for a lot enters the combination only when the plate passed QC, the
 potency estimate succeeded, and the lot passed the configured parallelism gate on that plate.
 Every plate left out is listed with its reason in ``potency_combined_inputs.csv``.
+
+The rule for a lot whose parallelism test cannot be computed (the pair's parallel or free fit did not
+converge) is the same for every lot, weak or potent: under the ``f_test`` and ``both`` gates its plate
+leaves that lot's combination, with the reason "parallelism F test not available" and the fit's
+message. The free model shares the top (:data:`cr51.potency.SHARED_TOP`), so this no longer depends on
+the lot's potency (docs/campaign.md has the simulation).
+
+Edition followed: the Ph. Eur. 5.3 text of the 4th to 9th editions (chapter 5.3, 01/2008:50300,
+section 6.2). Differences from that text: none in the formulas; the semi-weighted interval's "t
+approximately 2" is taken as t = 2 exactly at ``ci_level`` 0.95 and as the normal quantile at any other
+level, and a negative between-assay variance is set to 0. The 10th edition revised the heterogeneous
+(semi-weighted) case; this module does not follow that revision.
 """
 
 from __future__ import annotations
@@ -34,11 +46,10 @@ def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, a
     f_ok = bool(p >= alpha)
     eq_ok = bool(row["equivalent"] is True or str(row["equivalent"]).lower() == "true")
     if gate in ("f_test", "both") and not f_ok:
-        return (
-            f"not parallel to the reference (F test p = {p:.3g} < {alpha:g})"
-            if np.isfinite(p)
-            else "parallelism F test not available"
-        )
+        if np.isfinite(p):
+            return f"not parallel to the reference (F test p = {p:.3g} < {alpha:g})"
+        why = str(row.get("reason") or "")
+        return "parallelism F test not available" + (f" ({why})" if why else "")
     if gate in ("equivalence", "both") and not eq_ok:
         return "not equivalent to the reference within the margins (USP <1032>)"
     return ""
@@ -90,7 +101,7 @@ def combine_lot(
     level: float = 0.95,
     homogeneity_alpha: float = 0.05,
 ) -> Combined:
-    """Combine independent log potencies as in Ph. Eur. 5.3, section 6.2.
+    """Combine independent log potencies as in Ph. Eur. 5.3, section 6.2 (4th-9th editions' text).
 
     For assay i with log potency ``M_i = ln RP_i``, CI ``[rp_lo_i, rp_hi_i]``
     computed with ``t_i = t((1 + level)/2, df_i)``:
@@ -101,10 +112,10 @@ def combine_lot(
     - 6.2.3 if ``p >= homogeneity_alpha``: weighted mean ``Mbar`` with CI
       ``Mbar +/- t sqrt(1 / sum w_i)``, t on ``sum df_i``;
     - 6.2.4 otherwise semi-weighted: between-assay variance
-      ``s2 = sum (M_i - Mbar)^2 / (n - 1) - sum(1/w_i) / n`` (truncated at 0;
-      ``Mbar`` the weighted mean of 6.2.3), ``w'_i = 1 / (1/w_i + s2)``,
-      mean ``sum w'_i M_i / sum w'_i`` with CI ``+/- t sqrt(1 / sum w'_i)``,
-      t on ``n - 1`` df.
+      ``s*2 = sum (M_i - Mtilde)^2 / (n - 1) - sum(1/w_i) / n`` with ``Mtilde`` the **unweighted**
+      mean of the ``M_i`` (truncated at 0), ``w'_i = 1 / (1/w_i + s*2)``, semi-weighted mean
+      ``sum w'_i M_i / sum w'_i`` with CI ``+/- t sqrt(1 / sum w'_i)``, t "approximately 2" as the
+      text says: 2 at ``level`` 0.95, the normal quantile ``z((1 + level)/2)`` at another level.
 
     Limits are back-transformed with ``exp``. One assay is returned unchanged
     (method ``"single plate"``).
@@ -121,10 +132,14 @@ def combine_lot(
     if p >= homogeneity_alpha:
         centre, weights, df_t, method = mbar, w, float(np.sum(dfs)), "weighted"
     else:
-        s2 = max(float(np.sum((m - mbar) ** 2) / (m.size - 1) - np.mean(1.0 / w)), 0.0)
+        s2 = max(float(np.sum((m - m.mean()) ** 2) / (m.size - 1) - np.mean(1.0 / w)), 0.0)
         weights = 1.0 / (1.0 / w + s2)
-        centre, df_t, method = float(np.sum(weights * m) / np.sum(weights)), float(m.size - 1), "semi-weighted"
-    half = float(special.stdtrit(df_t, 0.5 + level / 2.0)) * np.sqrt(1.0 / np.sum(weights))
+        centre, df_t, method = float(np.sum(weights * m) / np.sum(weights)), np.inf, "semi-weighted"
+    if np.isinf(df_t):  # 6.2.4: t approximately 2
+        t = 2.0 if abs(level - 0.95) < 1e-12 else float(special.ndtri(0.5 + level / 2.0))
+    else:
+        t = float(special.stdtrit(df_t, 0.5 + level / 2.0))
+    half = t * np.sqrt(1.0 / np.sum(weights))
     return Combined(
         m.size, float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half)), chi2, p, method
     )

@@ -19,7 +19,8 @@ Well fields (see ``config/README.md`` for the full contract):
 ``rack``, ``pos`` (optional)
     explicit tube of a well for tube-counter exports.
 
-Experiment fields (``[expt]``): ``reference_lot``, ``donor``, ``date``, ``targets_per_well``, and for
+Experiment fields (``[expt]``): ``reference_lot``, ``donor``, ``date``, ``targets_per_well``, an optional
+``study`` id (plates of one study and reference lot form a campaign, :mod:`cr51.campaign`), and for
 tube exports ``tubes`` (``"rows"`` or ``"columns"``) and ``rack_size`` (default 10).
 """
 
@@ -206,7 +207,7 @@ def _assign_tubes(wells: pd.DataFrame, expt: dict[str, object]) -> pd.DataFrame:
     return wells
 
 
-EXPT_KEYS = ("reference_lot", "donor", "date", "targets_per_well", "tubes", "rack_size")
+EXPT_KEYS = ("reference_lot", "donor", "date", "targets_per_well", "tubes", "rack_size", "study")
 
 
 def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
@@ -239,7 +240,7 @@ def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
         raise LayoutError("the layout defines no wells")
     expt = {k: raw[k].iloc[0] for k in EXPT_KEYS if k in raw.columns}
     expt = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in expt.items()}
-    for key in ("reference_lot", "donor"):
+    for key in ("reference_lot", "donor", "study"):
         if expt.get(key) is not None:
             expt[key] = _clean_id(expt[key], f"[expt] {key}")
     if expt.get("date") is not None:

@@ -28,7 +28,7 @@ from scipy import special
 
 from cr51 import fit as fitting
 
-from .schema import FITS, LOTS_DIFFER, POTENCY_JOINT, POTENCY_OWN
+from .schema import FITS, LOTS_DIFFER, POTENCY_JOINT, POTENCY_OWN, POTENCY_SIMILARITY
 from .settings import Analysis
 
 #: Column names of the tables this module builds (derived from the schema, which owns them).
@@ -38,6 +38,16 @@ LOTS_DIFFER_COLUMNS = LOTS_DIFFER.names
 #: Per lot, the joint parallel fit's curve (shared slope/bottom/top/f, the lot's and the reference's e),
 #: so that the report can draw the parallel curves; added to potency.csv after its other columns.
 JOINT_COLUMNS = tuple(c.name for c in POTENCY_JOINT)
+#: Per lot, the pairwise free fit's log slope ratio and bottom difference with their standard errors (for
+#: the campaign's similarity) and whether the lot is in the final joint fit; after :data:`JOINT_COLUMNS`.
+SIMILARITY_COLUMNS = tuple(c.name for c in POTENCY_SIMILARITY)
+#: The free model of the parallelism test: own slope, bottom (and LL.5 asymmetry) and e per curve, one top
+#: for all. The untreated wells are every lot's dose 0, so they belong to every curve: drc
+#: ``pmodels = data.frame(lot, lot, 1, lot)``. The F test against the parallel model compares slope and bottom.
+SHARED_TOP: frozenset[str] = frozenset({"b", "c", "e", "f"})
+#: The free model when a pair's bottom is not determined (SHARED_TOP did not converge): own slope (and f)
+#: and e, top and bottom shared; the F test then compares slopes only.
+SLOPE_ONLY: frozenset[str] = frozenset({"b", "e", "f"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,9 @@ class PotencyConfig:
     min_concentrations : int
         A lot needs at least this many distinct positive concentrations with
         finite lysis to enter the joint fits (``potency.min_concentrations``).
+    parallelism_gate : str
+        ``potency.parallelism_gate``; unless ``"none"``, lots whose parallelism F test fails or
+        cannot be computed are left out of the refitted joint parallel fit.
     """
 
     model: str
@@ -75,6 +88,7 @@ class PotencyConfig:
     lower_diff_margin: float
     ci_level: float
     min_concentrations: int
+    parallelism_gate: str = "f_test"
 
     @classmethod
     def from_settings(cls, settings: Analysis | Mapping[str, Any]) -> PotencyConfig:
@@ -90,6 +104,7 @@ class PotencyConfig:
             lower_diff_margin=eq.lower_diff_margin,
             ci_level=s.potency.ci_level,
             min_concentrations=s.potency.min_concentrations,
+            parallelism_gate=s.potency.parallelism_gate,
         )
 
 
@@ -104,7 +119,9 @@ class PlateTables:
     fits: pd.DataFrame
     potency: pd.DataFrame
     lots_differ: pd.DataFrame
-    joint: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["lot", *JOINT_COLUMNS]))
+    joint: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["lot", *JOINT_COLUMNS, *SIMILARITY_COLUMNS])
+    )
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,9 @@ class Similarity:
     lower_diff: tuple[float, float]
     equivalent: bool | None
     problem: str
+    log_slope_ratio: tuple[float, float] = (np.nan, np.nan)  # ln(b_lot / b_ref) and its delta-method SE
+    bottom_diff: tuple[float, float] = (np.nan, np.nan)  # c_lot - c_ref and its SE
+    df: float = np.nan  # the free fit's residual df
 
 
 def _diff_ci(result: fitting.FitResult, param: str, lot: str, ref: str, t: float) -> tuple[float, float]:
@@ -211,28 +231,69 @@ def _similarity(
 ) -> Similarity:
     """Parallel-vs-free F test and USP <1032> equivalence of ``lot`` to ``ref``.
 
-    Fits the reference, the lot and the untreated wells (in the reference
-    group) with the parallel model (own e) and the free model (own b, c, d, e).
-    Equivalence needs the ``1 - 2 alpha`` Fieller CI of b_lot/b_ref inside
-    ``slope_ratio_margins`` and the ``1 - 2 alpha`` CIs (t on the free fit's
-    residual df) of top and bottom differences inside +/- their margins.
+    Fits the reference, the lot and the untreated wells with the parallel model (own e) and the
+    free model :data:`SHARED_TOP` (own b, c, e and f, one top d). The untreated wells are dose 0 of
+    every curve; with the top shared, the curve's value at dose 0 is d whichever group the untreated
+    wells are labelled with (for a decreasing curve, b > 0), so both models are drc's
+    (``pmodels = data.frame(lot, 1, 1, lot)`` and ``data.frame(lot, lot, 1, lot)``) and the F test
+    compares slope and bottom on ``(df1, df2) = (2, n - 7)`` (LL.4). Giving dose 0 to the reference
+    curve only (the earlier free model) left a weak lot's top to be extrapolated from its own
+    doses: its free fit ran to a bound and its test was lost far more often than a potent lot's.
+
+    When the shared-top free fit does not converge (the bottom is not determined by the pair's doses,
+    typically for a lot whose curve does not reach it), the free model is :data:`SLOPE_ONLY` (top and
+    bottom shared) and the test compares slopes only; the reason says so. The rule is the same for
+    every lot.
+
+    Equivalence needs the ``1 - 2 alpha`` Fieller CI of b_lot/b_ref inside ``slope_ratio_margins``
+    and the ``1 - 2 alpha`` CI (t on the free fit's residual df) of the bottom difference inside
+    +/- its margin; the top difference is 0 by construction (shared top), inside any margin.
     """
     x, y, g = data.select([ref, lot], ref)
     groups = (ref, lot)
     # the all-lots parallel fit is a close start for the pair's parallel fit (same optimum, fewer steps)
     start = {name: joint.estimates[i] for i, name in enumerate(joint.names) if name.partition(":")[2] in ("", ref, lot)}
     parallel = fitting.fit_joint(x, y, g, cfg.model, fitting.PARALLEL, groups, start)
-    free = fitting.fit_joint(x, y, g, cfg.model, fitting.FREE, groups, memo=memo)
+    free_start = None
+    if parallel.converged:  # the free model at the parallel optimum: a close start
+        free_start = {}
+        for i, name in enumerate(parallel.names):
+            param, _, grp = name.partition(":")
+            if grp or param == "d":
+                free_start[name] = float(parallel.estimates[i])
+            else:
+                free_start.update({f"{param}:{k}": float(parallel.estimates[i]) for k in groups})
+    free = fitting.fit_joint(x, y, g, cfg.model, SHARED_TOP, groups, free_start)
     nan2 = (np.nan, np.nan)
+    if not free.converged and free_start is not None:  # from the data instead of the parallel optimum
+        free = fitting.fit_joint(x, y, g, cfg.model, SHARED_TOP, groups)
+    fallback = ""
     if not free.converged:
-        return Similarity(np.nan, None, nan2, nan2, None, f"free fit did not converge: {free.message}")
+        # the bottom is not determined by this pair's doses (typically a weak lot whose curve does not
+        # reach it): test the slope alone, with top and bottom shared (the same rule for every lot)
+        first = free.message
+        slope_start = None if free_start is None else {k: v for k, v in free_start.items() if not k.startswith("c:")}
+        if slope_start is not None and parallel.converged:
+            slope_start["c"] = float(parallel.value("c"))
+        free = fitting.fit_joint(x, y, g, cfg.model, SLOPE_ONLY, groups, slope_start)
+        if not free.converged:
+            return Similarity(np.nan, None, nan2, nan2, None, f"free fit did not converge: {first}; {free.message}")
+        fallback = f"bottom not determined ({first}): slope-only parallelism test (top and bottom shared)"
     level = 1.0 - 2.0 * cfg.alpha
     i, j = free.index("b", lot), free.index("b", ref)
-    ratio = fitting.fieller_ratio(
-        free.estimates[i], free.estimates[j], free.vcov[i, i], free.vcov[j, j], free.vcov[i, j], free.df, level
-    )
+    bi, bj, vii, vjj, vij = free.estimates[i], free.estimates[j], free.vcov[i, i], free.vcov[j, j], free.vcov[i, j]
+    ratio = fitting.fieller_ratio(bi, bj, vii, vjj, vij, free.df, level)
+    log_sr = (float(np.log(bi / bj)), float(np.sqrt(vii / bi**2 + vjj / bj**2 - 2 * vij / (bi * bj))))
     t = free.t_quantile(level)
     upper, lower = _diff_ci(free, "d", lot, ref, t), _diff_ci(free, "c", lot, ref, t)
+    ci, cj = free.index("c", lot), free.index("c", ref)
+    if fallback:  # no bottom difference was estimated: not shown equivalent
+        bottom, lower = nan2, nan2
+    elif ci is None or cj is None:  # LL.3: bottom fixed at 0
+        bottom = (0.0, 0.0)
+    else:
+        var_c = free.vcov[ci, ci] + free.vcov[cj, cj] - 2 * free.vcov[ci, cj]
+        bottom = (float(free.estimates[ci] - free.estimates[cj]), float(np.sqrt(var_c)))
     lo_m, hi_m = cfg.slope_ratio_margins
     equivalent = (
         ratio.bounded
@@ -241,8 +302,10 @@ def _similarity(
         and -cfg.lower_diff_margin <= lower[0] and lower[1] <= cfg.lower_diff_margin
     )  # fmt: skip
     f_p = fitting.compare_fits(parallel, free).p if parallel.converged else np.nan
-    problem = "" if parallel.converged else f"parallel pair fit did not converge: {parallel.message}"
-    return Similarity(f_p, ratio, upper, lower, bool(equivalent), problem)
+    problems = [fallback] if fallback else []
+    if not parallel.converged:
+        problems.append(f"parallel pair fit did not converge: {parallel.message}")
+    return Similarity(f_p, ratio, upper, lower, bool(equivalent), "; ".join(problems), log_sr, bottom, float(free.df))
 
 
 # --------------------------------------------------------------------------
@@ -284,20 +347,15 @@ def _row(plate: str, lot: str, ref: str, **values: Any) -> dict[str, Any]:
 
 
 def _lot_row(
-    plate: str,
-    data: _Points,
-    lot: str,
-    ref: str,
-    joint: fitting.FitResult,
-    cfg: PotencyConfig,
-    memo: fitting.FitMemo,
+    plate: str, lot: str, ref: str, joint: fitting.FitResult, sim: Similarity, cfg: PotencyConfig, note: str = ""
 ) -> dict[str, Any]:
-    """Potency row of one lot given a converged joint parallel fit."""
+    """Potency row of one lot given a converged joint parallel fit and the lot's similarity."""
     rp = fitting.ed_ratio(joint, 50, ref, lot, cfg.ci_level)
-    sim = _similarity(data, lot, ref, cfg, joint, memo)
     notes = [sim.problem] if sim.problem else []
     if not rp.bounded:
         notes.insert(0, rp.reason)
+    if note:
+        notes.append(note)
     sr = sim.slope_ratio
     return _row(
         plate, lot, ref,
@@ -386,16 +444,57 @@ def analyse_plate(
         reason = f"joint parallel fit did not converge: {joint.message}"
         rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=reason) for lot in others]
         return PlateTables(fits, _potency_frame(rows), empty_differ[list(LOTS_DIFFER_COLUMNS)])
-    rows = [failed_rows.get(lot) or _lot_row(plate, data, lot, ref, joint, cfg, memo) for lot in others]
+    sims = {lot: _similarity(data, lot, ref, cfg, joint, memo) for lot in usable}
+    final, kept = joint, list(usable)
+    if cfg.parallelism_gate != "none":
+        # lots that fail the F test, or whose test could not be computed, leave the joint fit: the
+        # refit gives the parallel lots their RP without a non-parallel curve pulling the shared slope
+        kept = [lot for lot in usable if sims[lot].parallel_f_p >= cfg.alpha]  # NaN compares False
+        if kept and len(kept) < len(usable):
+            xk, yk, gk = data.select([ref, *kept], ref)
+            refit = fitting.fit_joint(xk, yk, gk, cfg.model, fitting.PARALLEL, (ref, *kept), _start_from(joint))
+            final = refit if refit.converged else joint
+            if not refit.converged:
+                kept = list(usable)  # documented fallback: the all-lots fit stands
+    left = (
+        "not parallel to the reference (or no parallelism test): RP from the all-lots joint fit, left out of the refit"
+    )
+    rows = []
+    for lot in others:
+        if lot in failed_rows:
+            rows.append(failed_rows[lot])
+        elif lot in kept:
+            rows.append(_lot_row(plate, lot, ref, final, sims[lot], cfg))
+        else:
+            rows.append(_lot_row(plate, lot, ref, joint, sims[lot], cfg, left))
     differ = pd.DataFrame([_lots_differ_row(plate, data, joint_lots, joint, cfg)], columns=list(LOTS_DIFFER_COLUMNS))
-    return PlateTables(fits, _potency_frame(rows), differ, _joint_curves(joint, usable, ref))
+    curves = pd.concat(
+        [_joint_curves(final, [lot for lot in usable if lot in kept], ref, sims, True),
+         _joint_curves(joint, [lot for lot in usable if lot not in kept], ref, sims, False)],
+        ignore_index=True,
+    )  # fmt: skip
+    return PlateTables(fits, _potency_frame(rows), differ, curves)
 
 
-def _joint_curves(joint: fitting.FitResult, lots: Sequence[str], ref: str) -> pd.DataFrame:
-    """The joint parallel fit's curve parameters for each of ``lots`` (see :data:`JOINT_COLUMNS`)."""
+def _start_from(joint: fitting.FitResult) -> dict[str, float]:
+    """Starting values for a refit from a converged joint fit (its estimates by name)."""
+    return {name: float(joint.estimates[i]) for i, name in enumerate(joint.names)}
+
+
+def _joint_curves(
+    joint: fitting.FitResult, lots: Sequence[str], ref: str, sims: Mapping[str, Similarity], in_joint: bool
+) -> pd.DataFrame:
+    """The joint parallel fit's curve parameters for each of ``lots`` (see :data:`JOINT_COLUMNS`) and the
+    lots' similarity estimates (:data:`SIMILARITY_COLUMNS`)."""
     shared = [joint.value(p) for p in ("b", "c", "d", "f")]
-    rows = [[lot, *shared, joint.value("e", lot), joint.value("e", ref)] for lot in lots]
-    return pd.DataFrame(rows, columns=["lot", *JOINT_COLUMNS])
+    rows = [
+        [lot, *shared, joint.value("e", lot), joint.value("e", ref), *sims[lot].log_slope_ratio,
+         *sims[lot].bottom_diff, sims[lot].df, in_joint]
+        for lot in lots
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["lot", *JOINT_COLUMNS, *SIMILARITY_COLUMNS])
+    frame["in_joint"] = frame["in_joint"].astype("boolean")
+    return frame
 
 
 def _plate_problem(

@@ -164,4 +164,5 @@ def plate_qc(
         "targets_per_well": expt.get("targets_per_well"),
         "lu_a": a,
         "lu_k": k,
+        "study": expt.get("study"),
     }

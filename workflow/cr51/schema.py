@@ -82,6 +82,11 @@ POTENCY_OWN = _cols(
 POTENCY_VEHICLE = _cols("vehicle_suppression_pct vehicle_flag:text")
 #: potency.csv: the joint parallel fit's curve of the lot, so that the report can draw it.
 POTENCY_JOINT = _cols("joint_slope joint_bottom joint_top joint_f joint_e joint_e_ref")
+#: potency.csv: the pairwise free fit's ln slope ratio and bottom difference with standard errors (what the
+#: campaign's similarity combines) and whether the lot is in the plate's final joint parallel fit.
+POTENCY_SIMILARITY = _cols(
+    "log_slope_ratio log_slope_ratio_se bottom_diff bottom_diff_se similarity_df:int in_joint:boolean"
+)
 
 FILES = Table("files", _cols("file:text sha256:text bytes:int status:text plate:text reason:text"))
 WELLS = Table(
@@ -101,7 +106,7 @@ QC = Table(
     _cols(
         "plate:text spontaneous_cpm maximum_cpm spontaneous_pct_of_max untreated_lysis_pct lu20_per_1e7 "
         "vehicle_suppression_pct status:text flags:text donor:text date:text reference_lot:text "
-        "targets_per_well lu_a lu_k"
+        "targets_per_well lu_a lu_k study:text"
     ),
 )
 FITS = Table(
@@ -111,7 +116,7 @@ FITS = Table(
         "converged:bool message:text"
     ),
 )
-POTENCY = Table("potency", POTENCY_OWN + POTENCY_VEHICLE + POTENCY_JOINT)
+POTENCY = Table("potency", POTENCY_OWN + POTENCY_VEHICLE + POTENCY_JOINT + POTENCY_SIMILARITY)
 LOTS_DIFFER = Table("lots_differ", _cols("plate:text f df1:int df2:int p"))
 POTENCY_COMBINED = Table(
     "potency_combined",
@@ -128,23 +133,46 @@ POTENCY_COMBINED_INPUTS = Table(
     "potency_combined_inputs",
     _cols("plate:text lot:text reference_lot:text rp rp_lo rp_hi included:bool reason:text"),
 )
+CAMPAIGN_INPUTS = Table(
+    "campaign_inputs",
+    _cols(
+        "campaign:text plate:text lot:text log_ic50 included:bool reason:text reference_lot:text study:text product:text"
+    ),
+)
+CAMPAIGN_LOTS = Table(
+    "campaign_lots",
+    _cols(
+        "campaign:text reference_lot:text lot:text product:text n_plates:int rp rp_lo rp_hi group:text "
+        "log_ic50_diff log_ic50_diff_se df:int"
+    ),
+)
+CAMPAIGN_PAIRS = Table(
+    "campaign_pairs",
+    _cols("campaign:text lot_a:text lot_b:text ratio ratio_lo ratio_hi p_adj method:text estimate se df:int t_ratio"),
+)
+CAMPAIGN_TESTS = Table(
+    "campaign_tests",
+    _cols("campaign:text test:text statistic df1:int df2:int p note:text sigma2_between sigma2_residual"),
+)
+CAMPAIGN_SIMILARITY = Table(
+    "campaign_similarity",
+    _cols(
+        "campaign:text reference_lot:text lot:text n_plates:int slope_ratio slope_ratio_lo slope_ratio_hi "
+        "bottom_diff bottom_diff_lo bottom_diff_hi top_diff top_diff_lo top_diff_hi slope_ratio_margin_lo "
+        "slope_ratio_margin_hi bottom_margin top_margin verdict:text method:text"
+    ),
+)
+#: The campaign tables (cr51.campaign), written by the collect job.
+CAMPAIGN_TABLES = (CAMPAIGN_INPUTS, CAMPAIGN_LOTS, CAMPAIGN_PAIRS, CAMPAIGN_TESTS, CAMPAIGN_SIMILARITY)
 
 #: Every result table by name, in the order the pipeline writes them.
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
-        FILES,
-        WELLS,
-        LYSIS,
-        QC,
-        FITS,
-        POTENCY,
-        LOTS_DIFFER,
-        POTENCY_COMBINED,
-        POTENCY_COMBINED_INPUTS,
-        PLATE_HISTORY,
+        FILES, WELLS, LYSIS, QC, FITS, POTENCY, LOTS_DIFFER, POTENCY_COMBINED, POTENCY_COMBINED_INPUTS,
+        PLATE_HISTORY, *CAMPAIGN_TABLES,
     )
-}
+}  # fmt: skip
 #: The tables each plate contributes rows to (a batch job writes these; collect concatenates them).
 PLATE_TABLES = ("files", "wells", "lysis", "qc", "fits", "potency", "lots_differ")
 

@@ -24,6 +24,14 @@ rule collect:
             )
             for name in TABLES
         },
+        **{
+            name: report(
+                f"{RESULTS}/{name}.csv",
+                category="Campaign",
+                caption=f"../report/{name}.rst",
+            )
+            for name in CAMPAIGN_TABLES
+        },
         combined=report(
             f"{RESULTS}/potency_combined.csv",
             category="Tables",

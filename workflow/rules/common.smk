@@ -8,7 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cr51 import archive as cr51_archive
 from cr51.digests import software_digest
-from cr51.schema import PLATE_TABLES
+from cr51.schema import CAMPAIGN_TABLES as _CAMPAIGN, PLATE_TABLES
 from cr51.settings import Settings
 
 #: The typed settings, built once: validated with every problem listed in words (ConfigError), the
@@ -21,6 +21,7 @@ validate(config, "../schemas/config.schema.yaml")
 
 RESULTS = SETTINGS.results_dir.rstrip("/")
 TABLES = list(PLATE_TABLES)
+CAMPAIGN_TABLES = [t.name for t in _CAMPAIGN]
 
 # Which files form which plate, in which batch: decided at parse time (standard library only) by a
 # scan of the drop folder, whose plates are then admitted into the archive under results_dir: plates
@@ -103,7 +104,7 @@ def unassigned_files():
 
 def final_outputs():
     """The run's products: the result tables and the report."""
-    return [f"{RESULTS}/{name}.csv" for name in TABLES] + [
+    return [f"{RESULTS}/{name}.csv" for name in TABLES + CAMPAIGN_TABLES] + [
         f"{RESULTS}/potency_combined.csv",
         f"{RESULTS}/plate_history.csv",
         f"{RESULTS}/report.html",

@@ -27,6 +27,7 @@ from ..figures import forest_svg, lot_class, lot_colours
 from ..schema import FILE_STATUSES, FLAGS
 from ..settings import Settings
 from ..tables import write_text_atomic
+from .campaign_section import campaign_section
 from .html import esc, plate_id, table, td
 from .potency_section import forest_groups, potency_section
 from .section import Section
@@ -85,6 +86,7 @@ def build_report(inputs: ReportInputs) -> Report:
     body = "".join([
         _header(settings.raw_dir),
         summary_section(t["files"], qc),
+        campaign_section(t, settings.analysis),
         potency_section(t, forest, refs, colours, settings.analysis),
         plates_section(t, sections),
         history_section(t["plate_history"]) if "plate_history" in t else "",
@@ -106,7 +108,7 @@ def safe_name(plate: str) -> str:
 def _header(raw_dir: str) -> str:
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in
-                  (("summary", "Run summary"), ("potency", "Potency"), ("plates", "Plates"), ("provenance", "Provenance")))  # fmt: skip
+                  (("summary", "Run summary"), ("campaign", "Campaign"), ("potency", "Potency"), ("plates", "Plates"), ("provenance", "Provenance")))  # fmt: skip
     return (
         "<header><h1>⁵¹Cr release assay — IVIG suppression of NK-cell lysis</h1>"
         f'<p class="muted">Drop folder <code>{esc(raw_dir)}</code> · generated {now} · cr51 {esc(__version__)}</p>'

@@ -280,7 +280,7 @@ def differ_text(differ: Mapping[str, Any] | None, limits: Limits) -> str:
         return '<p class="muted">Lots differ: F test not available.</p>'
     verdict = "the lots' IC50s differ" if differ["p"] < limits.alpha else "no evidence that the lots' IC50s differ"
     return (
-        f'<p>Lots differ (one common IC50 vs one per lot): F = <span data-c="f">{fmt(differ["f"])}</span> '
+        f'<p>Lots differ within this plate (one common IC50 vs one per lot; a within-plate test): F = <span data-c="f">{fmt(differ["f"])}</span> '
         f'on <span data-c="df1">{fmt(differ["df1"])}</span> and <span data-c="df2">{fmt(differ["df2"])}</span> df, '
         f'p = <span data-c="p">{fmt(differ["p"])}</span>: {verdict}.</p>'
     )

@@ -52,7 +52,8 @@ def potency_section(
         f"<h3>Combined potency per lot</h3>{combined_table(t['potency_combined'])}"
         f"<h3>Parallelism and equivalence per lot</h3>{verdict_table(t['potency'], t['potency_combined_inputs'], alpha)}"
         f"<h3>Vehicle controls</h3>{vehicle_block(t['potency'], t['qc'], settings.qc.max_vehicle_suppression_pct)}"
-        f"<h3>Do the lots differ?</h3>{lots_differ_table(t['lots_differ'], alpha)}</section>"
+        f"<h3>Do the lots differ within each plate? (within-plate tests; the campaign answer is above)</h3>"
+        f"{lots_differ_table(t['lots_differ'], alpha)}</section>"
     )
 
 
@@ -126,6 +127,6 @@ def lots_differ_table(differ: pd.DataFrame, alpha: float) -> str:
     tab = table(["plate", "F", "df1", "df2", "p", f"at α = {fmt(alpha)}"], rows, ' data-table="lots_differ"')
     opened = " open" if len(rows) <= 20 else ""
     return (
-        f"<details{opened}><summary>F test of one common IC50 against one IC50 per lot: {len(rows)} plate(s), "
+        f"<details{opened}><summary>Within-plate F test of one common IC50 against one IC50 per lot: {len(rows)} plate(s), "
         f"{n_differ} with p &lt; {fmt(alpha)}</summary>{tab}</details>"
     )
