@@ -40,6 +40,8 @@ def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, a
             else "parallelism F test not available"
         )
     if gate in ("equivalence", "both") and not eq_ok:
+        if row.get("slope_ratio_ci") == "unbounded":
+            return "slope-ratio interval unbounded (denominator not significantly different from 0): no equivalence verdict"
         return "not equivalent to the reference within the margins (USP <1032>)"
     return ""
 
