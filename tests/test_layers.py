@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "cr51"
 
 #: Lowest first. docs/design.md lists the same layers.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "plumbing": ("digests", "includes", "metacache", "scan", "schema", "store", "audit", "jobs"),
+    "plumbing": ("digests", "includes", "metacache", "scan", "schema", "store", "audit", "jobs", "runsummary"),
     "contract": ("settings", "tables"),
     "assay": ("ingest", "layout", "lysis", "qc", "points", "fit", "potency", "combination", "simulate"),
     "presentation": ("svg", "figures", "report"),
