@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "contract": ("settings", "tables"),
     "assay": ("ingest", "layout", "lysis", "qc", "points", "fit", "potency", "combination", "simulate"),
     "presentation": ("svg", "figures", "report"),
-    "orchestration": ("plate", "batch", "collect", "runner"),
+    "orchestration": ("plate", "batch", "collect", "runner", "checker"),
 }
 LEVEL = {module: i for i, modules in enumerate(LAYERS.values()) for module in modules}
 
