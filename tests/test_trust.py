@@ -284,3 +284,19 @@ def test_demo_and_clean_simulated_plates_get_no_new_flag(tmp_path):
         assert row["status"] == "pass", row
         assert not flags(row) & NEW_FLAGS, row
     assert NEW_FLAGS <= set(FLAGS)
+
+
+def test_a_clean_plates_38_sd_spontaneous_well_is_not_an_outlier(tmp_path):
+    """plate00245 of tools/qc_impact.py (seed 2026): spontaneous G3 = 556 CPM against 453 / 442 / 447 (Q = 0.90 >
+    0.829, 23 % of the others' mean, 3.8 SDs of pipetting and counting): within the 25 % tolerance, so this clean
+    plate passes; at 20 % it would fail with CONTROL_OUTLIER."""
+    from cr51.simulate import simulate_plate, write_plate
+
+    write_plate(tmp_path, simulate_plate("plate00245", np.random.default_rng([2026, 245]), donor="D05"), "well_list")
+    p = [PlateInput("plate00245", str(tmp_path / "plate00245.toml"), str(tmp_path / "plate00245.csv"))]
+    assert BATCH_SETTINGS.outliers.tolerance_pct == 25
+    qc = ingest_batch(p, BATCH_SETTINGS)["qc"].iloc[0]
+    assert qc["status"] == "pass" and flags(qc) == set()
+    strict = replace(BATCH_SETTINGS, outliers=replace(BATCH_SETTINGS.outliers, tolerance_pct=20))
+    qc = ingest_batch(p, strict)["qc"].iloc[0]
+    assert qc["status"] == "fail" and "spontaneous well G3 (556 CPM)" in qc["reason"]
