@@ -28,7 +28,7 @@ from .layout import Layout, LayoutError, load_layout
 from .plate import BatchTables, PlateInput, ingest_plate, layout_warning
 from .points import design_problems, fit_points
 from .schema import FAILING_FLAGS, FLAGS, ROWS
-from .settings import SCHEMA_PATH, Analysis, ConfigError
+from .settings import SCHEMA_PATH, Analysis, ConfigError, with_defaults
 
 REPO = SCHEMA_PATH.parents[2]
 ROLE_CODE = {"spontaneous": "S", "maximum": "M", "background": "B", "vehicle": "V", "sample": ""}
@@ -57,8 +57,8 @@ def load_settings(configfile: Path | None) -> Analysis:
     """The analysis settings of the pipeline's configuration (``config/config.yaml`` by default)."""
     path = configfile or REPO / "config" / "config.yaml"
     config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    config = dict(config or {})
-    layouts = Path(config.get("layouts_dir", "config/layouts"))
+    config = with_defaults(config or {})  # the schema's defaults (layouts_dir relative to the repository)
+    layouts = Path(config["layouts_dir"])
     config["layouts_dir"] = str(layouts if layouts.is_absolute() else REPO / layouts)
     return Analysis.from_config(config)
 

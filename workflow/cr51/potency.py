@@ -82,8 +82,8 @@ class PotencyConfig:
     lower_diff_margin: float
     ci_level: float
     min_concentrations: int
-    plausible_lysis: tuple[float, float] = (-20.0, 120.0)
-    max_ic50_extrapolation: float = 10.0
+    plausible_lysis: tuple[float, float]
+    max_ic50_extrapolation: float
 
     @classmethod
     def from_settings(cls, settings: Analysis | Mapping[str, Any]) -> PotencyConfig:
