@@ -17,11 +17,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "cr51"
 
 #: Lowest first. docs/design.md lists the same layers.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "plumbing": ("digests", "includes", "metacache", "scan", "archive", "schema", "store", "audit", "jobs"),
+    "plumbing": (
+        "digests",
+        "includes",
+        "metacache",
+        "scan",
+        "archive",
+        "schema",
+        "store",
+        "audit",
+        "jobs",
+        "runsummary",
+    ),
     "contract": ("settings", "tables"),
     "assay": ("ingest", "layout", "lysis", "qc", "points", "fit", "potency", "combination", "campaign", "simulate"),
     "presentation": ("svg", "figures", "report"),
-    "orchestration": ("plate", "batch", "collect", "runner"),
+    "orchestration": ("plate", "batch", "collect", "runner", "checker"),
 }
 LEVEL = {module: i for i, modules in enumerate(LAYERS.values()) for module in modules}
 

@@ -123,13 +123,13 @@ def test_controls_missing_or_inverted_reject(layout):
 
 def test_dixon_outlier_flagged_not_dropped_by_default(layout):
     counts = CPM | {"B1": 2500, "B2": 2510, "B3": 4000}
-    w = flag_outliers(wells_for(layout, counts), exclude=False).set_index("well")
+    w = flag_outliers(wells_for(layout, counts), exclude=False, tolerance_pct=20).set_index("well")
     assert bool(w.loc["B3", "outlier"]) and not bool(w.loc["B3", "excluded"])
     assert not w.loc[["B1", "B2"], "outlier"].any()
-    w = flag_outliers(wells_for(layout, counts), exclude=True).set_index("well")
+    w = flag_outliers(wells_for(layout, counts), exclude=True, tolerance_pct=20).set_index("well")
     assert bool(w.loc["B3", "excluded"]) and w.loc["B3", "exclusion_reason"].startswith("Dixon Q outlier")
     # ordinary scatter is not flagged
-    w = flag_outliers(wells_for(layout), exclude=False)
+    w = flag_outliers(wells_for(layout), exclude=False, tolerance_pct=20)
     assert not w["outlier"].any()
 
 

@@ -47,11 +47,12 @@ def six_lot_tables() -> potency.PlateTables:
 def test_column_lists_are_exact(six_lot_tables: potency.PlateTables) -> None:
     assert list(six_lot_tables.fits.columns) == [
         "plate", "lot", "model", "slope", "bottom", "top", "ic50", "ic50_se", "ic50_lo", "ic50_hi",
-        "rss", "df", "aicc", "converged", "message",
+        "rss", "df", "aicc", "converged", "message", "plausible", "plausibility",
     ]  # fmt: skip
     assert list(six_lot_tables.potency.columns) == [
         "plate", "lot", "reference_lot", "rp", "rp_lo", "rp_hi", "parallel_f_p", "slope_ratio",
         "slope_ratio_lo", "slope_ratio_hi", "equivalent", "p_vs_reference", "p_holm", "status", "reason", "df",
+        "ci", "slope_ratio_ci",
     ]  # fmt: skip
     assert list(six_lot_tables.lots_differ.columns) == ["plate", "f", "df1", "df2", "p"]
 

@@ -51,6 +51,8 @@ def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, a
         why = str(row.get("reason") or "")
         return "parallelism F test not available" + (f" ({why})" if why else "")
     if gate in ("equivalence", "both") and not eq_ok:
+        if row.get("slope_ratio_ci") == "unbounded":
+            return "slope-ratio interval unbounded (denominator not significantly different from 0): no equivalence verdict"
         return "not equivalent to the reference within the margins (USP <1032>)"
     return ""
 

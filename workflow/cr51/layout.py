@@ -64,6 +64,7 @@ class Layout:
     #                      exclude_reason, rack, pos
     expt: dict[str, object] = field(default_factory=dict)
     includes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # the layout's own overlapping tables (:func:`overlaps`)
 
     @property
     def reference_lot(self) -> str | None:
@@ -207,6 +208,83 @@ def _assign_tubes(wells: pd.DataFrame, expt: dict[str, object]) -> pd.DataFrame:
     return wells
 
 
+#: Table kinds of a wellmap layout whose keys name wells; two tables of one kind setting the same field
+#: of a well override each other by wellmap's precedence, silently (see :func:`overlaps`).
+WELL_TABLES = ("well", "block", "row", "col", "irow", "icol")
+
+
+def _fields(table: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.extend(_fields(value, f"{prefix}{key}."))
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def _cells(kind: str, key: str, size: str = "") -> list[tuple[int, int]]:
+    """(row index, column index) of every well a table ``[kind.key]`` covers (rows/columns: the index)."""
+    from wellmap import util
+
+    if kind == "block":
+        w, _, h = size.partition("x")
+        return [ij for tl in util.iter_well_indices(key) for ij in util.iter_ij_in_block(tl, int(w), int(h))]
+    if kind == "well":
+        return list(util.iter_well_indices(key))
+    if kind in ("row", "irow"):
+        return [(i, -1) for i in util.iter_row_indices(key)]
+    return [(-1, j) for j in util.iter_col_indices(key)]
+
+
+def _cell_name(kind: str, ij: tuple[int, int]) -> str:
+    i, j = ij
+    if kind in ("row", "irow"):
+        return f"row {ROWS[i] if 0 <= i < len(ROWS) else i + 1}"
+    if kind in ("col", "icol"):
+        return f"column {j + 1}"
+    return f"{ROWS[i] if 0 <= i < len(ROWS) else '?'}{j + 1}"
+
+
+def overlaps(doc: dict) -> list[str]:
+    """Warnings for fields of a well set by two tables of the same kind in one layout file.
+
+    Two ``[block]`` tables, two ``[row]``, two ``[col]`` (or ``[well]``, ``[irow]``, ``[icol]``) tables
+    setting the same field of the same well override each other by wellmap's precedence without a word
+    (``[block.6x3.A4]`` typed for ``[block.3x6.A4]`` overwrote another lot's wells). Only the file's
+    own tables are compared: a layout overriding an included template, or a block over a row, is
+    wellmap's normal use. Each warning names the two tables, the field and the wells.
+    """
+    seen: dict[tuple[str, str, tuple[int, int]], str] = {}
+    found: dict[tuple[str, str], dict[str, list[str]]] = {}  # (first, second table): {field: cells}
+    for kind in WELL_TABLES:
+        tables = doc.get(kind)
+        if not isinstance(tables, dict):
+            continue
+        items = []
+        if kind == "block":
+            for size, sub in tables.items():
+                if isinstance(sub, dict):
+                    items += [(f"block.{size}.{key}", size, key, t) for key, t in sub.items() if isinstance(t, dict)]
+        else:
+            items = [(f"{kind}.{key}", "", key, t) for key, t in tables.items() if isinstance(t, dict)]
+        for name, size, key, table in items:
+            try:
+                cells = _cells(kind, key, size)
+            except Exception:  # noqa: BLE001 - wellmap reports a malformed key itself
+                continue
+            for fld in _fields(table):
+                for ij in cells:
+                    first = seen.setdefault((kind, fld, ij), name)
+                    if first != name:
+                        found.setdefault((first, name), {}).setdefault(fld, []).append(_cell_name(kind, ij))
+    out = []
+    for (a, b), by_field in found.items():
+        cells = dict.fromkeys(c for cs in by_field.values() for c in cs)
+        out.append(f"[{a}] and [{b}] both set {', '.join(by_field)} of {', '.join(cells)}")
+    return out
+
+
 EXPT_KEYS = ("reference_lot", "donor", "date", "targets_per_well", "tubes", "rack_size", "study")
 
 
@@ -259,4 +337,5 @@ def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
         wells=wells,
         expt=expt,
         includes=tuple(str(p) for p in includes),
+        warnings=tuple(overlaps(doc)),
     )

@@ -158,12 +158,28 @@ def conditions(wells: pd.DataFrame) -> dict[tuple, list[int]]:
     return groups
 
 
-def flag_outliers(wells: pd.DataFrame, *, exclude: bool, q_table: dict[int, float] = DIXON_Q95) -> pd.DataFrame:
-    """Flag replicate outliers with Dixon's Q test (n = 3..10, 95 %), per condition.
+#: An outlier must also differ from its nearest replicate by more than this many Poisson SDs of the two
+#: counts (SD of a difference of Poisson counts a, b: sqrt(a + b)), so that counting noise never makes one.
+POISSON_SDS = 3.0
 
-    The single most extreme CPM of a condition is flagged when its gap to the nearest value,
-    divided by the range, exceeds the critical Q. Flagged wells are excluded only when
-    ``exclude`` is true; either way they are marked in the ``outlier`` column.
+
+def flag_outliers(
+    wells: pd.DataFrame, *, exclude: bool, tolerance_pct: float, q_table: dict[int, float] = DIXON_Q95
+) -> pd.DataFrame:
+    """Flag replicate outliers per condition: Dixon's Q (n = 3..10, 95 %) *and* a practical departure.
+
+    The single most extreme CPM of a condition is an outlier when all three hold:
+
+    1. Dixon's Q, its gap to the nearest value divided by the range, exceeds the critical Q
+       (Rorabacher 1991);
+    2. the gap exceeds :data:`POISSON_SDS` Poisson SDs of the two counts, ``3 sqrt(a + b)``;
+    3. the gap exceeds ``tolerance_pct`` % of the mean of the other replicates (pipetting).
+
+    Conditions 2 and 3 are the practical significance USP <1010> asks of a statistical outlier: with
+    counters printing whole CPM, ties are common (1280 / 1280 / 1281 gives Q = 1.000 > 0.970, yet a
+    gap of 1 CPM), and a tie or a gap within counting and pipetting noise never makes an outlier.
+    Flagged wells are excluded only when ``exclude`` is true; either way they are marked in the
+    ``outlier`` column.
     """
     wells = wells.reset_index(drop=True)
     cpm = wells["cpm"].to_numpy(float)
@@ -181,12 +197,20 @@ def flag_outliers(wells: pd.DataFrame, *, exclude: bool, q_table: dict[int, floa
             continue
         q_low = (vals[1] - vals[0]) / spread
         q_high = (vals[-1] - vals[-2]) / spread
-        q, idx = (q_low, order[0]) if q_low >= q_high else (q_high, order[-1])
-        if q > q_table[n]:
+        if q_low >= q_high:
+            q, idx, value, nearest, others = q_low, order[0], vals[0], vals[1], vals[1:]
+        else:
+            q, idx, value, nearest, others = q_high, order[-1], vals[-1], vals[-2], vals[:-1]
+        gap = abs(value - nearest)
+        poisson = POISSON_SDS * np.sqrt(max(value, 0.0) + max(nearest, 0.0))
+        practical = tolerance_pct / 100.0 * abs(float(np.mean(others)))
+        if q > q_table[n] and gap > poisson and gap > practical:
             outlier[idx] = True
             if exclude:
                 excluded[idx] = True
-                reason[idx] = f"Dixon Q outlier (Q = {q:.3f} > {q_table[n]:.3f}, n = {n})"
+                reason[idx] = (
+                    f"Dixon Q outlier (Q = {q:.3f} > {q_table[n]:.3f}, n = {n}; {gap:.0f} CPM from its neighbour)"
+                )
     return wells.assign(outlier=outlier, excluded=excluded, exclusion_reason=reason)
 
 

@@ -27,7 +27,7 @@ from .lysis import (
     join_counts,
     summarise,
 )
-from .points import fit_points
+from .points import design_problems, fit_points
 from .potency import PotencyConfig, analyse_plate
 from .qc import plate_qc, vehicle_suppression
 from .schema import FILES, FITS, LOTS_DIFFER, LYSIS, POTENCY, QC, WELLS
@@ -126,11 +126,18 @@ def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> Non
         export = read_export(plate.export, max_bytes=settings.max_export_bytes, nuclide=settings.counter.nuclide)
         wells = join_counts(layout, export, source_file=export_name, source_sha256=export_sha)
         if settings.outliers.rule == "dixon_q":
-            wells = flag_outliers(wells, exclude=settings.outliers.exclude)
+            wells = flag_outliers(
+                wells, exclude=settings.outliers.exclude, tolerance_pct=settings.outliers.tolerance_pct
+            )
         s_mean, m_mean = control_means(wells)
         wells = add_lysis(wells, s_mean, m_mean)
         lysis = summarise(wells)
-        qc = plate_qc(wells, lysis, layout.expt, s_mean, m_mean, settings.qc)
+        points, _ = fit_points(wells, settings.fit.et_ratio)
+        design = design_problems(points, layout.reference_lot, settings.potency.min_concentrations)
+        qc = plate_qc(
+            wells, lysis, layout.expt, s_mean, m_mean, settings.qc,
+            layout_warnings=layout.warnings, design_problems=design,
+        )  # fmt: skip
     except LayoutError as err:
         files_rows("rejected", f"layout: {err}", f"its layout was refused: {err}")
         return
@@ -146,10 +153,15 @@ def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> Non
         files_rows("rejected", msg, msg)
         return
     note = "; ".join(export.notes)
-    files_rows("ok", "", f"{export.format}" + (f"; {note}" if note else ""))
+    files_rows("ok", layout_warning(layout.warnings), f"{export.format}" + (f"; {note}" if note else ""))
     out.wells.append(wells)
     out.lysis.append(lysis)
     out.qc.append(qc)
+
+
+def layout_warning(warnings: tuple[str, ...] | list[str]) -> str:
+    """files.csv reason of an accepted layout with overlapping tables ('' when it has none)."""
+    return "LAYOUT_OVERLAP: " + "; ".join(warnings) if warnings else ""
 
 
 def ingest_batch(plates: list[PlateInput], settings: Analysis) -> dict[str, pd.DataFrame]:

@@ -40,3 +40,35 @@ def fit_points(wells: pd.DataFrame, et_ratio: float | None) -> tuple[pd.DataFram
     """The points of one plate that enter the fits, and the E:T they are at."""
     pts, ets = plates_fit_points(wells, et_ratio)
     return pts[["lot", "conc", "lysis"]], next(iter(ets.values()), math.nan)
+
+
+def _fmt_concs(concs: list[float]) -> str:
+    return ", ".join(f"{c:g}" for c in concs) or "none"
+
+
+def design_problems(points: pd.DataFrame, reference_lot: str | None, min_concentrations: int) -> dict[str, str]:
+    """Each lot whose design cannot give a fair comparison with the reference, and why.
+
+    ``points`` are a plate's fit points (:func:`fit_points`: ``lot``, ``conc``, ``lysis``). A lot is
+    listed when it has fewer than ``min_concentrations`` distinct positive concentrations with a lysis
+    value (``potency.min_concentrations``), or when its concentrations are not the reference's (the
+    relative potency then compares curves measured over different ranges: typically a layout typo).
+    """
+    lots = points["lot"].to_numpy(object)
+    conc = points["conc"].to_numpy(float)
+    ok = pd.notna(lots) & np.isfinite(conc) & (conc > 0) & np.isfinite(points["lysis"].to_numpy(float))
+    by_lot: dict[str, list[float]] = {}
+    for lot, c in zip(lots[ok], conc[ok]):
+        by_lot.setdefault(str(lot), []).append(round(float(c), 9))
+    sets = {lot: sorted(set(cs)) for lot, cs in sorted(by_lot.items())}
+    ref = sets.get(str(reference_lot)) if reference_lot is not None else None
+    out = {}
+    for lot, cs in sets.items():
+        if len(cs) < min_concentrations:
+            out[lot] = f"design mismatch: {len(cs)} distinct concentrations, fewer than {min_concentrations}"
+        elif ref is not None and lot != reference_lot and cs != ref:
+            out[lot] = (
+                f"design mismatch: concentrations {_fmt_concs(cs)} mg/mL differ from the reference's "
+                f"({_fmt_concs(ref)} mg/mL)"
+            )
+    return out

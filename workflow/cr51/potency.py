@@ -28,12 +28,13 @@ from scipy import special
 
 from cr51 import fit as fitting
 
-from .schema import FITS, LOTS_DIFFER, POTENCY_JOINT, POTENCY_OWN, POTENCY_SIMILARITY
+from .points import design_problems
+from .schema import FITS, LOTS_DIFFER, POTENCY_CI, POTENCY_JOINT, POTENCY_OWN, POTENCY_SIMILARITY
 from .settings import Analysis
 
 #: Column names of the tables this module builds (derived from the schema, which owns them).
 FITS_COLUMNS = FITS.names
-POTENCY_COLUMNS = tuple(c.name for c in POTENCY_OWN)
+POTENCY_COLUMNS = tuple(c.name for c in POTENCY_OWN + POTENCY_CI)
 LOTS_DIFFER_COLUMNS = LOTS_DIFFER.names
 #: Per lot, the joint parallel fit's curve (shared slope/bottom/top/f, the lot's and the reference's e),
 #: so that the report can draw the parallel curves; added to potency.csv after its other columns.
@@ -78,6 +79,12 @@ class PotencyConfig:
     parallelism_gate : str
         ``potency.parallelism_gate``; unless ``"none"``, lots whose parallelism F test fails or
         cannot be computed are left out of the refitted joint parallel fit.
+    plausible_lysis : tuple of float
+        A lot's fitted bottom and top must lie in this range of % lysis
+        (``fit.plausible_lysis_min``/``_max``; see :func:`plausibility`).
+    max_ic50_extrapolation : float
+        A lot's IC50 may lie at most this factor outside its tested concentrations
+        (``fit.max_ic50_extrapolation``).
     """
 
     model: str
@@ -88,7 +95,9 @@ class PotencyConfig:
     lower_diff_margin: float
     ci_level: float
     min_concentrations: int
-    parallelism_gate: str = "f_test"
+    parallelism_gate: str
+    plausible_lysis: tuple[float, float]
+    max_ic50_extrapolation: float
 
     @classmethod
     def from_settings(cls, settings: Analysis | Mapping[str, Any]) -> PotencyConfig:
@@ -105,6 +114,8 @@ class PotencyConfig:
             ci_level=s.potency.ci_level,
             min_concentrations=s.potency.min_concentrations,
             parallelism_gate=s.potency.parallelism_gate,
+            plausible_lysis=(s.fit.plausible_lysis_min, s.fit.plausible_lysis_max),
+            max_ic50_extrapolation=s.fit.max_ic50_extrapolation,
         )
 
 
@@ -120,8 +131,13 @@ class PlateTables:
     potency: pd.DataFrame
     lots_differ: pd.DataFrame
     joint: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=["lot", *JOINT_COLUMNS, *SIMILARITY_COLUMNS])
-    )
+        default_factory=lambda: pd.DataFrame(
+            {"lot": pd.Series(dtype=object)}
+            | {c: pd.Series(dtype=float) for c in JOINT_COLUMNS}
+            | {c: pd.Series(dtype=float) for c in SIMILARITY_COLUMNS[:4]}
+            | {"similarity_df": pd.Series(dtype="Int64"), "in_joint": pd.Series(dtype="boolean")}
+        )
+    )  # typed even when empty: a plate without a joint fit concatenates like any other
 
 
 @dataclass(frozen=True)
@@ -161,8 +177,46 @@ def _clean(points: pd.DataFrame) -> _Points:
 # --------------------------------------------------------------------------
 
 
-def _fit_row(plate: str, lot: str, model: str, result: fitting.FitResult, level: float) -> dict[str, Any]:
+def plausibility(result: fitting.FitResult, ic50: float, conc_range: tuple[float, float], cfg: PotencyConfig) -> str:
+    """Why a converged fit is implausible ('' when it is plausible).
+
+    A fit can converge to a curve the data never showed: a lot whose lysis barely falls over the
+    tested range gets a bottom of -95,439 % and an IC50 28 x its top dose. The curve is implausible when
+    its bottom or top lies outside ``cfg.plausible_lysis`` (% specific lysis lies in 0-100 up to
+    counting noise), when its IC50 lies more than ``cfg.max_ic50_extrapolation`` times below the lowest
+    or above the highest positive concentration, or when its slope is at the fit's bound.
+    """
+    lo, hi = cfg.plausible_lysis
+    why = []
+    for name, param in (("bottom", "c"), ("top", "d")):
+        i = result.index(param)
+        if i is None:
+            continue
+        v = float(result.estimates[i])
+        if not lo <= v <= hi:
+            why.append(f"{name} {v:.4g} % lysis outside {lo:g} to {hi:g} %")
+    c_lo, c_hi = conc_range
+    k = cfg.max_ic50_extrapolation
+    if np.isfinite(ic50) and c_hi > 0 and not (c_lo / k <= ic50 <= c_hi * k):
+        where = f"{ic50 / c_hi:.3g} x the top dose" if ic50 > c_hi else f"1/{c_lo / ic50:.3g} of the lowest dose"
+        why.append(f"IC50 {ic50:.4g} mg/mL is {where} (more than {k:g} x outside the tested range)")
+    b = result.value("b")
+    if np.isfinite(b) and abs(b) >= 0.99 * fitting.B_BOUND:
+        why.append(f"slope {b:.4g} at its bound")
+    return "; ".join(why)
+
+
+def _fit_row(
+    plate: str,
+    lot: str,
+    model: str,
+    result: fitting.FitResult,
+    cfg: PotencyConfig,
+    conc_range: tuple[float, float],
+) -> dict[str, Any]:
+    level = cfg.ci_level
     ic50 = result.ed(50, level=level) if result.converged else fitting.Estimate(np.nan, np.nan, np.nan, np.nan)
+    why = plausibility(result, ic50.estimate, conc_range, cfg) if result.converged else ""
     return {
         "plate": plate,
         "lot": lot,
@@ -179,6 +233,8 @@ def _fit_row(plate: str, lot: str, model: str, result: fitting.FitResult, level:
         "aicc": result.aicc,
         "converged": result.converged,
         "message": result.message,
+        "plausible": (why == "") if result.converged else None,
+        "plausibility": why,
     }
 
 
@@ -188,8 +244,18 @@ def _fits_table(
     rows = []
     for lot in lots:
         x, y, _ = data.select([lot], lot)
-        rows.extend(_fit_row(plate, lot, m, fitting.fit_curve(x, y, m, memo), cfg.ci_level) for m in cfg.models)
-    return pd.DataFrame(rows, columns=list(FITS_COLUMNS))
+        pos = x[x > 0]
+        rng = (float(pos.min()), float(pos.max())) if pos.size else (np.nan, np.nan)
+        rows.extend(_fit_row(plate, lot, m, fitting.fit_curve(x, y, m, memo), cfg, rng) for m in cfg.models)
+    frame = pd.DataFrame(rows, columns=list(FITS_COLUMNS))
+    frame["plausible"] = frame["plausible"].astype("boolean")
+    return frame
+
+
+def _implausible(fits: pd.DataFrame, model: str) -> dict[str, str]:
+    """{lot: reason} of the lots whose potency-model fit converged to an implausible curve."""
+    bad = fits[(fits["model"] == model) & (fits["plausible"] == False)]  # noqa: E712 - NA stays out
+    return {str(r.lot): f"implausible fit ({model}): {r.plausibility}" for r in bad.itertuples()}
 
 
 # --------------------------------------------------------------------------
@@ -341,7 +407,10 @@ def _usable(data: _Points, lot: str, cfg: PotencyConfig) -> bool:
 
 def _row(plate: str, lot: str, ref: str, **values: Any) -> dict[str, Any]:
     row: dict[str, Any] = {c: np.nan for c in POTENCY_COLUMNS}
-    row.update(plate=plate, lot=lot, reference_lot=ref, equivalent=None, status="failed", reason="")
+    row.update(
+        plate=plate, lot=lot, reference_lot=ref, equivalent=None, status="failed", reason="",
+        ci="not computed", slope_ratio_ci="not computed",
+    )  # fmt: skip
     row.update(values)
     return row
 
@@ -357,6 +426,11 @@ def _lot_row(
     if note:
         notes.append(note)
     sr = sim.slope_ratio
+    equivalent = sim.equivalent
+    if sr is not None and not sr.bounded:
+        # an unbounded slope-ratio set says nothing about equivalence: no verdict, with the reason
+        equivalent = None
+        notes.append(f"slope ratio: {sr.reason}; equivalence not assessed")
     return _row(
         plate, lot, ref,
         rp=rp.ratio, rp_lo=rp.lo, rp_hi=rp.hi, df=joint.df,
@@ -364,11 +438,27 @@ def _lot_row(
         slope_ratio=sr.ratio if sr else np.nan,
         slope_ratio_lo=sr.lo if sr else np.nan,
         slope_ratio_hi=sr.hi if sr else np.nan,
-        equivalent=sim.equivalent,
+        equivalent=equivalent,
         p_vs_reference=log_ed50_wald_p(joint, lot, ref),
         status="ok" if rp.bounded else "failed",
         reason="; ".join(notes),
+        ci=ci_status(rp),
+        slope_ratio_ci=ci_status(sr),
     )  # fmt: skip
+
+
+def ci_status(ratio: fitting.RatioEstimate | None) -> str:
+    """potency.csv ``ci`` / ``slope_ratio_ci`` of a Fieller interval (:data:`cr51.schema.CI_STATUSES`).
+
+    ``unbounded`` when the denominator is not significantly different from 0 (Fieller's
+    g = t^2 v22 / mu_b^2 >= 1) or the set is not an interval (negative discriminant): the limits are
+    then empty, never two numbers.
+    """
+    if ratio is None or not np.isfinite(ratio.ratio):
+        return "not computed"
+    if ratio.bounded:
+        return "bounded"
+    return "unbounded" if "unbounded" in ratio.reason else "not computed"
 
 
 def _lots_differ_row(
@@ -427,23 +517,34 @@ def analyse_plate(
     memo = fitting.FitMemo()  # the plate's single-curve fits (the reference recurs in every pair)
     fits = _fits_table(plate, data, lots, cfg, memo)
     others = [lot for lot in lots if lot != ref]
-    usable = [lot for lot in others if _usable(data, lot, cfg)]
+    implausible = _implausible(fits, cfg.model)
+    design = design_problems(points, ref, cfg.min_concentrations)
     failed_rows = {
         lot: _row(plate, lot, ref, reason=f"fewer than {cfg.min_concentrations} concentrations with data")
-        for lot in others if lot not in usable
+        for lot in others if not _usable(data, lot, cfg)
     }  # fmt: skip
-    empty_differ = pd.DataFrame([{"plate": plate, "f": np.nan, "df1": np.nan, "df2": np.nan, "p": np.nan}])
+    failed_rows.update(
+        {
+            lot: _row(plate, lot, ref, reason=why)
+            for lot, why in implausible.items()
+            if lot in others and lot not in failed_rows
+        }
+    )
+    usable = [lot for lot in others if lot not in failed_rows]
+    empty_differ = _differ_frame({"plate": plate, "f": np.nan, "df1": np.nan, "df2": np.nan, "p": np.nan})
     problem = _plate_problem(data, ref, lots, usable, cfg)
+    if problem is None and ref in implausible:
+        problem = f"reference lot {ref}: {implausible[ref]}"
     if problem is not None:
         rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=problem) for lot in others]
-        return PlateTables(fits, _potency_frame(rows), empty_differ[list(LOTS_DIFFER_COLUMNS)])
+        return PlateTables(fits, _potency_frame(rows, design), empty_differ)
     joint_lots = [ref, *usable]
     x, y, g = data.select(joint_lots, ref)
     joint = fitting.fit_joint(x, y, g, cfg.model, fitting.PARALLEL, tuple(joint_lots))
     if not joint.converged:
         reason = f"joint parallel fit did not converge: {joint.message}"
         rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=reason) for lot in others]
-        return PlateTables(fits, _potency_frame(rows), empty_differ[list(LOTS_DIFFER_COLUMNS)])
+        return PlateTables(fits, _potency_frame(rows, design), empty_differ)
     sims = {lot: _similarity(data, lot, ref, cfg, joint, memo) for lot in usable}
     final, kept = joint, list(usable)
     if cfg.parallelism_gate != "none":
@@ -467,13 +568,19 @@ def analyse_plate(
             rows.append(_lot_row(plate, lot, ref, final, sims[lot], cfg))
         else:
             rows.append(_lot_row(plate, lot, ref, joint, sims[lot], cfg, left))
-    differ = pd.DataFrame([_lots_differ_row(plate, data, joint_lots, joint, cfg)], columns=list(LOTS_DIFFER_COLUMNS))
+    differ = _differ_frame(_lots_differ_row(plate, data, joint_lots, joint, cfg))
     curves = pd.concat(
         [_joint_curves(final, [lot for lot in usable if lot in kept], ref, sims, True),
          _joint_curves(joint, [lot for lot in usable if lot not in kept], ref, sims, False)],
         ignore_index=True,
     )  # fmt: skip
-    return PlateTables(fits, _potency_frame(rows), differ, curves)
+    return PlateTables(fits, _potency_frame(rows, design), differ, curves)
+
+
+def _differ_frame(row: dict[str, Any]) -> pd.DataFrame:
+    """lots_differ.csv's row of a plate; df1/df2 whole numbers (missing without a test) whatever the plate."""
+    frame = pd.DataFrame([row], columns=list(LOTS_DIFFER_COLUMNS))
+    return frame.astype({"df1": "Int64", "df2": "Int64"})
 
 
 def _start_from(joint: fitting.FitResult) -> dict[str, float]:
@@ -510,9 +617,21 @@ def _plate_problem(
     return None
 
 
-def _potency_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Potency table with Holm-adjusted p-values and fixed column order."""
+def _potency_frame(rows: list[dict[str, Any]], design: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Potency table with Holm-adjusted p-values and fixed column order.
+
+    ``design`` ({lot: problem}, :func:`cr51.points.design_problems`) adds each lot's design problem
+    (``DESIGN_MISMATCH``), or the reference's, to its reason.
+    """
+    for row in rows:
+        notes = [row["reason"]] if row["reason"] else []
+        for lot in (row["lot"], row["reference_lot"]):
+            why = (design or {}).get(lot)
+            if why and why not in " ".join(notes):
+                notes.append(why if lot == row["lot"] else f"reference {why}")
+        row["reason"] = "; ".join(notes)
     frame = pd.DataFrame(rows, columns=list(POTENCY_COLUMNS))
     frame["p_holm"] = holm(frame["p_vs_reference"].to_numpy(dtype=float))
     frame["equivalent"] = frame["equivalent"].astype("boolean")
+    frame["df"] = frame["df"].astype("Int64")  # whole numbers, missing on failed rows, whichever rows a plate has
     return frame

@@ -5,6 +5,12 @@ Defaults and their sources (all configurable under ``qc:`` in ``config/config.ya
 * spontaneous release ≤ 20 % of maximum (bio-protocol 385420; common 51Cr acceptance criterion);
   above it the plate fails.
 * replicate CV ≤ 20 % (a condition above it is flagged, the plate does not fail).
+* the controls decide whether a plate can be read at all, because every % lysis is computed from
+  their two means: the plate fails when the spontaneous or maximum replicates have a CV above
+  ``qc.max_control_cv_pct`` (20 %: the precision limit of ligand-binding assays, FDA Bioanalytical
+  Method Validation guidance 2018, ICH M10 2022; ``CONTROL_CV_HIGH``), when the mean maximum is less
+  than ``qc.min_max_over_spontaneous`` times the mean spontaneous release (``RANGE_LOW``), or when a
+  control well is an outlier that stays in its mean (``outliers.exclude`` false; ``CONTROL_OUTLIER``).
 * lytic units LU20 per 10^7 effectors from the untreated E:T titration with
   y = A(1 − e^(−k·E:T)) (Bol et al. 1986; Bryant et al. 1992): the E:T giving 20 % lysis is
   −ln(1 − 20/A)/k, LU20 per 10^7 = 10^7 / (that E:T × targets per well).
@@ -14,13 +20,16 @@ Defaults and their sources (all configurable under ``qc:`` in ``config/config.ya
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .schema import FAILING_FLAGS
 from .settings import QC
 
 LU_PCT = 20.0
+CONTROLS = ("spontaneous", "maximum")
 
 
 def untreated(wells: pd.DataFrame) -> pd.DataFrame:
@@ -102,13 +111,45 @@ def plate_qc(
     s_mean: float,
     m_mean: float,
     cfg: QC,
+    *,
+    layout_warnings: Sequence[str] = (),
+    design_problems: Mapping[str, str] | None = None,
 ) -> dict[str, object]:
-    """One qc.csv row for a plate (``wells`` with per-well lysis, ``lysis`` its summary)."""
+    """One qc.csv row for a plate (``wells`` with per-well lysis, ``lysis`` its summary).
+
+    ``layout_warnings`` are the layout's overlapping tables (:func:`cr51.layout.overlaps`: flag
+    ``LAYOUT_OVERLAP``), ``design_problems`` each lot's design problem (:func:`cr51.points.design_problems`:
+    flag ``DESIGN_MISMATCH``). ``status`` is ``fail`` when a flag of :data:`cr51.schema.FAILING_FLAGS`
+    is set, and ``reason`` says why in words.
+    """
     flags: list[str] = []
+    why: list[str] = []
     plate = str(wells["plate"].iloc[0])
     spont_pct = 100.0 * s_mean / m_mean
     if spont_pct > cfg.max_spontaneous_pct_of_max:
         flags.append("SPONTANEOUS_HIGH")
+        why.append(f"spontaneous release is {spont_pct:.1f} % of maximum (limit {cfg.max_spontaneous_pct_of_max:g} %)")
+    control_cv = {role: _control_cv(lysis, role) for role in CONTROLS}
+    high = [
+        f"{role} release replicates have CV {cv:.1f} %"
+        for role, cv in control_cv.items()
+        if cv > cfg.max_control_cv_pct
+    ]
+    if high:
+        flags.append("CONTROL_CV_HIGH")
+        why.append(" and ".join(high) + f" (limit {cfg.max_control_cv_pct:g} %)")
+    ratio = m_mean / s_mean if s_mean > 0 else math.inf
+    if ratio < cfg.min_max_over_spontaneous:
+        flags.append("RANGE_LOW")
+        why.append(
+            f"maximum release is only {ratio:.2f} × spontaneous (at least {cfg.min_max_over_spontaneous:g} × needed "
+            "for a usable lysis range)"
+        )
+    bad = wells[wells["outlier"] & ~wells["excluded"] & wells["role"].isin(CONTROLS)]
+    if not bad.empty:
+        flags.append("CONTROL_OUTLIER")
+        wells_text = ", ".join(f"{r.role} well {r.well} ({r.cpm:.0f} CPM)" for r in bad.itertuples())
+        why.append(f"{wells_text} is an outlier and stays in the control mean (outliers.exclude is false)")
     if (lysis["cv_pct"] > cfg.max_cv_pct).any():
         flags.append("CV_HIGH")
     if wells["outlier"].any():
@@ -147,6 +188,10 @@ def plate_qc(
     veh_max = float(veh["vehicle_suppression_pct"].max()) if not veh.empty else math.nan
     if veh_max > cfg.max_vehicle_suppression_pct:
         flags.append("VEHICLE_SUPPRESSION")
+    if layout_warnings:
+        flags.append("LAYOUT_OVERLAP")
+    if design_problems:
+        flags.append("DESIGN_MISMATCH")
 
     return {
         "plate": plate,
@@ -156,7 +201,7 @@ def plate_qc(
         "untreated_lysis_pct": untreated_pct,
         "lu20_per_1e7": lu,
         "vehicle_suppression_pct": veh_max,
-        "status": "fail" if "SPONTANEOUS_HIGH" in flags else "pass",
+        "status": "fail" if any(f in FAILING_FLAGS for f in flags) else "pass",
         "flags": ";".join(flags),
         "donor": expt.get("donor"),
         "date": expt.get("date"),
@@ -165,4 +210,14 @@ def plate_qc(
         "lu_a": a,
         "lu_k": k,
         "study": expt.get("study"),
+        "spontaneous_cv_pct": control_cv["spontaneous"],
+        "maximum_cv_pct": control_cv["maximum"],
+        "max_over_spontaneous": ratio,
+        "reason": "; ".join(why),
     }
+
+
+def _control_cv(lysis: pd.DataFrame, role: str) -> float:
+    """The largest replicate CV (%) of a control's conditions (NaN with fewer than two wells)."""
+    cv = lysis.loc[lysis["role"] == role, "cv_pct"].astype(float) if "role" in lysis else pd.Series(dtype=float)
+    return float(cv.max()) if cv.notna().any() else math.nan

@@ -87,6 +87,8 @@ POTENCY_JOINT = _cols("joint_slope joint_bottom joint_top joint_f joint_e joint_
 POTENCY_SIMILARITY = _cols(
     "log_slope_ratio log_slope_ratio_se bottom_diff bottom_diff_se similarity_df:int in_joint:boolean"
 )
+#: potency.csv: the status of each Fieller interval (:data:`CI_STATUSES`), after the other columns.
+POTENCY_CI = _cols("ci:text slope_ratio_ci:text")
 
 FILES = Table("files", _cols("file:text sha256:text bytes:int status:text plate:text reason:text"))
 WELLS = Table(
@@ -106,17 +108,17 @@ QC = Table(
     _cols(
         "plate:text spontaneous_cpm maximum_cpm spontaneous_pct_of_max untreated_lysis_pct lu20_per_1e7 "
         "vehicle_suppression_pct status:text flags:text donor:text date:text reference_lot:text "
-        "targets_per_well lu_a lu_k study:text"
+        "targets_per_well lu_a lu_k study:text spontaneous_cv_pct maximum_cv_pct max_over_spontaneous reason:text"
     ),
 )
 FITS = Table(
     "fits",
     _cols(
         "plate:text lot:text model:text slope bottom top ic50 ic50_se ic50_lo ic50_hi rss df:int aicc "
-        "converged:bool message:text"
+        "converged:bool message:text plausible:boolean plausibility:text"
     ),
 )
-POTENCY = Table("potency", POTENCY_OWN + POTENCY_VEHICLE + POTENCY_JOINT + POTENCY_SIMILARITY)
+POTENCY = Table("potency", POTENCY_OWN + POTENCY_VEHICLE + POTENCY_JOINT + POTENCY_SIMILARITY + POTENCY_CI)
 LOTS_DIFFER = Table("lots_differ", _cols("plate:text f df1:int df2:int p"))
 POTENCY_COMBINED = Table(
     "potency_combined",
@@ -192,11 +194,18 @@ FILE_STATUSES = ("ok", "rejected", "pending", "stale", "duplicate", "retracted",
 QC_STATUSES = ("pass", "fail")
 #: ``status`` of potency.csv.
 POTENCY_STATUSES = ("ok", "failed")
+#: potency.csv ``ci`` (relative potency) and ``slope_ratio_ci``: the Fieller interval is ``bounded`` (both
+#: limits given), ``unbounded`` (the denominator is not significantly different from 0, Fieller's
+#: g >= 1, or the set is not an interval: the limits are left empty) or ``not computed`` (no fit).
+CI_STATUSES = ("bounded", "unbounded", "not computed")
 #: qc.csv ``flags`` (``;``-separated) and what each means, in words (shown in the report).
 FLAGS = {
     "SPONTANEOUS_HIGH": "spontaneous release is above the allowed share of maximum release",
+    "CONTROL_CV_HIGH": "the spontaneous or maximum release replicates vary more than the control CV limit",
+    "CONTROL_OUTLIER": "a spontaneous or maximum release well is an outlier and is not excluded",
+    "RANGE_LOW": "maximum release is too few times spontaneous release to give a usable lysis range",
     "CV_HIGH": "at least one condition's replicate CV is above the limit",
-    "OUTLIER": "a replicate well is a Dixon Q outlier (flagged; see wells.csv)",
+    "OUTLIER": "a replicate well is a Dixon Q outlier beyond counting and pipetting noise (see wells.csv)",
     "EXCLUDED_WELLS": "some wells are excluded (see wells.csv for the reasons)",
     "MISSING_WELLS": "layout wells have no count in the export",
     "EXTRA_WELLS": "the export has wells or tubes the layout does not define",
@@ -206,7 +215,11 @@ FLAGS = {
     "VEHICLE_SUPPRESSION": "a lot's vehicle alone suppresses lysis more than the limit",
     "COUNTER_INFO": "the counter flagged the tube of a used well (Info, e.g. I on a near-empty tube with a large "
     "counting error; see counter_info and counter_error_pct in wells.csv)",
+    "LAYOUT_OVERLAP": "two tables of the same kind in the layout set the same field of a well (see files.csv)",
+    "DESIGN_MISMATCH": "a lot's concentrations differ from the reference's, or are too few (see potency.csv)",
 }
+#: Flags that fail a plate (``status = fail``; qc.csv ``reason`` says why in words).
+FAILING_FLAGS = ("SPONTANEOUS_HIGH", "CONTROL_CV_HIGH", "CONTROL_OUTLIER", "RANGE_LOW")
 
 # --------------------------------------------------------------------------
 # Plate geometry (96-well plate)

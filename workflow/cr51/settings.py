@@ -96,6 +96,8 @@ class QC:
     max_spontaneous_pct_of_max: float
     max_cv_pct: float
     max_vehicle_suppression_pct: float
+    max_control_cv_pct: float
+    min_max_over_spontaneous: float
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Outliers:
 
     rule: str
     exclude: bool
+    tolerance_pct: float
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class Fit:
 
     models: tuple[str, ...]
     et_ratio: float | None
+    plausible_lysis_min: float
+    plausible_lysis_max: float
+    max_ic50_extrapolation: float
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,13 @@ def qc_table(qc: Mapping[str, Any], max_cv: float, limits: QC) -> str:
             f"≤ {fmt(limits.max_spontaneous_pct_of_max)}", spont <= limits.max_spontaneous_pct_of_max, "FAIL"),
         row("Spontaneous release, mean CPM", qc["spontaneous_cpm"], "spontaneous_cpm"),
         row("Maximum release, mean CPM", qc["maximum_cpm"], "maximum_cpm"),
+        *(row(f"{role.capitalize()} release replicate CV, %", qc.get(f"{role}_cv_pct"), f"{role}_cv_pct",
+              f"≤ {fmt(limits.max_control_cv_pct)}", _within(qc.get(f"{role}_cv_pct"), limits.max_control_cv_pct), "FAIL")
+          for role in ("spontaneous", "maximum")),
+        row("Maximum / spontaneous release", qc.get("max_over_spontaneous"), "max_over_spontaneous",
+            f"≥ {fmt(limits.min_max_over_spontaneous)}",
+            None if _missing(qc.get("max_over_spontaneous"))
+            else float(qc["max_over_spontaneous"]) >= limits.min_max_over_spontaneous, "FAIL"),
         row("Largest replicate CV, %", max_cv, "cv_pct", f"≤ {fmt(limits.max_cv_pct)}",
             None if math.isnan(max_cv) else max_cv <= limits.max_cv_pct),
         row("Untreated lysis at top E:T, %", qc["untreated_lysis_pct"], "untreated_lysis_pct"),
@@ -236,7 +243,14 @@ def qc_table(qc: Mapping[str, Any], max_cv: float, limits: QC) -> str:
             f"≤ {fmt(limits.max_vehicle_suppression_pct)}",
             None if math.isnan(veh) else veh <= limits.max_vehicle_suppression_pct),
     ]  # fmt: skip
-    return f'<table class="qc"><thead><tr><th></th><th>value</th><th>limit</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    reason = qc.get("reason")
+    why = f'<p class="reason bad">QC fail: {esc(reason)}</p>' if isinstance(reason, str) and reason else ""
+    return f'<table class="qc"><thead><tr><th></th><th>value</th><th>limit</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>{why}'
+
+
+def _within(value: object, limit: float) -> bool | None:
+    """value <= limit, or None when there is no value."""
+    return None if _missing(value) or math.isnan(float(value)) else float(value) <= limit  # type: ignore[arg-type]
 
 
 def flag_list(flags: Sequence[str]) -> str:
@@ -256,15 +270,23 @@ def plate_potency_table(potency: Sequence[Mapping[str, Any]], limits: Limits) ->
         parallel = r["parallel_f_p"] >= limits.alpha if not pd.isna(r["parallel_f_p"]) else None
         eq = None if pd.isna(r["equivalent"]) else _truthy(r["equivalent"])
         veh_flag = isinstance(r["vehicle_flag"], str) and r["vehicle_flag"] != ""
-        status = esc(r["status"]) + (
-            f'<div class="reason">{esc(r["reason"])}</div>' if isinstance(r["reason"], str) and r["reason"] else ""
+        unbounded = r.get("ci") == "unbounded"
+        status = (
+            esc(r["status"])
+            + ('<div class="reason">relative-potency interval unbounded: no limits</div>' if unbounded else "")
+            + (f'<div class="reason">{esc(r["reason"])}</div>' if isinstance(r["reason"], str) and r["reason"] else "")
+        )
+        usp = (
+            '<td class="muted">slope-ratio CI unbounded: no verdict</td>'
+            if r.get("slope_ratio_ci") == "unbounded"
+            else _verdict(eq, "not equivalent")
         )
         rows.append(
             f'<tr data-lot="{esc(r["lot"])}"><td><b class="sw {lot_class(str(r["lot"]))}"></b>{esc(r["lot"])}</td>'
             f"{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}"
             f"{td(r['parallel_f_p'], 'parallel_f_p')}{_verdict(parallel, 'not parallel')}"
             f"{td(r['slope_ratio'], 'slope_ratio')}{td(r['slope_ratio_lo'], 'slope_ratio_lo')}{td(r['slope_ratio_hi'], 'slope_ratio_hi')}"
-            f"{_verdict(eq, 'not equivalent')}{td(r['p_holm'], 'p_holm')}"
+            f"{usp}{td(r['p_holm'], 'p_holm')}"
             f"{td(r['vehicle_suppression_pct'], 'vehicle_suppression_pct', 'bad' if veh_flag else '')}"
             f"<td>{status}</td></tr>"
         )

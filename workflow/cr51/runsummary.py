@@ -1,0 +1,71 @@
+"""The one summary line every pipeline run ends with. Standard library only.
+
+Printed by Snakemake's ``onsuccess``/``onerror`` handlers (``workflow/rules/audit.smk``), so that a
+plain ``snakemake`` run says what became of the drop folder as ``cr51-batch`` does::
+
+    cr51: 6 plates ok (1 failing QC), 2 pending (1 settling: settle_seconds, 1 waiting for its export),
+    1 rejected; reasons in results/files.csv, QC in results/qc.csv, report results/report.html
+
+It reads ``files.csv`` and ``qc.csv`` with the ``csv`` module (a few ms for a thousand plates).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from pathlib import Path
+
+PREFIX = "cr51:"
+
+
+def _rows(path: Path) -> list[dict[str, str]] | None:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return None
+
+
+def pending_kind(reason: str) -> str:
+    """A pending file's reason in two or three words."""
+    if "settle_seconds" in reason:
+        return "settling: settle_seconds"
+    if reason.startswith("waiting for its export"):
+        return "waiting for its export"
+    if reason.startswith("no layout names"):
+        return "no layout names them"
+    return reason.split(";")[0][:40] or "waiting"
+
+
+def summary_line(results_dir: str | os.PathLike, failed: bool = False) -> str:
+    """``N plates ok (F failing QC), M pending (why), K rejected``, and where to look."""
+    results = Path(results_dir)
+    files = _rows(results / "files.csv")
+    if files is None:
+        what = "the run failed" if failed else "no files.csv yet"
+        return f"{PREFIX} {what}; see {results / 'logs'}"
+    qc = _rows(results / "qc.csv") or []
+    plates: dict[str, set[str]] = {}
+    pending: Counter[str] = Counter()
+    orphans = Counter(pending_kind(r["reason"]) for r in files if r["status"] == "pending" and not r["plate"])
+    rejected_files = sum(1 for r in files if r["status"] == "rejected" and not r["plate"])
+    for r in files:
+        if r["plate"]:
+            plates.setdefault(r["plate"], set()).add(r["status"])
+    for plate, statuses in plates.items():
+        if statuses == {"pending"}:
+            reason = next(r["reason"] for r in files if r["plate"] == plate and r["status"] == "pending")
+            pending[pending_kind(reason)] += 1
+    ok = [p for p, s in plates.items() if s == {"ok"}]
+    rejected = sum(1 for s in plates.values() if "rejected" in s) + rejected_files
+    failing = sum(1 for r in qc if r.get("status") == "fail" and r.get("plate") in set(ok))
+    why = ", ".join(f"{n} {k}" for k, n in (pending + orphans).most_common())
+    n_pending = sum(pending.values()) + sum(orphans.values())
+    head = "run failed; " if failed else ""
+    return (
+        f"{PREFIX} {head}{len(ok)} plates ok ({failing} failing QC), {n_pending} pending"
+        + (f" ({why})" if why else "")
+        + f", {rejected} rejected; reasons in {results / 'files.csv'}, QC in {results / 'qc.csv'}, "
+        f"report {results / 'report.html'}"
+    )
