@@ -202,7 +202,11 @@ def test_gate_takes_the_same_share_from_a_weak_and_a_potent_lot(tmp_path):
     _, used = combine_plates(tables["potency"], tables["qc"], SETTINGS)
     gated = used.assign(g=used["reason"].str.contains("parallel")).groupby("lot")["g"].mean()
     assert abs(gated["LOT-E"] - gated["LOT-D"]) <= 0.1, gated.to_dict()
-    lost = tables["potency"].groupby("lot")["parallel_f_p"].apply(lambda p: p.isna().mean())
+    # lots kept out before the test by the implausible-fit rule (their own separate curve runs off the
+    # doses: issue 15) are not lost for want of a free fit; they are counted apart, see docs/campaign.md
+    pot = tables["potency"]
+    tested = pot[~pot["reason"].fillna("").str.contains("implausible fit")]
+    lost = tested.groupby("lot")["parallel_f_p"].apply(lambda p: p.isna().mean())
     assert lost.max() <= 1 / 30, lost.to_dict()  # the old free model lost the weak lot's test on ~13 % of plates
 
 
