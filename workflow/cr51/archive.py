@@ -160,12 +160,17 @@ class Archive:
         data = read_json(self.root / REGISTRY, "the archive registry") or {"format": FORMAT, "plates": {}}
         self.plates: dict[str, PlateRecord] = {p: PlateRecord.from_dict(r) for p, r in data["plates"].items()}
         self._saved = json.dumps(self._data(), sort_keys=True)
+        self._unsynced = False
 
     def _data(self) -> dict:
         return {"format": FORMAT, "plates": {p: r.to_dict() for p, r in sorted(self.plates.items())}}
 
     def save(self) -> None:
-        """Write the registry when it changed."""
+        """Write the registry when it changed, after the new blobs are on disk (one ``sync`` for all of
+        them rather than an fsync per file: a first run admits thousands)."""
+        if self._unsynced:
+            os.sync()
+            self._unsynced = False
         data = self._data()
         if json.dumps(data, sort_keys=True) != self._saved:
             write_json(self.root / REGISTRY, data)
@@ -185,10 +190,9 @@ class Archive:
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, blob)
+                self._unsynced = True
             finally:
                 tmp.unlink(missing_ok=True)
         return Stored(Path(path).name, sha)
