@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .digests import content_digest
 from .scan import FileStatus, PlateFiles, Retraction, Scan, batch_of, scan
 
 FORMAT = 1
@@ -277,6 +278,7 @@ def scan_inbox(
         meta_cache=Path(results_dir) / ".scan-cache.json",
         stale_seconds=stale_after_hours * 3600,
         accepted_layouts=accepted,
+        digests=False,  # admit() reads and hashes each plate's bytes once, as it archives them
     )
     return admit(
         inbox,
@@ -314,8 +316,10 @@ def admit(
     for name, files in inbox.plates.items():
         if name in retractions:
             continue
-        if os.stat(files.export).st_size > max_bytes:
-            out.plates[name] = files
+        if os.stat(files.export).st_size > max_bytes:  # not archived: refused unread by its batch job
+            out.plates[name] = replace(
+                files, digest=content_digest([files.layout, *files.includes, files.export], max_bytes)
+            )
             continue
         version = archive.admit(name, files.layout, files.export, files.includes, now)
         archive.plates[name].missing_since = None

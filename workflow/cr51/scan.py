@@ -147,10 +147,12 @@ def scan(
     meta_cache: str | os.PathLike | None = None,
     stale_seconds: float = float("inf"),
     accepted_layouts: frozenset[str] = frozenset(),
+    digests: bool = True,
 ) -> Scan:
     """Classify the files of the drop folder ``raw_dir`` (top level only); ``meta_cache``: a
     :class:`MetaCache` file; ``accepted_layouts``: layout names of plates the archive already holds
-    (a new layout naming one of their exports is refused, the accepted plate keeps it)."""
+    (a new layout naming one of their exports is refused, the accepted plate keeps it); ``digests``:
+    compute each plate's content digest (reads every byte; :mod:`cr51.archive` digests what it archives)."""
     raw = Path(raw_dir)
     result = Scan(raw_dir=str(raw))
     if not raw.is_dir():
@@ -291,8 +293,9 @@ def scan(
             includes=tuple(str(p) for p in includes_of[layout_name]),
             batch=batch_of(plate, batch_count),
         )
-        digest = content_digest([files.layout, *files.includes, files.export], max_bytes)
-        result.plates[plate] = replace(files, digest=digest)
+        if digests:
+            files = replace(files, digest=content_digest([files.layout, *files.includes, files.export], max_bytes))
+        result.plates[plate] = files
 
     if cache is not None:
         cache.save()
