@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONFIG
+from conftest import BATCH_SETTINGS, CONFIG
 
 from cr51.batch import process_plate
 from cr51.combination import combine_plates
 from cr51.figures import forest_svg, lot_colours, titration_svg
-from cr51.plate import PlateInput
+from cr51.plate import PlateInput, analyse_batch, ingest_batch
 from cr51.qc import untreated
-from cr51.report import ReportInputs, build_report
-from cr51.report.potency_section import forest_groups
+from cr51.report import ReportInputs, build_report, plate_sections
+from cr51.report.plate_page import plate_files
+from cr51.report.potency_section import combined_groups, forest_groups
 from cr51.simulate import simulate_plate, write_plate
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
@@ -44,13 +45,16 @@ def figures(tmp_path_factory) -> dict[str, str]:
     raw = tmp_path_factory.mktemp("raw")
     p = simulate_plate(PLATE, np.random.default_rng(51), donor="D07", date="2026-03-02")
     write_plate(raw, p)
-    out = process_plate(PlateInput(p.name, str(raw / f"{p.name}.toml"), str(raw / p.export_name)), CONFIG)
-    tables = dict(out.tables)
+    plate = PlateInput(p.name, str(raw / f"{p.name}.toml"), str(raw / p.export_name))
+    out = process_plate(plate, CONFIG)
+    tables = ingest_batch([plate], BATCH_SETTINGS)
+    tables.update(analyse_batch(tables["wells"], tables["qc"], BATCH_SETTINGS))
     tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(
         tables["potency"], tables["qc"], CONFIG
     )
-    report = build_report(ReportInputs(tables, out.sections, CONFIG))
-    section = out.sections[PLATE]
+    report = build_report(ReportInputs(tables, CONFIG))
+    section = plate_sections(tables, BATCH_SETTINGS)[PLATE]
+    page, standalone = plate_files(PLATE)
     qc = tables["qc"].iloc[0]
     unt = untreated(tables["wells"])
     refs = [str(qc["reference_lot"])]
@@ -69,11 +73,13 @@ def figures(tmp_path_factory) -> dict[str, str]:
     }
     for name in ("curves.svg", "titration.svg"):
         assert inline[name] in section.html, f"{name}: not the figure the plate section shows"
-    assert inline["forest.svg"] in report.html, "forest.svg: not the figure the page shows"
-    assert section.figure("curves").svg(lot_colours(section.lots, refs)) == report.figures[f"plates/{PLATE}.svg"]
+    index_forest = forest_svg(combined_groups(tables["potency_combined"]), refs, 0.95)
+    assert index_forest in report.html, "the index does not show the combined forest"
+    assert section.html in out.files[page], "the plate page does not show the plate's section"
+    assert section.figure("curves").svg(lot_colours(section.lots, refs)) == out.files[standalone]
     return {
         **inline,
-        "curves-standalone.svg": report.figures[f"plates/{PLATE}.svg"],
+        "curves-standalone.svg": out.files[standalone],
         "forest-standalone.svg": report.figures["forest.svg"],
     }
 

@@ -32,16 +32,17 @@ from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 #: Folders and files of results/ that are internal state, not results.
 INTERNAL = ("logs/", "cache/", "batches/", "archive/", "audit.jsonl", ".scan-cache.json", ".snakemake/")
 _GENERATED = re.compile(rb"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")  # plate_history.csv's admitted/accepted times
 
 
 def digests(results: Path) -> dict[str, str]:
-    """{path relative to results: sha256} of every result file (generation time blanked)."""
+    """{path relative to results: sha256} of every result file (generation and acceptance times blanked)."""
     out = {}
     for path in sorted(results.rglob("*")):
         rel = path.relative_to(results).as_posix()
         if not path.is_file() or rel.startswith(INTERNAL) or "/." in f"/{rel}":
             continue
-        data = _GENERATED.sub(b"generated -", path.read_bytes())
+        data = _STAMP.sub(b"-", _GENERATED.sub(b"generated -", path.read_bytes()))
         out[rel] = hashlib.sha256(data).hexdigest()
     return out
 

@@ -1,22 +1,26 @@
-"""One batch job: every plate of the batch from raw files to potency and its report sections, in one process.
+"""One batch job: every plate of the batch from raw files to potency and its page, in one process.
 
 Plates are processed one at a time and their results concatenated in plate order, so a plate's
-rows do not depend on its batch. A :class:`PlateCache` keeps each plate's results under a key
+rows do not depend on its batch. Each plate renders its rows of every result table to CSV text once
+(:func:`cr51.tables.render_rows`), its page (``results/plates/<name>.html``, :mod:`cr51.report.plate_page`)
+and its standalone curves figure; ``collect`` only concatenates rows and never reads a plate's
+frames back (see :mod:`cr51.collect`). A :class:`PlateCache` keeps each plate's results under a key
 made of everything they depend on (the plate's file contents, the settings and the package's
 source code): when a batch reruns because one plate was added or changed, the other plates are
-read back instead of recomputed. A stale key is never read; entries a run did not use are removed.
-Each plate also renders its rows of the per-well tables to CSV text once (:data:`TEXT_TABLES`), for
-``collect`` to concatenate (see :mod:`cr51.collect`).
+read back instead of recomputed, and a page whose bytes are already on disk is not written again
+(same bytes, same mtime). A stale key is never read; entries a run did not use are removed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,87 +29,104 @@ import pandas as pd
 from . import store
 from .digests import content_digest, software_digest
 from .plate import PlateInput, analyse_batch, ingest_batch
-from .report import Section, plate_sections
-from .schema import PLATE_TABLES, TABLES
+from .report import plate_sections
+from .report.plate_page import plate_figures, plate_files, plate_page
+from .schema import PLATE_TABLES, TABLES, Table
 from .settings import Analysis
 from .store import StaleFile
-from .tables import Rows, concat_frames, frame_from_data, frame_to_data, render_rows
+from .tables import Rows, read_table, render_rows
 
 log = logging.getLogger(__name__)
 
 
-#: Tables each plate renders to CSV text once, so that ``collect`` writes them by concatenation
-#: (the per-well tables: ~200 rows a plate, most of the bytes and of the time to write them).
-TEXT_TABLES = ("wells", "lysis")
+def frame_of(parts: list[Rows | None], table: Table) -> pd.DataFrame:
+    """The frame that reading the CSV of ``parts`` under ``table``'s header gives (what ``collect`` writes)."""
+    text = ",".join(table.names) + "\n" + "".join(p.text for p in parts if p is not None)
+    return read_table(io.StringIO(text), table)
 
 
 @dataclass(frozen=True)
 class PlateOutput:
-    """One plate's results: its tables, its rows of :data:`TEXT_TABLES` rendered for the result
-    CSVs, and its report section (``{plate: Section}``, empty for a plate without a QC row)."""
+    """One plate's results, as the result tables and the report need them.
 
-    tables: dict[str, pd.DataFrame]
+    Attributes
+    ----------
+    rows
+        Its rows of every table of :data:`cr51.schema.PLATE_TABLES`, rendered as the CSV writes them
+        (``None`` where it has none).
+    products
+        {lot: product} of its layout (the first non-empty product of each lot).
+    files
+        Relative to ``results/``, the files it shows: {path: text} — its page and its curves figure
+        (empty for a plate without a QC row).
+    """
+
     rows: dict[str, Rows | None]
-    sections: dict[str, Section]
+    products: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """Its rows of table ``name`` as a frame."""
+        return frame_of([self.rows.get(name)], TABLES[name])
 
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """What a batch job writes (``results/batches/<batch>.jsonl``, read by ``collect``): every table
-    of its plates, in plate order; per text table the rendered rows of each plate that has rows;
-    the report sections by plate."""
+    """What a batch job writes (``results/batches/<batch>.jsonl``, read by ``collect``): per table the
+    rendered rows of each plate that has rows, in plate order; the archived version each plate's results
+    are from; each plate's {lot: product}; the files (pages, figures) each plate owns under ``results/``."""
 
-    tables: dict[str, pd.DataFrame]
     rows: dict[str, list[tuple[str, Rows]]]
-    sections: dict[str, Section]
-    versions: dict[str, int] = field(default_factory=dict)  # plate -> archived version its results are from
+    versions: dict[str, int] = field(default_factory=dict)
+    products: dict[str, dict[str, str]] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+    @cached_property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every table of the batch as a frame (read from the rendered rows, as collect's CSVs read)."""
+        return {name: frame_of([r for _, r in self.rows.get(name, [])], TABLES[name]) for name in PLATE_TABLES}
 
 
 #: Stored-file kinds and formats (:mod:`cr51.store`); a change of what is stored bumps the format.
-BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 4
+BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 5
 
 
-def _rows_to_data(rows: Rows | None) -> dict | None:
-    return None if rows is None else {"table": rows.table, "text": rows.text}
-
-
-def _rows_from_data(data: dict | None) -> Rows | None:
-    return None if data is None else Rows(str(data["table"]), str(data["text"]))
+def _rows_to_data(rows: Rows | None) -> str | None:
+    return None if rows is None else rows.text
 
 
 def plate_to_data(out: PlateOutput) -> dict[str, Any]:
-    """A plate's results as plain data (JSON): tables, rendered rows, sections; no code."""
-    return {
-        "tables": {k: frame_to_data(v) for k, v in out.tables.items()},
-        "rows": {k: _rows_to_data(v) for k, v in out.rows.items()},
-        "sections": {k: v.to_dict() for k, v in out.sections.items()},
-    }
+    """A plate's results as plain data (JSON): rendered rows, products, page and figure texts; no code."""
+    return {"rows": {k: _rows_to_data(v) for k, v in out.rows.items()}, "products": out.products, "files": out.files}
 
 
 def plate_from_data(data: dict[str, Any]) -> PlateOutput:
+    rows = {str(k): None if v is None else Rows(str(k), str(v)) for k, v in data["rows"].items()}
+    if set(rows) != set(PLATE_TABLES):
+        raise ValueError("not every table's rows")
     return PlateOutput(
-        {k: frame_from_data(v) for k, v in data["tables"].items()},
-        {k: _rows_from_data(v) for k, v in data["rows"].items()},
-        {k: Section.from_dict(v) for k, v in data["sections"].items()},
+        rows,
+        {str(k): str(v) for k, v in data["products"].items()},
+        {str(k): str(v) for k, v in data["files"].items()},
     )
 
 
 def batch_to_data(out: BatchOutput) -> dict[str, Any]:
     """A batch output as plain data (JSON)."""
     return {
-        "tables": {k: frame_to_data(v) for k, v in out.tables.items()},
-        "rows": {k: [[plate, _rows_to_data(r)] for plate, r in v] for k, v in out.rows.items()},
-        "sections": {k: v.to_dict() for k, v in out.sections.items()},
+        "rows": {k: [[plate, r.text] for plate, r in v] for k, v in out.rows.items()},
         "versions": out.versions,
+        "products": out.products,
+        "files": out.files,
     }
 
 
 def batch_from_data(data: dict[str, Any]) -> BatchOutput:
     return BatchOutput(
-        {k: frame_from_data(v) for k, v in data["tables"].items()},
-        {k: [(str(plate), _rows_from_data(r)) for plate, r in v] for k, v in data["rows"].items()},
-        {k: Section.from_dict(v) for k, v in data["sections"].items()},
+        {str(k): [(str(plate), Rows(str(k), str(text))) for plate, text in v] for k, v in data["rows"].items()},
         {str(k): int(v) for k, v in data["versions"].items()},
+        {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data["products"].items()},
+        {str(k): [str(f) for f in v] for k, v in data["files"].items()},
     )
 
 
@@ -194,13 +215,31 @@ class PlateCache:
                 path.unlink(missing_ok=True)
 
 
+def products_of(wells: pd.DataFrame) -> dict[str, str]:
+    """{lot: product} of a plate's wells (the first non-empty product of each lot, in well order)."""
+    if "product" not in wells.columns or wells.empty:
+        return {}
+    w = wells[wells["lot"].notna() & wells["product"].notna()]
+    w = w[w["product"].astype(str) != ""]
+    return {str(k): str(v) for k, v in w.groupby("lot", sort=True)["product"].first().items()}
+
+
 def process_plate(plate: PlateInput, settings: Analysis | Mapping[str, Any]) -> PlateOutput:
-    """One plate's tables — files, wells, lysis, qc; fits, potency, lots_differ — rows and section."""
+    """One plate's rows of every table — files, wells, lysis, qc; fits, potency, lots_differ — its
+    products, and its page and curves figure (a plate with a QC row)."""
     settings = Analysis.of(settings)
     tables = ingest_batch([plate], settings)
     tables.update(analyse_batch(tables["wells"], tables["qc"], settings))
-    rows = {name: render_rows(tables[name], TABLES[name]) for name in TEXT_TABLES}
-    return PlateOutput(tables, rows, plate_sections(tables, settings))
+    rows = {name: render_rows(tables[name], TABLES[name]) for name in PLATE_TABLES}
+    files = {}
+    for name, section in plate_sections(tables, settings).items():
+        files[plate_files(name)[0]] = plate_page(section, tables["qc"], tables["files"], plate.version, settings)
+        files.update(plate_figures(section, tables["qc"]))
+    return PlateOutput(rows, products_of(tables["wells"]), files)
+
+
+def _with_files(out: PlateOutput, files: pd.DataFrame) -> PlateOutput:
+    return replace(out, rows={**out.rows, "files": render_rows(files, TABLES["files"])})
 
 
 def with_notes(out: PlateOutput, notes: dict[str, tuple[str, str]]) -> PlateOutput:
@@ -208,7 +247,7 @@ def with_notes(out: PlateOutput, notes: dict[str, tuple[str, str]]) -> PlateOutp
     the drop folder's own row speaks for that file)."""
     if not notes:
         return out
-    files = out.tables["files"].copy()
+    files = out.frame("files")
     keep = []
     for i, name in enumerate(files["file"]):
         status, reason = notes.get(name, (None, None))
@@ -217,37 +256,67 @@ def with_notes(out: PlateOutput, notes: dict[str, tuple[str, str]]) -> PlateOutp
         if status is not None:
             files.loc[files.index[i], ["status", "reason"]] = [status, reason]
         keep.append(files.index[i])
-    return replace(out, tables={**out.tables, "files": files.loc[keep].reset_index(drop=True)})
+    return _with_files(out, files.loc[keep].reset_index(drop=True))
 
 
 def kept_version(refused: PlateOutput, kept: PlateOutput, version: int) -> PlateOutput:
     """The results of the accepted version ``kept``, with the refused version's files.csv rows saying
     why it was refused and that the plate keeps ``version``."""
-    files = refused.tables["files"].copy()
+    files = refused.frame("files")
     files["reason"] = files["reason"] + f"; the plate keeps its accepted version {version}"
-    older = kept.tables["files"][~kept.tables["files"]["file"].isin(files["file"])]
-    both = concat_frames([files, older], TABLES["files"].names)
-    return replace(kept, tables={**kept.tables, "files": both})
+    older = kept.frame("files")
+    older = older[~older["file"].isin(files["file"])]
+    return _with_files(kept, pd.concat([files, older], ignore_index=True))
 
 
 def refused(out: PlateOutput) -> bool:
     """Whether the plate's version was refused (no QC row: its files are rejected)."""
-    return out.tables["qc"].empty and bool((out.tables["files"]["status"] == "rejected").any())
+    return out.rows["qc"] is None and bool((out.frame("files")["status"] == "rejected").any())
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` at ``path`` unless the file already holds exactly these bytes (then its mtime
+    stays); atomically. Whether it wrote."""
+    data = text.encode("utf-8")
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def process_batch(
-    plates: list[PlateInput], settings: Analysis | Mapping[str, Any], cache: PlateCache | None = None
+    plates: list[PlateInput],
+    settings: Analysis | Mapping[str, Any],
+    cache: PlateCache | None = None,
+    results_dir: str | os.PathLike | None = None,
 ) -> BatchOutput:
     """Every plate of a batch (in the given order), from ``cache`` where it holds the plate.
 
     A plate version the pipeline refuses, whose plate has an accepted version (``fallback``), keeps
     the accepted version's results (:func:`kept_version`); the scan's notes on the plate's files
     (gone from the drop folder, a re-export settling) are applied last (:func:`with_notes`).
+    With ``results_dir`` each plate's page and figure are written there (only when their bytes changed).
     """
     settings = Analysis.of(settings)
     max_bytes = settings.max_export_bytes
     outs, versions = [], {}
-    hits = 0
+    hits = written = 0
 
     def get(plate: PlateInput) -> PlateOutput:
         nonlocal hits
@@ -268,12 +337,21 @@ def process_batch(
             out, version = kept_version(out, get(fallback), fallback.version), fallback.version
         outs.append(with_notes(out, dict(plate.notes)))
         versions[plate.name] = version
+    if results_dir is not None:
+        for out in outs:
+            for rel, text in out.files.items():
+                written += write_if_changed(Path(results_dir) / rel, text)
     if cache:
         cache.prune()
-        log.info("%d plate(s), %d read back from the plate cache", len(plates), hits)
-    tables = {name: concat_frames([o.tables[name] for o in outs], TABLES[name].names) for name in PLATE_TABLES}
+        log.info(
+            "%d plate(s), %d read back from the plate cache, %d page/figure file(s) written", len(plates), hits, written
+        )
     rows = {
-        name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None] for name in TEXT_TABLES
+        name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None] for name in PLATE_TABLES
     }
-    sections = {k: v for o in outs for k, v in o.sections.items()}
-    return BatchOutput(tables, rows, sections, versions)
+    return BatchOutput(
+        rows,
+        versions,
+        {p.name: o.products for p, o in zip(plates, outs) if o.products},
+        {p.name: sorted(o.files) for p, o in zip(plates, outs) if o.files},
+    )

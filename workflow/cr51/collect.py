@@ -1,9 +1,11 @@
 """Concatenate the batch outputs into the result tables; list every raw file; find duplicates.
 
-Every result table is sorted by plate (``files.csv`` by file). The per-well tables each plate
-rendered once (``wells``, ``lysis``) are written by concatenating the plates' rendered rows in
-plate order — byte for byte what writing the concatenated table gives, because every plate's rows
-were rendered from the kinds the schema declares (:func:`cr51.tables.render_rows`).
+Every result table is sorted by plate (``files.csv`` by file). Each plate rendered its rows of every
+table once, in its batch job; the tables are written by concatenating those rows in plate order —
+byte for byte what writing the concatenated table gives, because every plate's rows were rendered
+from the kinds the schema declares (:func:`cr51.tables.render_rows`). No plate's frames are read
+back: collect's work grows with the bytes of the tables, not with parsing them. Only ``files.csv``
+(a few rows a plate) is built as a frame, to mark duplicates and add the files in no plate.
 
 Duplicates: an accepted plate whose export has the same sha256 as another accepted plate's
 export is a ``duplicate`` of the one whose export was modified first (ties: file name order),
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from .digests import file_digest
+from .report.page import RunChanges
 from .scan import display_name
 from .schema import FILES, PLATE_TABLES, TABLES
 from .tables import Rows, concat_frames, write_rows, write_table
@@ -71,24 +74,21 @@ def find_duplicates(files: pd.DataFrame, raw_dir: str) -> dict[str, tuple[str, s
 
 @dataclass
 class Collected:
-    """The result tables: as DataFrames, or (per-well tables) as rendered rows in plate order."""
+    """The result tables: ``files`` as a frame, the others as rendered rows in plate order."""
 
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: pd.DataFrame
     rows: dict[str, list[Rows]] = field(default_factory=dict)
 
     def write(self, name: str, path: str | os.PathLike) -> None:
         """Write table ``name`` as the CSV at ``path``."""
-        if name in self.rows:
-            write_rows(path, TABLES[name], self.rows[name])
+        if name == "files":
+            write_table(self.files, path, FILES)
         else:
-            write_table(self.tables[name], path, TABLES[name])
+            write_rows(path, TABLES[name], self.rows[name])
 
 
-def plate_rows(batches: Sequence[BatchOutput], name: str, dropped: set[str]) -> list[Rows] | None:
-    """Rendered rows of table ``name`` in plate order, leaving out ``dropped`` plates; ``None`` when
-    the table is not rendered by plates."""
-    if not any(name in b.rows for b in batches):
-        return None
+def plate_rows(batches: Sequence[BatchOutput], name: str, dropped: set[str]) -> list[Rows]:
+    """Rendered rows of table ``name`` in plate order, leaving out ``dropped`` plates."""
     parts = sorted(
         ((plate, rows) for b in batches for plate, rows in b.rows.get(name, []) if plate not in dropped),
         key=lambda item: item[0],
@@ -96,16 +96,12 @@ def plate_rows(batches: Sequence[BatchOutput], name: str, dropped: set[str]) -> 
     return [r for _, r in parts]
 
 
-def collect(
-    batches: Sequence[BatchOutput],
-    others: list[dict],
-    raw_dir: str,
-    max_bytes: int,
-    *,
-    force_frames: bool = False,
-) -> Collected:
-    """The result tables from the batch outputs (``force_frames``: no rendered rows, for tests)."""
-    files = concat_frames([*(b.tables["files"] for b in batches), other_files(others, raw_dir, max_bytes)], FILES.names)
+def collect(batches: Sequence[BatchOutput], others: list[dict], raw_dir: str, max_bytes: int) -> Collected:
+    """The result tables from the batch outputs."""
+    from .batch import frame_of
+
+    plate_files = frame_of(plate_rows(batches, "files", set()), FILES)
+    files = concat_frames([plate_files, other_files(others, raw_dir, max_bytes)], FILES.names)
     dup = find_duplicates(files, raw_dir)
     if dup:
         is_dup = files["plate"].isin(dup.keys()) & (files["status"] == "ok")
@@ -113,20 +109,39 @@ def collect(
         files.loc[is_dup, "reason"] = files.loc[is_dup, "plate"].map(
             lambda p: f"same export content as '{dup[p][1]}' of plate '{dup[p][0]}', which was accepted first"
         )
-    out = Collected({"files": files.sort_values("file", kind="stable").reset_index(drop=True)})
+    out = Collected(files.sort_values("file", kind="stable").reset_index(drop=True))
     for name in PLATE_TABLES:
-        if name == "files":
-            continue
-        rows = None if force_frames else plate_rows(batches, name, set(dup))
-        if rows is not None:
-            out.rows[name] = rows
-            continue
-        table = concat_frames([b.tables[name] for b in batches], TABLES[name].names)
-        if "plate" in table.columns:
-            table = table[~table["plate"].isin(dup.keys())]
-            table = table.sort_values("plate", kind="stable")
-        out.tables[name] = table.reset_index(drop=True)
+        if name != "files":
+            out.rows[name] = plate_rows(batches, name, set(dup))
     return out
+
+
+def products(batches: Sequence[BatchOutput]) -> dict[str, str]:
+    """{lot: product} over the run: each lot's product on the first plate (in plate order) that names one."""
+    by_plate = {plate: lots for b in batches for plate, lots in b.products.items()}
+    out: dict[str, str] = {}
+    for plate in sorted(by_plate):
+        for lot, product in by_plate[plate].items():
+            out.setdefault(lot, product)
+    return out
+
+
+def prune_plate_files(results_dir: str | os.PathLike, batches: Sequence[BatchOutput]) -> list[str]:
+    """Remove the plate pages and figures (``plates/*.html``, ``figures/plates/*.svg``) that no batch
+    output lists (a plate retracted or gone from every batch); the removed paths, relative to ``results_dir``."""
+    root = Path(results_dir)
+    owned = {f for b in batches for fs in b.files.values() for f in fs}
+    removed = []
+    for folder, suffix in (("plates", ".html"), ("figures/plates", ".svg")):
+        d = root / folder
+        if not d.is_dir():
+            continue
+        for path in sorted(d.iterdir()):
+            rel = f"{folder}/{path.name}"
+            if path.suffix == suffix and path.is_file() and rel not in owned:
+                path.unlink(missing_ok=True)
+                removed.append(rel)
+    return removed
 
 
 def plate_history(
@@ -184,3 +199,50 @@ def plate_history(
             }
             out += [{**base, **r} for r in e["potency"]] or [base]
     return pd.DataFrame(out, columns=list(TABLES["plate_history"].names))
+
+
+#: What the previous collect saw (``results/.run-state.json``): the index's "this run" compares with it.
+RUN_STATE = ".run-state.json"
+
+
+def run_changes(results_dir: str | os.PathLike, files: pd.DataFrame, versions: dict[str, int]) -> RunChanges:
+    """Compare this run's files.csv rows and accepted plate versions with the previous run's record,
+    then replace the record (written atomically; a damaged or missing record: everything is new)."""
+    import json
+
+    from .tables import records, write_text_atomic
+
+    path = Path(results_dir) / RUN_STATE
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        old_files, old_versions, previous = dict(old["files"]), dict(old["versions"]), True
+    except (OSError, ValueError, KeyError, TypeError):
+        old_files, old_versions, previous = {}, {}, False
+    now = {
+        str(r["file"]): [
+            "" if pd.isna(r["status"]) else str(r["status"]),
+            "" if pd.isna(r["sha256"]) else str(r["sha256"]),
+        ]
+        for r in records(files)
+    }
+    rows = []
+    for r in records(files):
+        name = str(r["file"])
+        before = old_files.get(name)
+        if before is None:
+            change = "new"
+        elif before[1] and now[name][1] and before[1] != now[name][1]:
+            change = "replaced"
+        elif before[0] != now[name][0]:
+            change = f"status (was {before[0]})"
+        else:
+            continue
+        rows.append(
+            {"file": name, "status": now[name][0], "plate": r["plate"], "reason": r["reason"], "change": change}
+        )
+    for name in sorted(set(old_files) - set(now)):
+        rows.append({"file": name, "status": "", "plate": "", "reason": "", "change": "removed"})
+    plates = {p: v for p, v in sorted(versions.items()) if old_versions.get(p) != v}
+    state = {"files": now, "versions": versions}
+    write_text_atomic(path, lambda fh: json.dump(state, fh, ensure_ascii=False, separators=(",", ":")))
+    return RunChanges(rows, plates, previous)

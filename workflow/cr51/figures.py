@@ -226,6 +226,7 @@ class ForestGroup:
     lot: str
     plates: Sequence[ForestRow]
     combined: ForestRow | None
+    label: str = ""  # the group's heading (default: the lot)
 
 
 #: Up to this many plates per lot each get a labelled row; more are overlaid in one band.
@@ -295,7 +296,7 @@ def _forest_group(
     g: ForestGroup, xs: svg.Scale, frame: svg.Frame, y: float, row_h: int, colours: Mapping[str, str] | None
 ) -> str:
     attrs = lot_attrs(g.lot, colours)
-    out = [svg.text(8, y + 4, _short(g.lot, 24), extra=' font-weight="700"')]
+    out = [svg.text(8, y + 4, _short(g.label or g.lot, 24), extra=' font-weight="700"')]
     y += row_h
     labelled = len(g.plates) <= FOREST_LABELLED_ROWS
     for i, r in enumerate(g.plates):

@@ -13,6 +13,7 @@ anything else that comes from outside.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -175,13 +176,18 @@ def write_rows(path: str | os.PathLike, table: Table, parts: list[Rows]) -> None
     write_text_atomic(path, write)
 
 
-def read_table(path: str | os.PathLike, table: Table | None = None) -> pd.DataFrame:
+def read_table(path: str | os.PathLike | io.StringIO, table: Table | None = None) -> pd.DataFrame:
     """Read a table written by :func:`write_table` (``table``: by default the schema table named like
     the file): text columns stay text (``NA`` and ``007`` too; empty = missing), float columns are
     floats even when empty; other columns as pandas reads them."""
+    if isinstance(path, io.StringIO):  # CSV text (cr51.batch.frame_of): the header from its first line
+        text = path.getvalue()
+        header = text[: text.find("\n")].split(",")
+        path = io.StringIO(text)
+    else:
+        header = list(pd.read_csv(path, nrows=0).columns)
     table = table or TABLES.get(Path(path).stem)
     kinds = table.kinds if table else {c: "text" for t in TABLES.values() for c in t.text}
-    header = pd.read_csv(path, nrows=0).columns
     dtypes = {c: {"text": "object", "float": "float64"}[kinds[c]] for c in header if kinds.get(c) in ("text", "float")}
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
 

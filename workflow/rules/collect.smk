@@ -1,8 +1,8 @@
 # The run's products from the batch outputs, in one job (each job costs ~1 s of start-up):
 # the result tables, the combination of plates per lot (Ph. Eur. 5.3), and the report a lab
-# reads (report.html, self-contained, + SVG figures for slides; the plate sections were drawn
-# by the batch jobs and are only assembled here, only the plates' standalone curves, whose colours
-# depend on all the run's lots, are drawn here). Cheap: on a cluster it runs on the submitting host.
+# reads (report.html, the index: self-contained, + the forest SVG; each plate's page and curves
+# figure are written by its batch job, results/plates/ and results/figures/plates/; collect removes
+# the ones no plate owns any more). Cheap: on a cluster it runs on the submitting host.
 # Its raw inputs are the files in no plate (their rows in files.csv); a plate's own files reach it
 # through its batch. Snakemake checksums every input once per output after a job, so listing all
 # raw files here cost 26,000 hashes (1.2 s) per run at 1,000 plates.
@@ -57,7 +57,6 @@ rule collect:
             category="Potency",
             caption="../report/forest.rst",
         ),
-        plates=directory(f"{RESULTS}/figures/plates"),
     log:
         f"{RESULTS}/logs/collect.log",
     conda:

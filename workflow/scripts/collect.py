@@ -1,6 +1,6 @@
 """Snakemake script: batch outputs -> the result tables (files.csv lists every raw file), the
 combined potency per lot (Ph. Eur. 5.3), the campaign tables (lots compared across plates) and the
-report (report.html + figures/*.svg)."""
+index page (report.html + figures/forest.svg); plate pages no plate owns any more are removed."""
 
 import sys
 import time
@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from cr51.batch import load_batches
-from cr51.campaign import analyse_run
-from cr51.collect import collect, plate_history
+from cr51.campaign import analyse
+from cr51.collect import collect, plate_history, products, prune_plate_files, run_changes
 from cr51.combination import combine_plates
 from cr51.jobs import run_job
 from cr51.report import ReportInputs, build_report, write_report
@@ -26,21 +26,26 @@ def main(smk):
     result = collect(batches, smk.params.others, smk.params.raw_dir, smk.params.max_export_bytes)
     for name in smk.params.tables:
         result.write(name, smk.output[name])
+    # everything after the plate tables reads them back: the numbers shown are the numbers written
+    qc, potency = read_table(smk.output.qc), read_table(smk.output.potency)
     settings = Analysis.from_config(smk.params.settings)
-    combined = combine_plates(result.tables["potency"], result.tables["qc"], settings)
+    combined = combine_plates(potency, qc, settings)
     write_table(combined[0], smk.output.combined, POTENCY_COMBINED)
     write_table(combined[1], smk.output.combined_inputs, POTENCY_COMBINED_INPUTS)
-    history = plate_history(smk.params.results, batches, result.tables["potency"], result.tables["qc"], time.time())
+    history = plate_history(smk.params.results, batches, potency, qc, time.time())
     write_table(history, smk.output.history, PLATE_HISTORY)
-    wells = [b.tables["wells"] for b in batches]
-    campaign = analyse_run(result.tables["potency"], result.tables["qc"], settings, wells)
+    campaign = analyse(potency, qc, settings, products(batches)).named()
     for table in CAMPAIGN_TABLES:
         write_table(campaign[table.name], smk.output[table.name], table)
-    # the report shows what the CSVs say: read back exactly what was written (the small tables it shows)
+    accepted = set(qc["plate"].astype(str))
+    versions = {p: v for b in batches for p, v in b.versions.items() if p in accepted}
+    changes = run_changes(smk.params.results, result.files, versions)
+    removed = prune_plate_files(smk.params.results, batches)
+    if removed:
+        print(f"removed {len(removed)} page/figure file(s) of plates no longer in the results", file=sys.stderr)
     names = {"potency_combined": "combined", "potency_combined_inputs": "combined_inputs", "plate_history": "history"}
     shown = {name: read_table(smk.output[names.get(name, name)]) for name in REPORTED + CAMPAIGN}
-    sections = {plate: section for b in batches for plate, section in b.sections.items()}
-    inputs = ReportInputs(shown, sections, dict(smk.params.config), list(smk.input.templates))
+    inputs = ReportInputs(shown, dict(smk.params.config), list(smk.input.templates), changes)
     write_report(build_report(inputs), smk.output.html, Path(smk.output.forest).parent)
 
 

@@ -1,4 +1,4 @@
-"""Snakemake script: one batch of plates -> its tables, rendered rows and report sections (one file)."""
+"""Snakemake script: one batch of plates -> its rendered table rows (one file) and its plates' pages."""
 
 import sys
 from pathlib import Path
@@ -20,7 +20,7 @@ def main(smk):
     plates = [replace(p, fallback=kept.get(p.name)) for p in plates]
     settings = Analysis.from_config(smk.params.settings)
     cache = PlateCache(smk.params.cache, settings)
-    save_batch(process_batch(plates, settings, cache), smk.output.batch)
+    save_batch(process_batch(plates, settings, cache, smk.params.results), smk.output.batch)
 
 
 run_job(snakemake, main)  # noqa: F821

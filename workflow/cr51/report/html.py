@@ -102,3 +102,14 @@ def table(headers: Sequence[str], rows: Iterable[str], attrs: str = "") -> str:
 def plate_id(plate: str) -> str:
     """The HTML id of a plate's section: ``plate-`` + 10 hex digits of the name's sha1 (names may hold any character)."""
     return "plate-" + hashlib.sha1(plate.encode("utf-8")).hexdigest()[:10]
+
+
+#: The most rows a table on the index shows; the CSV it comes from has them all.
+INDEX_ROWS = 200
+
+
+def capped(rows: list[str], csv: str, limit: int = INDEX_ROWS) -> tuple[list[str], str]:
+    """The first ``limit`` rows and a note saying how many more ``csv`` holds ("" when none are left out)."""
+    if len(rows) <= limit:
+        return rows, ""
+    return rows[:limit], f'<p class="muted">{len(rows) - limit} more row(s) in <code>{esc(csv)}</code>.</p>'

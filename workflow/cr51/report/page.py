@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
 import platform
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -26,11 +26,12 @@ from ..digests import file_digest
 from ..figures import forest_svg, lot_class, lot_colours
 from ..schema import FILE_STATUSES, FLAGS
 from ..settings import Settings
-from ..tables import write_text_atomic
+from ..tables import records, write_text_atomic
 from .campaign_section import campaign_section
-from .html import esc, plate_id, table, td
-from .potency_section import forest_groups, potency_section
-from .section import Section
+from .html import capped, esc, table, td
+from .html import missing as _missing
+from .names import plate_page
+from .potency_section import combined_groups, potency_section
 
 PACKAGES = ("snakemake", "numpy", "pandas", "scipy", "lmfit", "wellmap", "openpyxl", "jsonschema", "pyyaml")
 NEXT_STEP = {
@@ -51,13 +52,28 @@ JS = files(__package__).joinpath("script.js").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
+class RunChanges:
+    """What changed since the previous run, for the index's first section.
+
+    ``files``: rows (file, status, plate, reason, change) of every file that is new, whose bytes
+    changed, whose status changed, or that left the results since the previous run (``change``:
+    ``new``, ``replaced``, ``status``, ``removed``); ``plates``: the plates accepted in this run (new, or
+    a new version): plate → version. ``previous``: whether there was a record of a previous run.
+    """
+
+    files: list[dict]
+    plates: dict[str, int]
+    previous: bool
+
+
+@dataclass(frozen=True)
 class ReportInputs:
     """What the report reads: the final tables, the plate sections and the run's configuration."""
 
     tables: Mapping[str, pd.DataFrame]  # files, qc, potency, lots_differ, potency_combined, potency_combined_inputs
-    sections: Mapping[str, Section]  # plate -> section (from the batch outputs)
     config: Mapping[str, Any]  # the run's configuration (validated; shown in the provenance)
     templates: Sequence[str] = ()  # layout templates the plates included (hashed for provenance)
+    changes: RunChanges | None = None  # what changed since the previous run (None: not known)
 
 
 @dataclass(frozen=True)
@@ -72,48 +88,97 @@ def build_report(inputs: ReportInputs) -> Report:
     """The whole report and the figures written beside it."""
     t = inputs.tables
     qc = t["qc"]
-    plates = [str(p) for p in qc["plate"]]
-    sections = [inputs.sections[p] for p in plates if p in inputs.sections]
     refs = sorted({str(r) for r in qc["reference_lot"].dropna()})
     lots = set(t["potency"]["lot"].astype(str)) | set(refs)
-    for s in sections:
-        lots.update(s.lots)
     colours = lot_colours(lots, refs)
     settings = Settings.from_config(inputs.config)
     ci_level = settings.analysis.potency.ci_level
-    groups = forest_groups(t["potency_combined_inputs"], t["potency_combined"])
+    groups = combined_groups(t["potency_combined"])
     forest = forest_svg(groups, refs, ci_level)
     body = "".join([
         _header(settings.raw_dir),
+        this_run_section(inputs.changes, qc),
         summary_section(t["files"], qc),
         campaign_section(t, settings.analysis),
         potency_section(t, forest, refs, colours, settings.analysis),
-        plates_section(t, sections),
+        plates_section(t),
         history_section(t["plate_history"]) if "plate_history" in t else "",
         provenance_section(t["files"], inputs.config, inputs.templates),
     ])  # fmt: skip
     figures = {"forest.svg": forest_svg(groups, refs, ci_level, colours)}
-    for s in sections:
-        curves = s.figure("curves")
-        if curves is not None:
-            figures[f"plates/{safe_name(s.plate)}.svg"] = curves.svg(colours)
     return Report(_page(body, colours), figures)
-
-
-def safe_name(plate: str) -> str:
-    """A file name for a plate's figure (characters other than letters, digits, ``._-`` become ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", plate)
 
 
 def _header(raw_dir: str) -> str:
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in
-                  (("summary", "Run summary"), ("campaign", "Campaign"), ("potency", "Potency"), ("plates", "Plates"), ("provenance", "Provenance")))  # fmt: skip
+                  (("this-run", "This run"), ("summary", "Files"), ("campaign", "Campaign"), ("potency", "Potency"), ("plates", "Plates"), ("provenance", "Provenance")))  # fmt: skip
     return (
         "<header><h1>⁵¹Cr release assay — IVIG suppression of NK-cell lysis</h1>"
         f'<p class="muted">Drop folder <code>{esc(raw_dir)}</code> · generated {now} · cr51 {esc(__version__)}</p>'
         f"<nav>{nav}</nav></header>"
     )
+
+
+def this_run_section(changes: RunChanges | None, qc: pd.DataFrame) -> str:
+    """What a technician checks after dropping files: the files new, replaced, changed in status or
+    removed since the previous run, and the QC verdicts and flags of the plates accepted in this run."""
+    head = '<section id="this-run"><h2>This run</h2>'
+    if changes is None:
+        return head + '<p class="muted">Not known: no comparison with the previous run.</p></section>'
+    parts = [head]
+    if not changes.previous:
+        parts.append(
+            '<p class="muted">No record of a previous run of this results folder: every file counts as new.</p>'
+        )
+    kinds = ("new", "replaced", "status", "removed")
+    counts = {k: sum(1 for r in changes.files if r["change"].startswith(k)) for k in kinds}
+    labels = {"new": "files new", "replaced": "files replaced", "status": "status changed", "removed": "files removed"}
+    cards = [(labels[k], counts[k], "") for k in kinds] + [("plates accepted", len(changes.plates), "ok")]
+    parts.append(
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card {c}" data-change="{esc(k)}"><div class="big">{n}</div><div>{esc(k)}</div></div>'
+            for k, n, c in cards
+        )
+        + "</div>"
+    )
+    if not changes.files and not changes.plates:
+        parts.append('<p class="okmsg">Nothing changed since the previous run.</p>')
+    if changes.files:
+        rows = [
+            f'<tr data-file="{esc(r["file"])}"><td><code>{esc(r["file"])}</code></td><td>{esc(r["change"])}</td>'
+            f'<td><span class="badge {esc(r["status"])}">{esc(r["status"])}</span></td><td>{esc(r["plate"])}</td>'
+            f'<td class="reason">{esc(r["reason"])}</td></tr>'
+            for r in changes.files
+        ]
+        rows, more = capped(rows, "files.csv")
+        parts.append(
+            "<h3>Files</h3>"
+            + table(["file", "change", "status", "plate", "reason"], rows, ' data-table="changes"')
+            + more
+        )
+    if changes.plates:
+        by_plate = {str(r["plate"]): r for r in records(qc)}
+        rows = []
+        for plate, version in changes.plates.items():
+            q = by_plate.get(plate)
+            if q is None:
+                continue
+            flags = "; ".join(FLAGS.get(f, f) for f in str(q["flags"]).split(";") if f and not _missing(q["flags"]))
+            rows.append(
+                f'<tr data-plate="{esc(plate)}"><td><a href="{esc(plate_page(plate))}">{esc(plate)}</a></td>'
+                f"<td>{esc(version)}</td><td>{esc(q['date'])}</td><td>{esc(q['donor'])}</td>"
+                f'<td><span class="badge {esc(q["status"])}">{esc(q["status"])}</span></td><td class="reason">{esc(flags)}</td></tr>'
+            )
+        rows, more = capped(rows, "qc.csv")
+        parts.append(
+            "<h3>Plates accepted in this run</h3>"
+            + table(["plate", "version", "date", "donor", "QC", "flags"], rows, ' data-table="new_plates"')
+            + more
+        )
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
@@ -139,19 +204,25 @@ def summary_section(files: pd.DataFrame, qc: pd.DataFrame) -> str:
             f'<td>{esc(r["reason"])}</td><td class="muted">{esc(NEXT_STEP.get(str(r["status"]), ""))}</td></tr>'
             for r in bad.to_dict("records")
         ]
-        problems = "<h3>Files not accepted, not read, retracted or gone</h3>" + table(
-            ["file", "status", "plate", "reason", "what to do"], rows, ' data-table="files"'
+        rows, more = capped(rows, "files.csv")
+        problems = (
+            "<h3>Files not accepted, not read, retracted or gone</h3>"
+            + table(["file", "status", "plate", "reason", "what to do"], rows, ' data-table="files"')
+            + more
         )
     failed = qc[qc["status"] != "pass"]
     fail_html = ""
     if not failed.empty:
-        items = "".join(
-            f'<li><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a>: '
-            + esc("; ".join(FLAGS.get(f, f) for f in str(r["flags"]).split(";") if f))
-            + "</li>"
-            for r in failed.to_dict("records")
+        items, more = capped(
+            [
+                f'<li><a href="{esc(plate_page(str(r["plate"])))}">{esc(r["plate"])}</a>: '
+                + esc("; ".join(FLAGS.get(f, f) for f in str(r["flags"]).split(";") if f))
+                + "</li>"
+                for r in failed.to_dict("records")
+            ],
+            "qc.csv",
         )
-        fail_html = f"<h3>Plates that failed QC (not used for potency)</h3><ul>{items}</ul>"
+        fail_html = f"<h3>Plates that failed QC (not used for potency)</h3><ul>{''.join(items)}</ul>{more}"
     return (
         f'<section id="summary"><h2>Run summary</h2><div class="cards">{card_html}</div>{problems}{fail_html}</section>'
     )
@@ -172,36 +243,54 @@ def history_section(history: pd.DataFrame) -> str:
         for r in replaced.to_dict("records")
     ]
     headers = ["plate", "version", "accepted", "replaced", "", "lot", "RP", "CI low", "CI high", "export sha256"]
+    rows, more = capped(rows, "plate_history.csv")
     return (
         '<section id="history"><h2>Re-exported plates</h2><p>A corrected export or layout replaced these plates\' '
         "results; the superseded versions stay in the archive and in <code>plate_history.csv</code> with the "
-        "numbers they gave.</p>" + table(headers, rows, ' data-table="plate_history"') + "</section>"
+        "numbers they gave.</p>" + table(headers, rows, ' data-table="plate_history"') + more + "</section>"
     )
 
 
-def plates_section(t: Mapping[str, pd.DataFrame], sections: Sequence[Section]) -> str:
-    """Plate index (links) and the plate sections."""
+#: The plate index's columns (JSON rows in the page; ``page`` is the link, not shown as a column).
+INDEX_COLUMNS = ("plate", "page", "date", "donor", "reference", "qc", "flags", "lots with RP")
+
+
+def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:
+    """One row per accepted plate (qc.csv order: by plate): the values of :data:`INDEX_COLUMNS` as text."""
     qc = t["qc"]
     n_rp = t["potency"].groupby("plate")["status"].apply(lambda s: f"{int((s == 'ok').sum())}/{len(s)}").to_dict()
-    rows = [
-        f'<tr data-plate="{esc(r["plate"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
-        f"<td>{esc(r['date'])}</td><td>{esc(r['donor'])}</td><td>{esc(r['reference_lot'])}</td>"
-        f'<td><span class="badge {esc(r["status"])}">{esc(r["status"])}</span></td>'
-        f'<td class="flags">{esc(str(r["flags"]).replace(";", ", ") if isinstance(r["flags"], str) else "")}</td>'
-        f'<td class="n">{esc(n_rp.get(r["plate"], "–"))}</td></tr>'
-        for r in qc.to_dict("records")
-    ]
-    index = table(["plate", "date", "donor", "reference", "QC", "flags", "lots with RP"], rows, ' id="plate-index"')
-    legend = (
-        '<p class="legend">Plate map: grey scale = CPM (light = low, dark = high); '
-        "<b>S</b> spontaneous, <b>M</b> maximum, <b>B</b> background, <b>U</b> untreated, "
-        "<b>●</b> IVIG lot (its colour), <b>V</b> vehicle; "
-        '<span class="lg x">hatched</span> excluded well, <span class="lg o">red frame</span> outlier. '
-        "Hover over a well for its details.</p>"
-    )
+
+    def text(v: object) -> str:
+        return "" if _missing(v) else str(v)
+
+    return [
+        [text(r["plate"]), plate_page(str(r["plate"])), text(r["date"]), text(r["donor"]), text(r["reference_lot"]),
+         text(r["status"]), text(r["flags"]).replace(";", ", "), n_rp.get(r["plate"], "–")]
+        for r in records(qc)
+    ]  # fmt: skip
+
+
+def json_script(value: object) -> str:
+    """JSON for a ``<script type="application/json">`` element (``<``, ``>`` and ``&`` escaped: no text in
+    it can close the element)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def plates_section(t: Mapping[str, pd.DataFrame]) -> str:
+    """The plate index: every accepted plate, with a link to its page (``plates/<name>.html``); the rows
+    are data in the page, drawn (filtered, sorted, 100 at a time) by the page's script."""
+    rows = plate_index_rows(t)
+    headers = [c for c in INDEX_COLUMNS if c != "page"]
+    index = table(headers, [], ' id="plate-index"')
     return (
-        f'<section id="plates"><h2>Plates ({len(qc)})</h2><div id="plate-tools"></div>'
-        f'<div class="index">{index}</div>{legend}{"".join(s.html for s in sections)}</section>'
+        f'<section id="plates"><h2>Plates ({len(rows)})</h2>'
+        "<p>Each plate's map, QC against its limits, curves, titration, potency and files are on its own page. "
+        "Click a column to sort; the filter matches any column.</p>"
+        f'<div id="plate-tools"></div><div class="index">{index}</div>'
+        '<noscript><p class="muted">The plate list needs JavaScript; the same rows are in <code>qc.csv</code>.</p></noscript>'
+        f'<script type="application/json" id="plate-data" data-columns="{esc(json.dumps(list(INDEX_COLUMNS)))}">'
+        f"{json_script(rows)}</script></section>"
     )
 
 
@@ -219,6 +308,8 @@ def provenance_section(files: pd.DataFrame, config: Mapping[str, Any], templates
         f"<td><code>{esc(r['sha256'])}</code></td></tr>"
         for r in files.to_dict("records")
     ]
+    n_files = len(frows)
+    frows, more = capped(frows, "files.csv")
     for path in templates:
         sha, size = file_digest(path)
         frows.append(
@@ -229,19 +320,25 @@ def provenance_section(files: pd.DataFrame, config: Mapping[str, Any], templates
         '<section id="provenance"><h2>Provenance</h2><div class="row">'
         f'<div><h3>Software</h3><table class="kv">{vrows}</table></div>'
         f"<div><h3>Configuration used</h3><pre>{esc(cfg)}</pre></div></div>"
-        f"<details><summary>Input files and their sha256 ({len(frows)})</summary>"
-        f"{table(['file', 'status', 'bytes', 'sha256'], frows, ' data-table=sha256')}</details></section>"
+        f"<details><summary>Input files and their sha256 ({n_files}; each plate's files are also on its page)</summary>"
+        f"{table(['file', 'status', 'bytes', 'sha256'], frows, ' data-table=sha256')}{more}</details></section>"
+    )
+
+
+def document(title: str, body: str, colours: Mapping[str, str] | None = None) -> str:
+    """A whole page: the report's stylesheet (with a colour per lot of ``colours``) and script inline,
+    no external resource."""
+    lot_css = "".join(f".{lot_class(lot)}{{color:{c}}}" for lot, c in sorted((colours or {}).items()))
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title>"
+        f"<style>\n{CSS}{lot_css}</style></head><body>{body}<script>\n{JS}</script></body></html>"
     )
 
 
 def _page(body: str, colours: Mapping[str, str]) -> str:
-    lot_css = "".join(f".{lot_class(lot)}{{color:{c}}}" for lot, c in sorted(colours.items()))
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        "<title>51Cr release assay report</title>"
-        f"<style>\n{CSS}{lot_css}</style></head><body>{body}<script>\n{JS}</script></body></html>"
-    )
+    return document("51Cr release assay report", body, colours)
 
 
 def write_report(report: Report, html_path: str | Path, figures_dir: str | Path) -> None:

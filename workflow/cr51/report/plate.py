@@ -154,7 +154,7 @@ def plate_section(
         f"Untreated E:T titration, plate {plate}",
     )
     html = (
-        f'<details class="plate" id="{plate_id(plate)}" data-plate="{esc(plate)}" data-lots="{esc("|".join(lots))}">'
+        f'<details class="plate" open id="{plate_id(plate)}" data-plate="{esc(plate)}" data-lots="{esc("|".join(lots))}">'
         f'{summary}<div class="pbody">'
         f'<div class="row"><div><h4>Plate map (CPM)</h4>{plate_map(wells)}</div>'
         f"<div><h4>Quality control</h4>{qc_table(qc, max_cv, limits.qc)}{flag_list(flags)}</div></div>"

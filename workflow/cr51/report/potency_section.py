@@ -9,8 +9,9 @@ import pandas as pd
 
 from ..figures import ForestGroup, ForestRow, lot_class
 from ..settings import Analysis
-from .html import esc, fmt, plate_id, table, td
+from .html import capped, esc, fmt, table, td
 from .html import truthy as _truthy
+from .names import plate_page
 
 
 def forest_groups(inputs: pd.DataFrame, combined: pd.DataFrame) -> list[ForestGroup]:
@@ -33,6 +34,23 @@ def forest_groups(inputs: pd.DataFrame, combined: pd.DataFrame) -> list[ForestGr
     return groups
 
 
+def combined_groups(combined: pd.DataFrame) -> list[ForestGroup]:
+    """Forest rows of the index: per lot only its combined RP (its plates are on the lot's page), each
+    labelled with its reference lot when the run has more than one."""
+    if combined.empty:
+        return []
+    several = combined["reference_lot"].nunique() > 1
+    groups = []
+    for c in combined.sort_values(["reference_lot", "lot"], kind="stable").to_dict("records"):
+        if c["n_plates"] > 0:
+            row = ForestRow(
+                f"combined ({int(c['n_plates'])} plates)", float(c["rp"]), float(c["rp_lo"]), float(c["rp_hi"])
+            )
+            label = f"{c['lot']} vs {c['reference_lot']}" if several else str(c["lot"])
+            groups.append(ForestGroup(str(c["lot"]), [], row, label))
+    return groups
+
+
 def potency_section(
     t: Mapping[str, pd.DataFrame],
     forest: str,
@@ -47,7 +65,8 @@ def potency_section(
         f'<section id="potency"><h2>Relative potency vs reference lot {esc(ref_text)}</h2>'
         f"<p>RP = IC50(reference) / IC50(lot) from the joint parallel fit of each plate; RP &gt; 1: the lot suppresses "
         f"lysis more strongly than the reference. Plates enter a lot's combined RP (Ph. Eur. 5.3) when the plate passed QC "
-        f"and the lot passed the parallelism gate (<code>{esc(gate)}</code>); dashed: plate not combined.</p>"
+        f"and the lot passed the parallelism gate (<code>{esc(gate)}</code>). The plot shows each lot's combined RP; "
+        f"the plates' own RPs are in <code>potency_combined_inputs.csv</code> and on each plate's page.</p>"
         f'<figure class="forest">{forest}</figure>'
         f"<h3>Combined potency per lot</h3>{combined_table(t['potency_combined'])}"
         f"<h3>Parallelism and equivalence per lot</h3>{verdict_table(t['potency'], t['potency_combined_inputs'], alpha)}"
@@ -108,25 +127,28 @@ def vehicle_block(potency: pd.DataFrame, qc: pd.DataFrame, limit: float) -> str:
     if flagged.empty:
         return text
     rows = [
-        f'<tr data-plate="{esc(r["plate"])}" data-lot="{esc(r["lot"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
+        f'<tr data-plate="{esc(r["plate"])}" data-lot="{esc(r["lot"])}"><td><a href="{esc(plate_page(str(r["plate"])))}">{esc(r["plate"])}</a></td>'
         f"<td>{esc(r['lot'])}</td>{td(r['vehicle_suppression_pct'], 'vehicle_suppression_pct', 'bad')}</tr>"
         for r in flagged.to_dict("records")
     ]
-    return text + table(["plate", "lot", "vehicle suppression %"], rows, ' data-table="vehicle"')
+    rows, more = capped(rows, "potency.csv")
+    return text + table(["plate", "lot", "vehicle suppression %"], rows, ' data-table="vehicle"') + more
 
 
 def lots_differ_table(differ: pd.DataFrame, alpha: float) -> str:
     """lots_differ.csv (collapsed when long)."""
     rows = [
-        f'<tr data-plate="{esc(r["plate"])}"><td><a href="#{plate_id(str(r["plate"]))}">{esc(r["plate"])}</a></td>'
+        f'<tr data-plate="{esc(r["plate"])}"><td><a href="{esc(plate_page(str(r["plate"])))}">{esc(r["plate"])}</a></td>'
         f"{td(r['f'], 'f')}{td(r['df1'], 'df1')}{td(r['df2'], 'df2')}{td(r['p'], 'p')}"
         f"<td>{'differ' if r['p'] < alpha else ('–' if pd.isna(r['p']) else 'no evidence')}</td></tr>"
         for r in differ.to_dict("records")
     ]
     n_differ = int((differ["p"] < alpha).sum())
+    n = len(rows)
+    rows, more = capped(rows, "lots_differ.csv")
     tab = table(["plate", "F", "df1", "df2", "p", f"at α = {fmt(alpha)}"], rows, ' data-table="lots_differ"')
-    opened = " open" if len(rows) <= 20 else ""
+    opened = " open" if n <= 20 else ""
     return (
-        f"<details{opened}><summary>Within-plate F test of one common IC50 against one IC50 per lot: {len(rows)} plate(s), "
-        f"{n_differ} with p &lt; {fmt(alpha)}</summary>{tab}</details>"
+        f"<details{opened}><summary>Within-plate F test of one common IC50 against one IC50 per lot: {n} plate(s), "
+        f"{n_differ} with p &lt; {fmt(alpha)}</summary>{tab}{more}</details>"
     )
