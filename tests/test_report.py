@@ -316,3 +316,19 @@ def test_standalone_figures_use_the_fixed_colours_of_the_plate_page(run):
             colour = re.search(rf"\.{cls}{{color:(#[0-9A-Fa-f]{{6}})}}", pages[plate]).group(1)
             assert f'stroke="{colour}"' in standalone
         assert "class=" not in standalone and "currentColor" not in standalone
+
+
+def test_plates_breaking_a_control_rule_are_flagged_in_the_plate_list(run):
+    tables, *_ = run
+    plate = str(tables["qc"]["plate"].iloc[0])
+    trends = pd.DataFrame([
+        {"plate": plate, "date": "2026-01-01", "quantity": "untreated_lysis_pct", "value": 1.0, "mean": 50.0,
+         "sd": 5.0, "rule": "1-3s", "series": "all", "z": -9.8, "warning": "1-2s", "baseline": False,
+         "n_baseline": 20, "limits": "final"},
+    ])  # fmt: skip
+    html = build_report(ReportInputs({**tables, "trends": trends}, CONFIG)).html
+    rows = json.loads(re.search(r'id="plate-data"[^>]*>(.*?)</script>', html).group(1))
+    flags = {r[0]: r[6] for r in rows}
+    assert "trend 1-3s (untreated_lysis_pct)" in flags[plate]
+    assert all("trend" not in f for p, f in flags.items() if p != plate)
+    assert 'id="trends"' in html

@@ -11,6 +11,11 @@ and the peak RSS (sum over the Snakemake process tree, sampled every 100 ms). Ea
 with its ratio to a baseline measured in the same run: the median wall time of a process running
 ``python -c "import lmfit"`` (5 times before and 5 times after the runs: the VM's speed drifts).
 Targets (ratios): full <= 40, one new plate <= 8, nothing new <= 3, peak RSS <= 1 GiB.
+
+It also measures the report (issue 17): the size of the index ``report.html`` (<= 2 MB) and of the
+largest plate page (<= 200 kB), and the time headless Chromium takes to screenshot the index, against
+the same for the 6-plate demo (<= 3 x). With ``--compare`` (the JSON of a 1,000-plate run), at 10x the
+plates: the full run <= 12 x, one new plate <= 2 x the 1,000-plate run's.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ TARGET_PLATES = 1000
 #: 10x the plates in at most this many times the full-run time (no super-linear step).
 SCALE_LIMIT = 12.0
 RSS_LIMIT = 1 << 30
+INDEX_LIMIT, PAGE_LIMIT, BROWSER_LIMIT, ONE_NEW_SCALE = 2_000_000, 200_000, 3.0, 2.0
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: RSS sampling interval. One sample (walk the process tree, read each RSS) costs ~1.2 ms of CPU:
 #: at 20 ms that took ~6 % of one of the 2 cores away from the run being measured.
 SAMPLE_S = 0.1
@@ -99,6 +106,42 @@ def run(raw: Path, results: Path, cores: int, extra: list[str]) -> tuple[float, 
     return wall, peak
 
 
+def screenshot_s(page: Path, repeats: int = 3) -> float:
+    """Median wall time of headless Chromium loading ``page`` from disk and writing a screenshot."""
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            subprocess.run(
+                [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp}/profile",
+                 f"--screenshot={tmp}/shot.png", "--window-size=1280,2000", page.as_uri()],
+                capture_output=True, timeout=300, check=False,
+            )  # fmt: skip
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def report_figures(results: Path) -> dict[str, float]:
+    """Sizes of the index and the largest plate page; the index's screenshot time (Chromium)."""
+    pages = list((results / "plates").glob("*.html"))
+    out = {
+        "index_bytes": (results / "report.html").stat().st_size,
+        "largest_page_bytes": max((p.stat().st_size for p in pages), default=0),
+    }
+    if CHROMIUM:
+        out["index_screenshot_s"] = screenshot_s(results / "report.html")
+    return out
+
+
+def demo_screenshot_s(cores: int) -> float | None:
+    """The screenshot time of the 6-plate demo's index (the shipped example plates)."""
+    if not CHROMIUM:
+        return None
+    with tempfile.TemporaryDirectory(prefix="cr51-bench-demo-") as tmp:
+        run(REPO / "resources" / "example", Path(tmp) / "results", cores, ["settle_seconds=0"])
+        return screenshot_s(Path(tmp) / "results" / "report.html")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plates", type=int, default=1000)
@@ -129,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         full, rss_full = run(raw, results, args.cores, extra)
+        figures.update(report_figures(results))
         write_plates(raw, args.plates, 1, args.seed)
         one, rss_one = run(raw, results, args.cores, extra)
         none, rss_none = run(raw, results, args.cores, extra)
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    demo = demo_screenshot_s(args.cores)
     after = baseline()
     # the VM's speed drifts over minutes: a baseline measured on both sides of the runs
     base = statistics.median([*before, *after])
@@ -159,6 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     verdict = ("ok" if peak <= RSS_LIMIT else "MISSED") if judged else "(target is for 1,000 plates)"
     print(f"peak RSS     {peak / 2**20:7.0f} MiB (target <= 1024 MiB) {verdict}")
     ok &= peak <= RSS_LIMIT or not judged
+    figures["demo_screenshot_s"] = demo
+    for key, limit, unit in (("index_bytes", INDEX_LIMIT, "bytes"), ("largest_page_bytes", PAGE_LIMIT, "bytes")):
+        good = figures[key] <= limit
+        ok &= good
+        print(f"{key:18s} {figures[key]:>11,} {unit} (target <= {limit:,}) {'ok' if good else 'MISSED'}")
+    if demo and "index_screenshot_s" in figures:
+        ratio = figures["index_screenshot_s"] / demo
+        good = ratio <= BROWSER_LIMIT
+        ok &= good
+        print(
+            f"index screenshot {figures['index_screenshot_s']:.2f} s = {ratio:.1f} x the 6-plate demo's "
+            f"{demo:.2f} s (target <= {BROWSER_LIMIT:g} x) {'ok' if good else 'MISSED'}"
+        )
     if args.compare is not None and args.compare.exists():
         small = json.loads(args.compare.read_text())
         scale = full / small["full_s"]
@@ -168,6 +226,24 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"scaling      full run {scale:.1f} x the {small['plates']}-plate full run in {args.compare} "
             f"(target <= {limit:g} x) {'ok' if good else 'MISSED'}"
+        )
+        one_scale = one / small["one_new_s"]
+        good = one_scale <= ONE_NEW_SCALE
+        ok &= good
+        print(
+            f"scaling      one new plate {one_scale:.1f} x the {small['plates']}-plate run's "
+            f"(target <= {ONE_NEW_SCALE:g} x) {'ok' if good else 'MISSED'}"
+        )
+        for key, wall, target in (("nothing_new", none, TARGETS["nothing_new"]),):
+            good = wall / base <= target
+            ok &= good
+            print(
+                f"at {args.plates} plates: {key} {wall / base:.1f} x baseline (target <= {target:g} x) {'ok' if good else 'MISSED'}"
+            )
+        good = peak <= RSS_LIMIT
+        ok &= good
+        print(
+            f"at {args.plates} plates: peak RSS {peak / 2**20:.0f} MiB (target <= 1024 MiB) {'ok' if good else 'MISSED'}"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

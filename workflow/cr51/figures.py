@@ -327,3 +327,119 @@ def _forest_group(
     else:
         out.append(svg.text(20, y + 4, "combined: no valid plates", extra=' fill="#a00"'))
     return "".join(out)
+
+
+@dataclass(frozen=True)
+class TrendSeries:
+    """The plates of one monitored quantity's series, in date order, as a Levey–Jennings chart draws them.
+
+    ``days`` are days since 1970-01-01; ``values`` are in the quantity's own scale (ln of it when
+    ``log``: the axis is then labelled in the quantity's unit, on a log scale). ``broken`` holds the
+    rules each plate breaks (empty when none); ``warning`` marks the plates beyond 2 SD.
+    """
+
+    label: str
+    days: npt.NDArray[np.float64]
+    values: npt.NDArray[np.float64]
+    plates: tuple[str, ...]
+    broken: tuple[str, ...]
+    warning: npt.NDArray[np.bool_]
+    mean: float
+    sd: float
+    provisional: bool
+    n_baseline: int
+    baseline_end: float | None = None  # the last baseline plate's day, when it is among the drawn plates
+    log: bool = False
+
+
+#: Paint of the Levey–Jennings chart: points in limits, warnings (1-2s), rule breaks, ±2 SD, ±3 SD.
+LJ_OK, LJ_WARN, LJ_BROKEN, LJ_2SD, LJ_3SD = "#0072B2", "#E69F00", "#C1121F", "#B07A00", "#C1121F"
+
+
+def levey_jennings_svg(s: TrendSeries, title: str, desc: str) -> str:
+    """Levey–Jennings chart: each plate's value by assay date, the mean, ±2 SD and ±3 SD, broken points marked.
+
+    Parameters
+    ----------
+    s
+        The series (already cut to the plates to draw).
+    title, desc
+        The figure's accessible title and description (``<title>``, ``<desc>``).
+
+    Returns
+    -------
+    str
+        The SVG: points in limits as one ``lj-ok`` path, warnings (beyond 2 SD, no rule broken) as one
+        ``lj-warn`` path, and each plate that breaks a rule as its own ``lj-broken`` mark with a
+        ``<title>`` naming the plate and the rules. Provisional limits are drawn dotted and labelled.
+    """
+    w, h = 720, 250
+    frame = svg.Frame(left=64, top=18, right=w - 96, bottom=h - 46)
+    shown = (lambda v: np.exp(v)) if s.log else (lambda v: np.asarray(v, float))
+    have_sd = math.isfinite(s.sd) and s.sd > 0 and math.isfinite(s.mean)
+    span = np.asarray(s.values, float)
+    if have_sd:
+        span = np.append(span, [s.mean - 3.4 * s.sd, s.mean + 3.4 * s.sd])
+    span = span[np.isfinite(span)]
+    lo, hi = (float(span.min()), float(span.max())) if span.size else (0.0, 1.0)
+    if not hi > lo:
+        lo, hi = lo - 1.0, hi + 1.0
+    pad = 0.04 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if s.log:
+        ys = svg.Scale(math.exp(lo), math.exp(hi), frame.bottom, frame.top, log=True)
+        ticks = [t for t in svg.nice_ticks(math.exp(lo), math.exp(hi), 4) if t > 0]
+    else:
+        ys = svg.Scale(lo, hi, frame.bottom, frame.top)
+        ticks = svg.nice_ticks(lo, hi, 5)
+    days = np.asarray(s.days, float)
+    d0, d1 = (float(days.min()), float(days.max())) if days.size else (0.0, 1.0)
+    if not d1 > d0:
+        d0, d1 = d0 - 1.0, d1 + 1.0
+    dpad = 0.03 * (d1 - d0)
+    xs = svg.Scale(d0 - dpad, d1 + dpad, frame.left, frame.right)
+    out = [svg.svg_open(w, h, title, ' class="lj"'), svg.desc(desc)]
+    out.append(svg.y_axis(frame, ys, ticks, s.label))
+    out.append(svg.x_axis_labelled(frame, xs, svg.date_ticks(d0, d1), "assay date"))
+    if have_sd:
+        band_lo, band_hi = ys.at(shown(s.mean - 2 * s.sd)), ys.at(shown(s.mean + 2 * s.sd))
+        out.append(svg.rect(frame.left, band_hi, frame.right - frame.left, band_lo - band_hi, 'fill="#eef5ee"'))
+        dash = "1 3" if s.provisional else "5 3"
+        for k, paint, name in ((3, LJ_3SD, "3 SD"), (2, LJ_2SD, "2 SD")):
+            for sign in (1, -1):
+                v = s.mean + sign * k * s.sd
+                y = ys.at(shown(v))
+                out.append(svg.line(frame.left, y, frame.right, y, f'stroke="{paint}" stroke-dasharray="{dash}"'))
+                mark = "+" if sign > 0 else "−"
+                out.append(
+                    svg.text(frame.right + 4, y + 4, f"{mark}{name} {float(shown(v)):.3g}", extra=f' fill="{paint}"')
+                )
+        y = ys.at(shown(s.mean))
+        mean_dash = ' stroke-dasharray="1 3"' if s.provisional else ""
+        out.append(svg.line(frame.left, y, frame.right, y, f'stroke="#333" stroke-width="1.4"{mean_dash}'))
+        out.append(svg.text(frame.right + 4, y + 4, f"mean {float(shown(s.mean)):.3g}", extra=' fill="#333"'))
+    if s.provisional:
+        out.append(
+            svg.text(frame.left + 6, frame.top + 10, f"provisional limits ({s.n_baseline} plates): no rule evaluated",
+                     extra=' fill="#555"')
+        )  # fmt: skip
+    if s.baseline_end is not None and d0 <= s.baseline_end < d1:
+        x = xs.at(s.baseline_end)
+        out.append(svg.line(x, frame.top, x, frame.bottom, 'stroke="#777" stroke-dasharray="2 2"'))
+        out.append(svg.text(x - 3, frame.top + 10, "baseline", "end", ' fill="#555"'))
+    px, py = xs(days), ys(shown(s.values))
+    out.append(svg.polyline(px, py, 'stroke="#9aa7b0" stroke-width="0.8"'))
+    broken = np.array([b != "" for b in s.broken], bool)
+    warn = np.asarray(s.warning, bool) & ~broken
+    ok = ~broken & ~warn
+    out.append(svg.dots(px[ok], py[ok], 5, f'class="lj-ok" stroke="{LJ_OK}"'))
+    out.append(svg.dots(px[warn], py[warn], 6, f'class="lj-warn" stroke="{LJ_WARN}"'))
+    for i in np.flatnonzero(broken):
+        x, y = svg.num(px[i]), svg.num(py[i])
+        out.append(
+            f'<g class="lj-broken"><title>{svg.esc(s.plates[i])}: {svg.esc(s.broken[i])}</title>'
+            f'<path d="M{x} {y}h0" stroke="{LJ_BROKEN}" stroke-width="8" stroke-linecap="round"/>'
+            f'<circle cx="{x}" cy="{y}" r="6.5" fill="none" stroke="{LJ_BROKEN}"/></g>'
+        )
+    out.append("</svg>")
+    return "".join(out)

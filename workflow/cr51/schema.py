@@ -164,6 +164,15 @@ CAMPAIGN_SIMILARITY = Table(
         "slope_ratio_margin_hi bottom_margin top_margin verdict:text method:text"
     ),
 )
+#: trends.csv (cr51.trends): per plate × monitored quantity, its value, the series' control limits and the
+#: Westgard rules it breaks (``rule``, ``;``-separated, empty when none); docs/trends.md.
+TRENDS = Table(
+    "trends",
+    _cols(
+        "plate:text date:text quantity:text value mean sd rule:text series:text z warning:text baseline:bool "
+        "n_baseline:int limits:text"
+    ),
+)
 #: The campaign tables (cr51.campaign), written by the collect job.
 CAMPAIGN_TABLES = (CAMPAIGN_INPUTS, CAMPAIGN_LOTS, CAMPAIGN_PAIRS, CAMPAIGN_TESTS, CAMPAIGN_SIMILARITY)
 
@@ -172,7 +181,7 @@ TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         FILES, WELLS, LYSIS, QC, FITS, POTENCY, LOTS_DIFFER, POTENCY_COMBINED, POTENCY_COMBINED_INPUTS,
-        PLATE_HISTORY, *CAMPAIGN_TABLES,
+        PLATE_HISTORY, *CAMPAIGN_TABLES, TRENDS,
     )
 }  # fmt: skip
 #: The tables each plate contributes rows to (a batch job writes these; collect concatenates them).
@@ -198,6 +207,9 @@ POTENCY_STATUSES = ("ok", "failed")
 #: limits given), ``unbounded`` (the denominator is not significantly different from 0, Fieller's
 #: g >= 1, or the set is not an interval: the limits are left empty) or ``not computed`` (no fit).
 CI_STATUSES = ("bounded", "unbounded", "not computed")
+#: trends.csv ``limits``: ``fixed`` (the series has its full baseline, ``trends.baseline_plates``; rules are
+#: evaluated) or ``provisional`` (fewer plates: mean and SD of the plates so far, no rule evaluated).
+TREND_LIMITS = ("fixed", "provisional")
 #: qc.csv ``flags`` (``;``-separated) and what each means, in words (shown in the report).
 FLAGS = {
     "SPONTANEOUS_HIGH": "spontaneous release is above the allowed share of maximum release",

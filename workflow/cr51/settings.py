@@ -149,6 +149,19 @@ class Counter:
 
 
 @dataclass(frozen=True)
+class Trends:
+    """``trends:`` — assay monitoring over assay date (control limits, Westgard rules; docs/trends.md).
+
+    Not part of :class:`Analysis`: no plate's numbers depend on it (the collect job computes the
+    trends), so changing it recomputes no plate.
+    """
+
+    rules: tuple[str, ...]
+    baseline_plates: int
+    chart_plates: int
+
+
+@dataclass(frozen=True)
 class Analysis:
     """The settings every number depends on (the batch jobs' parameter; the plate cache's key)."""
 
@@ -186,6 +199,7 @@ class Settings:
     inbox_min_share: float
     confirm_cleanout: bool
     stale_after_hours: float
+    trends: Trends
     analysis: Analysis
 
     @classmethod

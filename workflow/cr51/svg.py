@@ -161,3 +161,43 @@ def x_axis(frame: Frame, xs: Scale, ticks: Sequence[float], label: str, start: f
 def axis_break(x: float, y: float) -> str:
     """The ``//`` mark of a broken axis at (x, y)."""
     return "".join(line(x + dx - 3, y + 5, x + dx + 3, y - 5) for dx in (-2.5, 2.5))
+
+
+def desc(s: str) -> str:
+    """An accessible description (``<desc>``), placed right after the ``<title>`` of :func:`svg_open`."""
+    return f"<desc>{esc(s)}</desc>"
+
+
+def x_axis_labelled(frame: Frame, xs: Scale, ticks: Sequence[tuple[float, str]], label: str) -> str:
+    """Bottom axis with ticks at data values and the given texts (dates, categories) and a centred label."""
+    out = [line(frame.left, frame.bottom, frame.right, frame.bottom)]
+    for t, s in ticks:
+        x = xs.at(t)
+        out.append(line(x, frame.bottom, x, frame.bottom + 4))
+        out.append(text(x, frame.bottom + 16, s, "middle"))
+    out.append(text((frame.left + frame.right) / 2, frame.bottom + 32, label, "middle"))
+    return "".join(out)
+
+
+def date_ticks(lo: float, hi: float, n: int = 6) -> list[tuple[float, str]]:
+    """About ``n`` date ticks over days since 1970-01-01 [lo, hi]: (day, text).
+
+    Whole years (``2026``) over more than three years, first days of months (``2026-04``) over more than
+    two months, otherwise days (``2026-04-23``) at a round step of days.
+    """
+    lo_d, hi_d = np.datetime64(int(math.floor(lo)), "D"), np.datetime64(int(math.ceil(hi)), "D")
+    span = hi - lo
+    if span > 3 * 365:
+        years = np.arange(lo_d.astype("datetime64[Y]"), hi_d.astype("datetime64[Y]") + 1)
+        step = max(1, math.ceil(len(years) / n))
+        marks = [(y.astype("datetime64[D]"), str(y)) for y in years[::step]]
+    elif span > 60:
+        months = np.arange(lo_d.astype("datetime64[M]"), hi_d.astype("datetime64[M]") + 1)
+        step = next(s for s in (1, 2, 3, 6, 12) if len(months) / s <= n)
+        marks = [(m.astype("datetime64[D]"), str(m)) for m in months if m.astype(int) % step == 0]
+    else:
+        step = next(s for s in (1, 2, 5, 7, 14, 28) if span / s <= n)
+        first = math.ceil(lo / step) * step
+        marks = [(np.datetime64(int(d), "D"), "") for d in range(first, int(hi) + 1, step)]
+        marks = [(d, str(d)) for d, _ in marks]
+    return [(float(d.astype(int)), s) for d, s in marks if lo <= d.astype(int) <= hi]

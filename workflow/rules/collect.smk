@@ -47,6 +47,11 @@ rule collect:
             category="Tables",
             caption="../report/plate_history.rst",
         ),
+        trends=report(
+            f"{RESULTS}/trends.csv",
+            category="Tables",
+            caption="../report/trends.rst",
+        ),
         html=report(
             f"{RESULTS}/report.html",
             category="Report",

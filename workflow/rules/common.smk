@@ -107,5 +107,6 @@ def final_outputs():
     return [f"{RESULTS}/{name}.csv" for name in TABLES + CAMPAIGN_TABLES] + [
         f"{RESULTS}/potency_combined.csv",
         f"{RESULTS}/plate_history.csv",
+        f"{RESULTS}/trends.csv",
         f"{RESULTS}/report.html",
     ]

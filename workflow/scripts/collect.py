@@ -13,11 +13,13 @@ from cr51.collect import collect, plate_history, products, prune_plate_files, ru
 from cr51.combination import combine_plates
 from cr51.jobs import run_job
 from cr51.report import ReportInputs, build_report, write_report
-from cr51.schema import CAMPAIGN_TABLES, PLATE_HISTORY, POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
-from cr51.settings import Analysis
+from cr51.schema import CAMPAIGN_TABLES, PLATE_HISTORY, POTENCY_COMBINED, POTENCY_COMBINED_INPUTS, TRENDS
+from cr51.settings import Analysis, Settings
 from cr51.tables import read_table, write_table
+from cr51.trends import trends_table
 
-REPORTED = ("files", "qc", "potency", "lots_differ", "potency_combined", "potency_combined_inputs", "plate_history")
+REPORTED = ("files", "qc", "potency", "lots_differ", "potency_combined", "potency_combined_inputs", "plate_history",
+            "trends")  # fmt: skip
 CAMPAIGN = tuple(t.name for t in CAMPAIGN_TABLES)
 
 
@@ -37,6 +39,9 @@ def main(smk):
     campaign = analyse(potency, qc, settings, products(batches)).named()
     for table in CAMPAIGN_TABLES:
         write_table(campaign[table.name], smk.output[table.name], table)
+    fits = read_table(smk.output.fits)
+    trends = trends_table(qc, fits, Settings.from_config(smk.params.config).trends, settings.fit.models[0])
+    write_table(trends, smk.output.trends, TRENDS)
     accepted = set(qc["plate"].astype(str))
     versions = {p: v for b in batches for p, v in b.versions.items() if p in accepted}
     changes = run_changes(smk.params.results, result.files, versions)

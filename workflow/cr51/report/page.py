@@ -32,6 +32,7 @@ from .html import capped, esc, table, td
 from .html import missing as _missing
 from .names import plate_page
 from .potency_section import combined_groups, potency_section
+from .trends_section import trends_section
 
 PACKAGES = ("snakemake", "numpy", "pandas", "scipy", "lmfit", "wellmap", "openpyxl", "jsonschema", "pyyaml")
 NEXT_STEP = {
@@ -102,6 +103,7 @@ def build_report(inputs: ReportInputs) -> Report:
         campaign_section(t, settings.analysis),
         potency_section(t, forest, refs, colours, settings.analysis),
         plates_section(t),
+        trends_section(t["trends"], settings.trends) if "trends" in t else "",
         history_section(t["plate_history"]) if "plate_history" in t else "",
         provenance_section(t["files"], inputs.config, inputs.templates),
     ])  # fmt: skip
@@ -112,7 +114,7 @@ def build_report(inputs: ReportInputs) -> Report:
 def _header(raw_dir: str) -> str:
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in
-                  (("this-run", "This run"), ("summary", "Files"), ("campaign", "Campaign"), ("potency", "Potency"), ("plates", "Plates"), ("provenance", "Provenance")))  # fmt: skip
+                  (("this-run", "This run"), ("summary", "Files"), ("campaign", "Campaign"), ("potency", "Potency"), ("plates", "Plates"), ("trends", "Trends"), ("provenance", "Provenance")))  # fmt: skip
     return (
         "<header><h1>⁵¹Cr release assay — IVIG suppression of NK-cell lysis</h1>"
         f'<p class="muted">Drop folder <code>{esc(raw_dir)}</code> · generated {now} · cr51 {esc(__version__)}</p>'
@@ -263,9 +265,19 @@ def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:
     def text(v: object) -> str:
         return "" if _missing(v) else str(v)
 
+    broken: dict[str, list[str]] = {}
+    trends = t.get("trends")
+    if trends is not None and len(trends):
+        hit = trends[trends["rule"].fillna("").astype(str) != ""]
+        for plate, quantity, rule in zip(hit["plate"], hit["quantity"], hit["rule"]):
+            broken.setdefault(str(plate), []).append(f"trend {rule} ({quantity})")
+
+    def flags(r: dict) -> str:
+        return ", ".join([f for f in text(r["flags"]).split(";") if f] + broken.get(str(r["plate"]), []))
+
     return [
         [text(r["plate"]), plate_page(str(r["plate"])), text(r["date"]), text(r["donor"]), text(r["reference_lot"]),
-         text(r["status"]), text(r["flags"]).replace(";", ", "), n_rp.get(r["plate"], "–")]
+         text(r["status"]), flags(r), n_rp.get(r["plate"], "–")]
         for r in records(qc)
     ]  # fmt: skip
 
