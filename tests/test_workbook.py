@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import subprocess
+import sys
 import zipfile
 
 import openpyxl
@@ -162,3 +164,15 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_the_batch_jobs_do_not_import_openpyxl_for_the_workbook():
+    """cr51.report exports write_workbook lazily: a batch job (plate sections) does not pay for openpyxl."""
+    code = (
+        "import sys, cr51.report; from cr51.report import plate_sections; "
+        "assert 'openpyxl' not in sys.modules and 'cr51.campaign' not in sys.modules, 'eager'; "
+        "from cr51.report import write_workbook, build_lot_pages, build_campaign_pages, write_pages; "
+        "assert 'openpyxl' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
