@@ -7,6 +7,7 @@ import re
 import pytest
 from pagekit import REEXPORTED, SETTINGS, Page, chromium, many_plates, pdf_pages, run_tables, screenshot_ink
 
+from cr51.figures import lot_class, lot_colours
 from cr51.report import fmt
 from cr51.report.lot_page import PLATE_ROWS, build_lot_page, build_lot_pages, css_string, write_pages
 from cr51.report.names import campaign_page, lot_page, plate_page
@@ -199,3 +200,11 @@ def test_the_lot_page_prints_on_at_most_three_a4_pages(tmp_path, tables, pages):
     boxes = re.findall(rb"/MediaBox\s*\[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", data)
     assert boxes and all(abs(float(w) - 595.3) < 1 and abs(float(h) - 841.9) < 1 for w, h in boxes), boxes  # A4
     assert 1 <= pdf_pages(data) <= 3, pdf_pages(data)
+
+
+def test_a_lot_has_its_index_colour_on_its_page(tables, pages):
+    refs = sorted(set(tables["qc"]["reference_lot"]))
+    colours = lot_colours(set(tables["potency"]["lot"]) | set(refs), refs)
+    assert len({colours[x] for x in ("LOT-A", "LOT-B", "LOT-C")}) == 3
+    for lot in ("LOT-A", "LOT-B", "LOT-C"):
+        assert f".{lot_class(lot)}{{color:{colours[lot]}}}" in pages[lot_page(lot)]

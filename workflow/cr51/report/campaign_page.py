@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from ..figures import ForestGroup, ForestRow, forest_svg, lot_colours
+from ..figures import ForestGroup, ForestRow, forest_svg
 from ..settings import Analysis
 from . import names
 from .campaign_section import campaign_section
 from .html import esc, fmt, missing, table, td, truthy
-from .lot_page import FOREST_PLATES, date_key, document, href, page_header
+from .lot_page import FOREST_PLATES, date_key, document, href, page_header, run_colours
 
 #: Plates listed in the inputs table (the most recent; every row is in campaign_inputs.csv).
 INPUT_ROWS = 200
@@ -180,8 +180,7 @@ def build_campaign_page(camp: str, tables: Mapping[str, pd.DataFrame], settings:
         f'<section id="tests"><h2>Tests</h2>{_tests(t)}</section>',
         f'<section id="inputs"><h2>Inputs: every plate × lot</h2>{_inputs(t, ref)}</section>',
     ]
-    lots = [str(x) for x in t["campaign_lots"]["lot"]]
-    return document(f"Campaign {camp}", "".join(body), lot_colours(lots, [ref]), f"Campaign {camp}", generated)
+    return document(f"Campaign {camp}", "".join(body), run_colours(tables), f"Campaign {camp}", generated)
 
 
 def campaigns_of(tables: Mapping[str, pd.DataFrame]) -> list[str]:

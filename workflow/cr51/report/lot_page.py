@@ -34,7 +34,7 @@ import pandas as pd
 
 from .. import __version__, svg
 from ..campaign import campaign_id
-from ..figures import ForestGroup, ForestRow, forest_svg, lot_class, lot_colours
+from ..figures import REFERENCE_COLOUR, ForestGroup, ForestRow, forest_svg, lot_class, lot_colours
 from ..settings import Analysis
 from ..tables import write_text_atomic
 from . import names
@@ -506,7 +506,20 @@ def _reference_block(lot: str, t: Mapping[str, pd.DataFrame]) -> str:
     )
 
 
-def build_lot_page(lot: str, tables: Mapping[str, pd.DataFrame], settings: Analysis, *, generated: str) -> str:
+def run_colours(tables: Mapping[str, pd.DataFrame]) -> dict[str, str]:
+    """{lot: colour} of the run's lots (:func:`cr51.figures.lot_colours`, as the index colours them)."""
+    refs = sorted({str(r) for r in tables["qc"]["reference_lot"].dropna()})
+    return lot_colours(lots_of(tables), refs)
+
+
+def build_lot_page(
+    lot: str,
+    tables: Mapping[str, pd.DataFrame],
+    settings: Analysis,
+    *,
+    generated: str,
+    colours: Mapping[str, str] | None = None,
+) -> str:
     """The lot's page (HTML).
 
     Parameters
@@ -520,14 +533,16 @@ def build_lot_page(lot: str, tables: Mapping[str, pd.DataFrame], settings: Analy
         The analysis settings (``potency.ci_level``).
     generated
         When the page was made, as printed (e.g. :func:`now_text`).
+    colours
+        {lot: colour} of the run (:func:`run_colours`), so that a lot has its index colour; default: the
+        colours of ``tables``.
     """
     level = settings.potency.ci_level
     ci = f"{fmt(100 * level)} %"
     plates = plate_rows(lot, tables)
     product = product_of(lot, tables)
     camps = sorted(set(plates["campaign"])) if not plates.empty else []
-    refs = sorted({str(r) for r in tables["qc"]["reference_lot"].dropna()} - {lot})
-    colour = lot_colours([lot, *refs], refs)[lot]
+    colour = (colours or run_colours(tables)).get(lot, REFERENCE_COLOUR)
     meta = (f"product {esc(product)} · " if product else "product not given · ") + (
         f"{len(plates)} plate(s) in {len(camps)} campaign(s)" if len(plates) else "no potency results"
     )
@@ -559,9 +574,10 @@ def build_lot_pages(
         if df is not None:
             by_lot[name] = {str(k): g for k, g in df.groupby(df["lot"].astype(str), sort=False)}
     out = {}
+    colours = run_colours(tables)
     for lot in lots if lots is not None else lots_of(tables):
         mine = dict(tables)
         for name, groups in by_lot.items():
             mine[name] = groups.get(lot, tables[name].iloc[0:0])
-        out[names.lot_page(lot)] = build_lot_page(lot, mine, settings, generated=generated)
+        out[names.lot_page(lot)] = build_lot_page(lot, mine, settings, generated=generated, colours=colours)
     return out
