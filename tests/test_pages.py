@@ -48,7 +48,11 @@ def broken_links(results: Path) -> list[str]:
     """Every href/src of every page that is not an existing file inside ``results`` (or an id of its page)."""
     bad = []
     root = results.resolve()
-    for page in [results / "report.html", *sorted((results / "plates").glob("*.html"))]:
+    pages = [results / "report.html"] + [
+        p for d in ("plates", "lots", "campaigns") for p in sorted((results / d).glob("*.html"))
+    ]
+    assert len(pages) > 3
+    for page in pages:
         links, ids = local_links(page)
         for link in links:
             parts = urlsplit(link)
@@ -88,7 +92,8 @@ def runs(tmp_path_factory):
     (raw / "beta.retract").write_text("wrong donor", encoding="utf-8")
     p3 = run_batch(work, raw, results, *one)
     assert p3.returncode == 0, p3.stdout + p3.stderr
-    return dict(results=results, first=first, second=second, links=links, third=pages(results))
+    lots = sorted(p.name for p in (results / "lots").glob("*.html"))
+    return dict(results=results, first=first, second=second, links=links, third=pages(results), lots=lots)
 
 
 def name(plate: str) -> str:
@@ -127,3 +132,15 @@ def test_a_plate_page_shows_the_numbers_of_the_csvs(runs):
     files = read_table(results / "files.csv")
     for sha in files.loc[files["plate"] == "alpha", "sha256"]:
         assert sha in html
+
+
+def test_every_lot_has_a_page_and_the_workbook_is_written(runs):
+    from cr51.report.names import lot_page
+
+    potency = read_table(runs["results"] / "potency.csv")
+    lots = set(potency["lot"]) | set(read_table(runs["results"] / "qc.csv")["reference_lot"])
+    assert runs["lots"] == sorted(Path(lot_page(lot)).name for lot in lots)
+    from openpyxl import load_workbook
+
+    wb = load_workbook(runs["results"] / "results.xlsx", read_only=True)
+    assert "potency_combined" in wb.sheetnames and "campaign_pairs" in wb.sheetnames

@@ -34,7 +34,7 @@ from .report.plate_page import plate_figures, plate_files, plate_page
 from .schema import PLATE_TABLES, TABLES, Table
 from .settings import Analysis
 from .store import StaleFile
-from .tables import Rows, read_table, render_rows
+from .tables import Rows, read_table, render_rows, write_if_changed
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,9 @@ def process_plate(plate: PlateInput, settings: Analysis | Mapping[str, Any]) -> 
     rows = {name: render_rows(tables[name], TABLES[name]) for name in PLATE_TABLES}
     files = {}
     for name, section in plate_sections(tables, settings).items():
-        files[plate_files(name)[0]] = plate_page(section, tables["qc"], tables["files"], plate.version, settings)
+        files[plate_files(name)[0]] = plate_page(
+            section, tables["qc"], tables["potency"], tables["files"], plate.version, settings
+        )
         files.update(plate_figures(section, tables["qc"]))
     return PlateOutput(rows, products_of(tables["wells"]), files)
 
@@ -272,32 +274,6 @@ def kept_version(refused: PlateOutput, kept: PlateOutput, version: int) -> Plate
 def refused(out: PlateOutput) -> bool:
     """Whether the plate's version was refused (no QC row: its files are rejected)."""
     return out.rows["qc"] is None and bool((out.frame("files")["status"] == "rejected").any())
-
-
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` at ``path`` unless the file already holds exactly these bytes (then its mtime
-    stays); atomically. Whether it wrote."""
-    data = text.encode("utf-8")
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def process_batch(

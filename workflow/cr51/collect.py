@@ -201,6 +201,20 @@ def plate_history(
     return pd.DataFrame(out, columns=list(TABLES["plate_history"].names))
 
 
+def prune_pages(results_dir: str | os.PathLike, keep: set[str]) -> list[str]:
+    """Remove the lot and campaign pages (``lots/*.html``, ``campaigns/*.html``) not in ``keep`` (paths
+    relative to ``results_dir``): a lot or campaign no longer in the results. The removed paths."""
+    removed = []
+    for folder in ("lots", "campaigns"):
+        d = Path(results_dir) / folder
+        for path in sorted(d.glob("*.html")) if d.is_dir() else []:
+            rel = f"{folder}/{path.name}"
+            if rel not in keep and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(rel)
+    return removed
+
+
 #: What the previous collect saw (``results/.run-state.json``): the index's "this run" compares with it.
 RUN_STATE = ".run-state.json"
 

@@ -118,8 +118,8 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> None:
-    """Write a text file through ``write(fh)`` into a temporary file, then rename it into place.
+def write_bytes_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through ``write(fh)`` (binary) into a temporary file beside it, then rename it into place.
 
     The file gets the mode an ordinary ``open`` would give (``0o666`` less the process umask: with
     umask 002 the lab group can read it), not ``mkstemp``'s owner-only ``0o600``.
@@ -129,12 +129,38 @@ def write_text_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> None:
+    """Write a UTF-8 text file through ``write(fh)`` atomically (:func:`write_bytes_atomic`)."""
+
+    def binary(fh: IO[bytes]) -> None:
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        write(text)
+        text.flush()
+        text.detach()  # the caller closes the file
+
+    write_bytes_atomic(path, binary)
+
+
+def write_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """Write ``text`` (UTF-8) at ``path`` atomically unless the file already holds exactly these bytes
+    (then it is left alone: same bytes, same mtime). Whether it wrote."""
+    data = text.encode("utf-8")
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_bytes_atomic(path, lambda fh: fh.write(data))
+    return True
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike, table: Table) -> None:

@@ -52,6 +52,11 @@ rule collect:
             category="Tables",
             caption="../report/trends.rst",
         ),
+        workbook=report(
+            f"{RESULTS}/results.xlsx",
+            category="Tables",
+            caption="../report/results_xlsx.rst",
+        ),
         html=report(
             f"{RESULTS}/report.html",
             category="Report",

@@ -10,13 +10,39 @@ Two stages, so that an unchanged plate is not drawn again:
 
 Page and figure file names come from :mod:`.names`.
 
+Pages and the workbook the collect job writes beside the report (issue 17; docs/report.md):
+:func:`build_lot_pages` (:mod:`.lot_page`, ``lots/<name>.html``), :func:`build_campaign_pages`
+(:mod:`.campaign_page`, ``campaigns/<name>.html``), both written by :func:`write_pages`, and
+:func:`write_workbook` (:mod:`.workbook`, ``results.xlsx``); imported when first used.
+
 :mod:`.html` holds the building blocks (:func:`fmt`, :func:`esc`, :func:`td`, :func:`table`, :func:`plate_id`).
 """
+
+from importlib import import_module
+from typing import Any
 
 from .html import esc, fmt, plate_id, table, td
 from .page import Report, ReportInputs, build_report, document, write_report
 from .plate import Limits, plate_sections
 from .section import Figure, Section
+
+#: Exports imported when first used (PEP 562): the collect job's pages and workbook pull in the campaign
+#: statistics and openpyxl, which the batch jobs (``plate_sections``) do not pay for.
+_LAZY = {
+    "build_campaign_page": "campaign_page",
+    "build_campaign_pages": "campaign_page",
+    "build_lot_page": "lot_page",
+    "build_lot_pages": "lot_page",
+    "write_pages": "lot_page",
+    "write_workbook": "workbook",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Figure",
@@ -24,6 +50,10 @@ __all__ = [
     "Report",
     "ReportInputs",
     "Section",
+    "build_campaign_page",
+    "build_campaign_pages",
+    "build_lot_page",
+    "build_lot_pages",
     "build_report",
     "document",
     "esc",
@@ -32,5 +62,7 @@ __all__ = [
     "plate_sections",
     "table",
     "td",
+    "write_pages",
     "write_report",
+    "write_workbook",
 ]

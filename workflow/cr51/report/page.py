@@ -30,7 +30,7 @@ from ..tables import records, write_text_atomic
 from .campaign_section import campaign_section
 from .html import capped, esc, table, td
 from .html import missing as _missing
-from .names import plate_page
+from .names import campaign_page, lot_page, plate_page
 from .potency_section import combined_groups, potency_section
 from .trends_section import trends_section
 
@@ -101,6 +101,7 @@ def build_report(inputs: ReportInputs) -> Report:
         this_run_section(inputs.changes, qc),
         summary_section(t["files"], qc),
         campaign_section(t, settings.analysis),
+        pages_section(t),
         potency_section(t, forest, refs, colours, settings.analysis),
         plates_section(t),
         trends_section(t["trends"], settings.trends) if "trends" in t else "",
@@ -255,6 +256,23 @@ def history_section(history: pd.DataFrame) -> str:
 
 #: The plate index's columns (JSON rows in the page; ``page`` is the link, not shown as a column).
 INDEX_COLUMNS = ("plate", "page", "date", "donor", "reference", "qc", "flags", "lots with RP")
+
+
+def pages_section(t: Mapping[str, pd.DataFrame]) -> str:
+    """Links to the campaign pages and the lot pages (written beside the index by the collect job)."""
+    camps = sorted(set(t["campaign_tests"]["campaign"].astype(str))) if "campaign_tests" in t else []
+    lots = sorted(set(t["potency"]["lot"].dropna().astype(str)) | set(t["qc"]["reference_lot"].dropna().astype(str)))
+    if not camps and not lots:
+        return ""
+
+    def links(ids: list[str], page: Any) -> str:
+        return " · ".join(f'<a href="{esc(page(i))}">{esc(i)}</a>' for i in ids) or "–"
+
+    return (
+        '<section id="pages"><h2>Campaign and lot pages</h2>'
+        f"<p>Campaigns: {links(camps, campaign_page)}</p><p>Lots (each lot's potency record, printable): "
+        f"{links(lots, lot_page)}</p></section>"
+    )
 
 
 def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:

@@ -5,7 +5,8 @@ E:T titration, potency rows, its files and their sha256), and its curves as a st
 A page depends only on the plate's own results, its archived version, the analysis settings and the
 software, which are all in the plate-cache key: an unchanged plate's page has the same bytes, and
 the batch job leaves the file (and its mtime) alone. The page says nothing about the run that wrote
-it (no time stamp, no drop-folder status); links go to the index (``../report.html``), inside ``results/``.
+it (no time stamp, no drop-folder status); links go to the index (``../report.html``) and the pages of its lots with potency rows
+(``../lots/<name>.html``, written by the collect job), all inside ``results/``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..settings import Analysis
 from ..tables import records
 from .html import esc, table, td
 from .html import missing as _missing
-from .names import file_stem
+from .names import file_stem, lot_page
 from .page import document
 from .section import Section
 
@@ -50,7 +51,9 @@ def plate_figures(section: Section, qc: pd.DataFrame) -> dict[str, str]:
     return {plate_files(section.plate)[1]: curves.svg(colours)}
 
 
-def plate_page(section: Section, qc: pd.DataFrame, files: pd.DataFrame, version: int, settings: Analysis) -> str:
+def plate_page(
+    section: Section, qc: pd.DataFrame, potency: pd.DataFrame, files: pd.DataFrame, version: int, settings: Analysis
+) -> str:
     """The plate's page.
 
     Parameters
@@ -59,6 +62,8 @@ def plate_page(section: Section, qc: pd.DataFrame, files: pd.DataFrame, version:
         The plate's section (:func:`cr51.report.plate_sections`).
     qc
         The plate's qc.csv row (its reference lot colours the figures).
+    potency
+        The plate's potency.csv rows: its lots with a row, and its reference lot, have a lot page (linked).
     files
         The plate's files.csv rows as processed (layout, export: their sha256 and size).
     version
@@ -69,7 +74,13 @@ def plate_page(section: Section, qc: pd.DataFrame, files: pd.DataFrame, version:
     plate = section.plate
     ref = _reference(qc, plate)
     colours = lot_colours(set(section.lots) | ({ref} if ref else set()), [ref] if ref else [])
-    lots = " ".join(f'<b class="sw {lot_class(lot)}"></b>{esc(lot)}' for lot in section.lots)
+    paged = set(potency["lot"].dropna().astype(str)) | ({ref} if ref else set())  # lots with a lot page
+
+    def lot_link(lot: str) -> str:
+        name = f'<a href="../{esc(lot_page(lot))}">{esc(lot)}</a>' if lot in paged else esc(lot)
+        return f'<b class="sw {lot_class(lot)}"></b>{name}'
+
+    lots = " ".join(lot_link(lot) for lot in section.lots)
     rows = [
         f"<tr><td><code>{esc(r['file'])}</code></td><td>{esc(r['status'])}</td>{td(r['bytes'], 'bytes')}"
         f"<td><code>{esc(r['sha256'])}</code></td></tr>"

@@ -11,7 +11,7 @@ from ..figures import ForestGroup, ForestRow, lot_class
 from ..settings import Analysis
 from .html import capped, esc, fmt, table, td
 from .html import truthy as _truthy
-from .names import plate_page
+from .names import lot_page, plate_page
 
 
 def forest_groups(inputs: pd.DataFrame, combined: pd.DataFrame) -> list[ForestGroup]:
@@ -79,7 +79,7 @@ def potency_section(
 def combined_table(combined: pd.DataFrame) -> str:
     """potency_combined.csv."""
     rows = [
-        f'<tr data-lot="{esc(r["lot"])}"><td><b class="sw {lot_class(str(r["lot"]))}"></b>{esc(r["lot"])}</td><td>{esc(r["reference_lot"])}</td>'
+        f'<tr data-lot="{esc(r["lot"])}"><td><b class="sw {lot_class(str(r["lot"]))}"></b><a href="{esc(lot_page(str(r["lot"])))}">{esc(r["lot"])}</a></td><td>{esc(r["reference_lot"])}</td>'
         f"{td(r['n_plates'], 'n_plates')}{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}"
         f"{td(r['homogeneity_chi2'], 'homogeneity_chi2')}{td(r['homogeneity_p'], 'homogeneity_p')}<td>{esc(r['method'])}</td></tr>"
         for r in combined.to_dict("records")
