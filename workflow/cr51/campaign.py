@@ -184,34 +184,48 @@ class BlockFit:
         return est, float(np.sqrt(self.sigma2 * (c @ self.cov_unscaled @ c)))
 
 
-def _rss(X: FloatArray, y: FloatArray) -> tuple[float, int, FloatArray]:
-    beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
-    r = y - X @ beta
-    return float(r @ r), int(rank), beta
-
-
 def fit_blocks(data: pd.DataFrame, lots: Sequence[str] | None = None) -> BlockFit:
     """Fit ``log_ic50 ~ lot + plate`` to rows with columns ``plate, lot, log_ic50``.
 
     ``lots`` orders the lot levels (default: sorted); the first is the baseline.
+
+    The plates are absorbed (the intra-block analysis of an incomplete block design): with N the lot ×
+    plate incidence, K the plate sizes, R the lot replications, T and B the lot and plate totals, the lot
+    effects solve the reduced normal equations C τ = Q, C = R − N K⁻¹ Nᵀ, Q = T − N K⁻¹ B, and the residual
+    SS is the within-plate SS less τᵀQ. Exactly what least squares on the dummy-coded design gives (R's
+    ``lm``; tests/test_campaign_r.py), in memory and time that grow with the rows, not with rows × plates:
+    a campaign of 10,000 plates is a 6 × 6 system, where the dummy design was 60,000 × 10,000.
     """
     lot_levels = tuple(lots) if lots is not None else tuple(sorted(data["lot"].astype(str).unique()))
     plate_levels = tuple(sorted(data["plate"].astype(str).unique()))
     y = data["log_ic50"].to_numpy(float)
-    n = y.size
-    L = (data["lot"].astype(str).to_numpy()[:, None] == np.array(lot_levels)[None, :]).astype(float)
-    P = (data["plate"].astype(str).to_numpy()[:, None] == np.array(plate_levels)[None, :]).astype(float)
-    one = np.ones((n, 1))
-    X = np.hstack([one, L[:, 1:], P[:, 1:]])
-    rss, rank, _ = _rss(X, y)
-    k, p = len(lot_levels), len(plate_levels)
-    connected = rank == k + p - 1
-    pinv = np.linalg.pinv(X.T @ X)
-    coef = (pinv @ X.T @ y)[1:k]
-    rss_p, _, _ = _rss(np.hstack([one, P[:, 1:]]), y)
-    rss_l, _, _ = _rss(np.hstack([one, L[:, 1:]]), y)
+    n, k, p = y.size, len(lot_levels), len(plate_levels)
+    li = pd.Categorical(data["lot"].astype(str), categories=lot_levels).codes
+    pj = pd.Categorical(data["plate"].astype(str), categories=plate_levels).codes
+    if (li < 0).any():
+        raise ValueError("a row's lot is not among the lot levels")
+    N = np.zeros((k, p))
+    np.add.at(N, (li, pj), 1.0)
+    K = N.sum(axis=0)  # plate sizes (>= 1: every level has a row)
+    R = N.sum(axis=1)  # lot replications
+    T = np.bincount(li, weights=y, minlength=k)
+    B = np.bincount(pj, weights=y, minlength=p)
+    NK = N / K  # N K^-1
+    C = np.diag(R) - NK @ N.T
+    Q = T - NK @ B
+    C1 = C[1:, 1:]
+    rank_c = int(np.linalg.matrix_rank(C)) if k > 1 else 0
+    connected = rank_c == k - 1
+    cov = np.linalg.inv(C1) if connected and k > 1 else np.linalg.pinv(C1)
+    coef = cov @ Q[1:]
+    ss = float(y @ y)
+    rss_p = ss - float(B @ (B / K))  # y ~ plate: the within-plate SS
+    rss = rss_p - float(coef @ Q[1:])
+    safe_r = np.where(R > 0, R, 1.0)
+    rss_l = ss - float(T @ (T / safe_r))  # y ~ lot
     tss = float(np.sum((y - y.mean()) ** 2))
-    return BlockFit(lot_levels, plate_levels, coef, pinv[1:k, 1:k], rss, n - rank, rss_p, rss_l, tss, connected)
+    df = n - p - rank_c
+    return BlockFit(lot_levels, plate_levels, coef, cov, max(rss, 0.0), df, rss_p, rss_l, tss, connected)
 
 
 def lots_differ(fit: BlockFit) -> tuple[float, int, int, float]:
