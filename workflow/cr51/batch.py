@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import store
 from .digests import content_digest, software_digest
-from .plate import PlateInput, analyse_batch, ingest_batch
+from .plate import PlateInput, analyse_batch, ingest_batch, rejected_tables
 from .report import Section, plate_sections
 from .schema import PLATE_TABLES, TABLES
 from .settings import Analysis
@@ -203,6 +203,13 @@ def process_plate(plate: PlateInput, settings: Analysis | Mapping[str, Any]) -> 
     return PlateOutput(tables, rows, plate_sections(tables, settings))
 
 
+def guarded(plate: PlateInput, settings: Analysis, err: BaseException) -> PlateOutput:
+    """The output of a plate whose processing raised ``err``: both files ``rejected`` with the reason."""
+    reason = f"internal error while processing this plate ({type(err).__name__}); see the batch log"
+    tables = rejected_tables(plate, reason, settings.max_export_bytes)
+    return PlateOutput(tables, {name: render_rows(tables[name], TABLES[name]) for name in TEXT_TABLES}, {})
+
+
 def with_notes(out: PlateOutput, notes: dict[str, tuple[str, str]]) -> PlateOutput:
     """``out`` with the files.csv rows of the noted files changed (status "": the row is left out,
     the drop folder's own row speaks for that file)."""
@@ -254,9 +261,14 @@ def process_batch(
         key = cache.key(plate, max_bytes) if cache else ""
         out = cache.get(key) if cache else None
         if out is None:
-            out = process_plate(plate, settings)
-            if cache:
-                cache.put(key, out)
+            try:
+                out = process_plate(plate, settings)
+            except Exception as err:  # noqa: BLE001 - one plate never takes the batch down (not cached: retried)
+                log.exception("plate %r: unexpected error", plate.name)
+                out = guarded(plate, settings, err)
+            else:
+                if cache:
+                    cache.put(key, out)
         else:
             hits += 1
         return out
