@@ -69,50 +69,32 @@ def excerpt(text: object, limit: int = EXCERPT_CHARS) -> str:
 # --------------------------------------------------------------------------------------------
 # bounded TOML
 
-_STRING_START = re.compile(r"\"\"\"|'''|\"|'|#")
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _KEY_PART = r"(?:[A-Za-z0-9_-]+|\"\"|'')"  # a bare key, or a quoted one emptied by skeleton()
 _DOTTED_KEY = re.compile(_KEY_PART + r"(?:[ \t]*\.[ \t]*" + _KEY_PART + r"){" + str(MAX_KEY_PARTS) + ",}")
+
+
+#: A TOML string (multi-line basic and literal first, then single-line; one that does not end runs to the
+#: end of its line, or of the text for a multi-line one) or a comment.
+_STRING_OR_COMMENT = re.compile(
+    r'"""(?:[^"\\]|\\[\s\S]|"(?!""))*"""(?:"{1,2}(?!"))?|"""[\s\S]*'
+    r"|'''[\s\S]*?'''(?:'{1,2}(?!'))?|'''[\s\S]*"
+    r'|"(?:[^"\\\n]|\\.)*"|"[^\n]*'
+    r"|'[^'\n]*'|'[^\n]*"
+    r"|#[^\n]*"
+)
+
+
+def _emptied(m: re.Match[str]) -> str:
+    tok = m.group()
+    return "" if tok[0] == "#" else tok[0] * 2
 
 
 def skeleton(text: str) -> str:
     """``text`` with every string's content and every comment removed (``"..."`` becomes ``""``): what is
     left are the keys, brackets and bare values whose shape :func:`check_shape` bounds. A string that does
-    not end is cut at the end of the text (tomllib then reports the error)."""
-    out, pos, n = [], 0, len(text)
-    while pos < n:
-        m = _STRING_START.search(text, pos)
-        if m is None:
-            out.append(text[pos:])
-            break
-        out.append(text[pos : m.start()])
-        tok = m.group()
-        if tok == "#":
-            end = text.find("\n", m.end())
-            pos = n if end < 0 else end
-            continue
-        quote = tok[0]
-        out.append(quote * 2)
-        if len(tok) == 3:  # multi-line string: ends at the first closing triple (up to 2 more quotes belong to it)
-            end = text.find(tok, m.end())
-            while end >= 0 and quote == '"' and _escaped(text, end):
-                end = text.find(tok, end + 1)
-            pos = n if end < 0 else end + 3
-            while pos < n and text[pos] == quote:
-                pos += 1
-            continue
-        i = m.end()
-        while i < n and text[i] != quote and text[i] != "\n":
-            i += 2 if quote == '"' and text[i] == "\\" else 1
-        pos = min(i + 1, n)
-    return "".join(out)
-
-
-def _escaped(text: str, i: int) -> bool:
-    """Whether the character at ``i`` is escaped by an odd number of backslashes before it."""
-    k = i
-    while k > 0 and text[k - 1] == "\\":
-        k -= 1
-    return (i - k) % 2 == 1
+    not end runs to the end of its line (tomllib then reports the error)."""
+    return _STRING_OR_COMMENT.sub(_emptied, text)
 
 
 def check_shape(text: str, what: str) -> None:
@@ -120,7 +102,7 @@ def check_shape(text: str, what: str) -> None:
     :data:`MAX_KEY_PARTS` parts, before it is parsed (both cost the parser far more than their bytes)."""
     bare = skeleton(text)
     depth = deepest = 0
-    for ch in bare:
+    for ch in _NOT_BRACKET.sub("", bare):
         if ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
@@ -171,15 +153,15 @@ def read_bytes(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise LayoutFileError(f"{what} is not a regular file (a FIFO, device or folder): not read")
             with os.fdopen(fd, "rb", closefd=False) as fh:
-                data = fh.read(max_bytes + 1)
+                data = fh.read(min(st.st_size, max_bytes) + 1)  # a file grown since stat() is caught below
         finally:
             os.close(fd)
     except FileNotFoundError:
         raise LayoutFileError(f"{what} is not there (removed while it was read?)") from None
     except OSError as err:
         raise LayoutFileError(f"{what} cannot be read ({err.strerror})") from None
-    if len(data) > max_bytes:
-        raise LayoutFileError(f"{what} is more than the limit of {max_bytes:,} bytes (config max_layout_bytes)")
+    if len(data) > st.st_size:
+        raise LayoutFileError(f"{what} grew while it was read (still being written?)")
     return data
 
 
@@ -319,8 +301,9 @@ class Resolver:
         """The templates ``layout`` (whose ``[meta]`` is ``meta``) includes, directly or not, each once,
         in the order wellmap meets them first; :class:`IncludeError` (or :class:`LayoutFileError` for a
         template that is not a usable TOML file) otherwise."""
-        top = os.path.realpath(layout)
-        _, _, below = self._walk(meta, (top,))
+        if "include" not in meta:
+            return []
+        _, _, below = self._walk(meta, (os.path.realpath(layout),))
         return list(dict.fromkeys(below))
 
     def _walk(self, meta: dict, chain: tuple[str, ...]) -> tuple[int, int, list[Path]]:
