@@ -146,7 +146,7 @@ def test_names_the_workflow_cannot_use_are_refused(tmp_path, layouts_dir):
 
 
 def test_meta_cache_gives_the_same_scan_and_skips_parsing_unchanged_layouts(tmp_path, layouts_dir, monkeypatch):
-    import cr51.scan as scan_mod
+    import tomllib
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -163,9 +163,9 @@ def test_meta_cache_gives_the_same_scan_and_skips_parsing_unchanged_layouts(tmp_
     assert first == plain and cache.exists()
     assert len(json.loads(cache.read_text())) == 2  # p1, p2 (dated: not JSON; bad: not TOML)
 
-    real = scan_mod.tomllib.loads
+    real = tomllib.loads
     parsed = []
-    monkeypatch.setattr(scan_mod.tomllib, "loads", lambda text: parsed.append(text) or real(text))
+    monkeypatch.setattr(tomllib, "loads", lambda text: parsed.append(text) or real(text))
     assert run(raw, layouts_dir, meta_cache=cache) == plain
     assert len(parsed) == 2  # only the two not in the cache: dated.toml and bad.toml
     write(raw, "p1.toml", LAYOUT.format(export="other.csv"))  # new content: parsed again

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .digests import content_digest
+from .includes import MAX_LAYOUT_BYTES
 from .scan import FileStatus, PlateFiles, Retraction, Scan, batch_of, scan
 
 FORMAT = 1
@@ -263,6 +264,7 @@ def scan_inbox(
     confirm_cleanout: bool,
     stale_after_hours: float,
     now: float | None = None,
+    max_layout_bytes: int = MAX_LAYOUT_BYTES,
 ) -> Scan:
     """The run's plates: the drop folder scanned (:func:`cr51.scan.scan`), then admitted into the
     archive (:func:`admit`). What the Snakefile calls at parse time."""
@@ -275,6 +277,7 @@ def scan_inbox(
         settle_seconds=settle_seconds,
         now=now,
         max_bytes=max_bytes,
+        max_layout_bytes=max_layout_bytes,
         meta_cache=Path(results_dir) / ".scan-cache.json",
         stale_seconds=stale_after_hours * 3600,
         accepted_layouts=accepted,

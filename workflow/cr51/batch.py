@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import store
 from .digests import content_digest, software_digest
-from .plate import PlateInput, analyse_batch, ingest_batch
+from .plate import PlateInput, analyse_batch, ingest_batch, rejected_tables
 from .report import plate_sections
 from .report.plate_page import plate_figures, plate_files, plate_page
 from .schema import PLATE_TABLES, TABLES, Table
@@ -244,6 +244,13 @@ def _with_files(out: PlateOutput, files: pd.DataFrame) -> PlateOutput:
     return replace(out, rows={**out.rows, "files": render_rows(files, TABLES["files"])})
 
 
+def guarded(plate: PlateInput, settings: Analysis, err: BaseException) -> PlateOutput:
+    """The output of a plate whose processing raised ``err``: both files ``rejected`` with the reason."""
+    reason = f"internal error while processing this plate ({type(err).__name__}); see the batch log"
+    tables = rejected_tables(plate, reason, settings.max_export_bytes)
+    return PlateOutput({name: render_rows(tables[name], TABLES[name]) for name in PLATE_TABLES})
+
+
 def with_notes(out: PlateOutput, notes: dict[str, tuple[str, str]]) -> PlateOutput:
     """``out`` with the files.csv rows of the noted files changed (status "": the row is left out,
     the drop folder's own row speaks for that file)."""
@@ -299,9 +306,14 @@ def process_batch(
         key = cache.key(plate, max_bytes) if cache else ""
         out = cache.get(key) if cache else None
         if out is None:
-            out = process_plate(plate, settings)
-            if cache:
-                cache.put(key, out)
+            try:
+                out = process_plate(plate, settings)
+            except Exception as err:  # noqa: BLE001 - one plate never takes the batch down (not cached: retried)
+                log.exception("plate %r: unexpected error", plate.name)
+                out = guarded(plate, settings, err)
+            else:
+                if cache:
+                    cache.put(key, out)
         else:
             hits += 1
         return out

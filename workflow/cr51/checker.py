@@ -65,7 +65,7 @@ def load_settings(configfile: Path | None) -> Analysis:
 
 def _layout_only(layout_path: Path, settings: Analysis) -> Verdict:
     try:
-        layout = load_layout(layout_path, layouts_dir=settings.layouts_dir)
+        layout = load_layout(layout_path, layouts_dir=settings.layouts_dir, max_bytes=settings.max_layout_bytes)
     except LayoutError as err:
         return Verdict(False, None, problems=[f"layout: {err}"])
     wells = layout.wells.assign(plate=layout.plate, excluded=layout.wells["exclude"], lysis_pct=0.0)
@@ -99,7 +99,7 @@ def check(layout_path: str | Path, export_path: str | Path | None, settings: Ana
     warnings += [
         f"{f}: {FLAGS.get(f, '')}" for f in flags if f not in ("LAYOUT_OVERLAP", "DESIGN_MISMATCH", *FAILING_FLAGS)
     ]
-    layout = load_layout(layout_path, layouts_dir=settings.layouts_dir)
+    layout = load_layout(layout_path, layouts_dir=settings.layouts_dir, max_bytes=settings.max_layout_bytes)
     points, _ = fit_points(out.wells[0], settings.fit.et_ratio)
     design = design_problems(points, layout.reference_lot, settings.potency.min_concentrations)
     warnings += [f"DESIGN_MISMATCH: lot {lot}: {why}" for lot, why in design.items()]

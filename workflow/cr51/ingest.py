@@ -12,20 +12,34 @@ Supported formats, recognised from the content (never from the file name):
 
 Every problem with the file's content raises :class:`InputError`, whose message names the
 file and, where it applies, the line (or sheet row) and the well or tube.
+
+Bounds (hostile files): a workbook is checked before openpyxl reads it — its zip members' declared
+sizes (together at most ``max_unzipped_bytes``, config ``max_xlsx_unzipped_bytes``; the zip reader never
+unpacks more than a member declares), their compression ratio (:data:`MAX_ZIP_RATIO`) and their number
+(:data:`MAX_ZIP_MEMBERS`); a sheet is read up to :data:`MAX_ROWS` rows and :data:`MAX_COLUMNS` columns,
+and a cell (of a sheet or of a text export) longer than :data:`MAX_CELL_CHARS` refuses the file. Text a
+reason quotes from the file is cut to a short excerpt (:func:`cr51.includes.excerpt`), and a reason is at
+most :data:`MAX_REASON_CHARS` long. An OLE compound file (an encrypted workbook, or a legacy ``.xls``) and
+formula cells without a cached value get reasons that say so.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import math
 import os
 import re
 import stat
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from .includes import excerpt as _q
 
 __all__ = ["InputError", "Export", "read_export"]
 
@@ -47,10 +61,29 @@ CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 GRID_COLS = [str(i) for i in range(1, 13)]
 GRID_ROWS = "ABCDEFGH"
+#: The default of ``max_unzipped_bytes`` (config ``max_xlsx_unzipped_bytes``, the schema's: tests hold them equal).
+MAX_UNZIPPED_BYTES = 50_000_000
+#: A workbook member unpacking to more than 1 MB at more than this ratio is refused (a zip bomb; a real
+#: export's sheets compress 5-30:1).
+MAX_ZIP_RATIO = 200
+#: A workbook with more zip members than this is refused.
+MAX_ZIP_MEMBERS = 500
+#: A sheet is read up to this many rows and columns (an export is ~100 rows, 13-20 columns).
+MAX_ROWS, MAX_COLUMNS = 10_000, 256
+#: A cell longer than this refuses the export.
+MAX_CELL_CHARS = 10_000
+#: A reason is at most this long.
+MAX_REASON_CHARS = 1_000
+#: The first bytes of an OLE compound file: a password-protected (encrypted) workbook or a legacy .xls.
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
 class InputError(Exception):
-    """Problem with an input file; str(exc) is a reason a lab technician can act on (names the file's line/well/tube)."""
+    """Problem with an input file; str(exc) is a reason a lab technician can act on (names the file's
+    line/well/tube; at most :data:`MAX_REASON_CHARS` characters, whatever it quotes)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(_q(message, MAX_REASON_CHARS))
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,7 +127,7 @@ class _Source:
             )
 
     def err(self, msg: str, line: int | None = None) -> InputError:
-        where = self.name if self.sheet is None else f"{self.name} (sheet '{self.sheet}')"
+        where = self.name if self.sheet is None else f"{self.name} (sheet '{_q(self.sheet)}')"
         if line is not None:
             where += f": {self.unit} {line}"
         return InputError(f"{where}: {msg}")
@@ -110,13 +143,15 @@ def read_export(
     max_bytes: int = 20_000_000,
     block: str | None = None,
     nuclide: str = DEFAULT_NUCLIDE,
+    max_unzipped_bytes: int = MAX_UNZIPPED_BYTES,
 ) -> Export:
     """Parse a counter export; see the module docstring for the formats.
 
     ``block`` names the grid block to use in a plate-grid file with several blocks (ignored,
     with a note, for other formats). ``nuclide`` (config ``counter.nuclide``) is the nuclide
     the tubes must have been counted for: a Wizard2 export whose CPM column is another
-    nuclide's is refused. Raises :class:`InputError` for any problem with the file.
+    nuclide's is refused. ``max_unzipped_bytes`` bounds what a workbook may unpack to. Raises
+    :class:`InputError` for any problem with the file; the file is parsed from the bytes read once.
     """
     name = os.fspath(path)
     try:
@@ -136,19 +171,27 @@ def read_export(
         )
     try:
         with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)  # bounded even if the file grew since stat()
+            data = fh.read(min(st.st_size, max_bytes) + 1)  # bounded even if the file grew since stat()
     except OSError as exc:
         raise InputError(f"{name}: cannot read the file ({exc.strerror})") from None
-    if len(data) > max_bytes:
-        raise InputError(f"{name}: file is more than the limit of {max_bytes:,} bytes")
+    if len(data) > st.st_size:  # it grew since stat(): still being written
+        raise InputError(f"{name}: the file grew while it was read (still being written?); it is read again next run")
 
+    if data.startswith(OLE_MAGIC):
+        raise InputError(
+            f"{name}: encrypted or legacy .xls workbook (an OLE compound file, not an .xlsx): Excel stores a "
+            "password-protected workbook this way. Save it without a password as an .xlsx workbook, or export CSV"
+        )
     if data.startswith(b"PK\x03\x04"):
-        return _read_xlsx(path, name, block)
+        _check_zip(data, name, max_unzipped_bytes)
+        return _read_xlsx(data, name, block)
     src = _Source(name)
     text = _decode(data, src)
     delim = _sniff_delimiter(text)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     rows = [(i, _split(ln, delim)) for i, ln in enumerate(lines, 1)]
+    for i, cells in rows:
+        _check_cells(cells, src, i)
     if not any(any(cells) for _, cells in rows):
         raise src.err("file holds no data (only blank lines)")
     default_decimal = "," if delim == ";" else "."
@@ -200,28 +243,102 @@ def _split(line: str, delim: str) -> list[str]:
     return [c.strip() for c in next(csv.reader([line], delimiter=delim), [])]
 
 
-def _read_xlsx(path: str | os.PathLike, name: str, block: str | None) -> Export:
-    """Parse the first sheet of a workbook that holds a well list or plate grid."""
+def _check_cells(cells: list[str], src: _Source, line: int) -> None:
+    """Refuse a row holding a cell longer than :data:`MAX_CELL_CHARS`."""
+    for c in cells:
+        if len(c) > MAX_CELL_CHARS:
+            raise src.err(f"a cell of {len(c):,} characters, more than {MAX_CELL_CHARS:,} ('{_q(c, 40)}'): "
+                          "not a counter export", line)  # fmt: skip
+
+
+def _check_zip(data: bytes, name: str, max_unzipped: int) -> None:
+    """Refuse a workbook whose zip members declare more than ``max_unzipped`` bytes together, unpack at a
+    ratio above :data:`MAX_ZIP_RATIO`, or are too many — before anything is unpacked (a zip member is never
+    unpacked beyond its declared size: the zip reader stops there and checks the CRC)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except Exception as exc:  # noqa: BLE001 - any damage: the file's reason
+        raise InputError(f"{name}: not a readable .xlsx workbook ({type(exc).__name__}: {_q(exc)})") from None
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise InputError(
+            f"{name}: the workbook holds {len(infos):,} files, more than {MAX_ZIP_MEMBERS}: not a counter export"
+        )
+    total = sum(i.file_size for i in infos)
+    if total > max_unzipped:
+        raise InputError(
+            f"{name}: the workbook unpacks to {total:,} bytes, more than the limit of {max_unzipped:,} "
+            "(config max_xlsx_unzipped_bytes): not a counter export (a zip bomb?)"
+        )
+    for i in infos:
+        if i.file_size > 1_000_000 and i.file_size > MAX_ZIP_RATIO * max(i.compress_size, 1):
+            raise InputError(
+                f"{name}: the workbook's '{_q(i.filename)}' unpacks {i.file_size // max(i.compress_size, 1):,} "
+                f"times its size (more than {MAX_ZIP_RATIO}): not a counter export (a zip bomb?)"
+            )
+
+
+def _read_xlsx(data: bytes, name: str, block: str | None) -> Export:
+    """Parse the first sheet of a workbook (its bytes, checked by :func:`_check_zip`) that holds a well
+    list or plate grid."""
     import openpyxl  # imported lazily: only workbook exports pay for it
 
     try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        formulas = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=False)
     except Exception as exc:  # zipfile/openpyxl raise assorted types for damaged workbooks
-        raise InputError(f"{name}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{name}: not a readable .xlsx workbook ({type(exc).__name__}: {_q(exc)})") from None
     try:
-        for ws in wb.worksheets:
-            cells = [[_cell_text(v) for v in values] for values in ws.iter_rows(values_only=True)]
+        for ws, wf in zip(wb.worksheets, formulas.worksheets):
+            src = _Source(name, ws.title)
+            try:
+                cells = _sheet_cells(ws, wf, src)
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a damaged sheet: the file's reason
+                raise src.err(f"not a readable sheet ({type(exc).__name__}: {_q(exc)})") from None
             width = max(map(len, cells), default=0)  # pad: empty trailing cells are not truncation
             rows = [(i, c + [""] * (width - len(c))) for i, c in enumerate(cells, 1)]
-            src = _Source(name, ws.title)
             found = _parse_rows(rows, src, block, ".", allow_wizard2=False)
             if found is not None:
-                notes = (f"sheet '{ws.title}'",) + found.notes
+                notes = (f"sheet '{_q(ws.title)}'",) + found.notes
                 return Export("xlsx/" + found.format, found.counts, notes)
-        sheets = ", ".join(f"'{ws.title}'" for ws in wb.worksheets)
+        sheets = ", ".join(f"'{_q(ws.title)}'" for ws in wb.worksheets[:10])
     finally:
         wb.close()
+        formulas.close()
     raise InputError(f"{name}: unrecognised format: no sheet ({sheets}) holds well/CPM columns or an 8×12 grid")
+
+
+def _sheet_cells(ws, wf, src: _Source) -> list[list[str]]:
+    """A sheet's cells as text, at most :data:`MAX_ROWS` × :data:`MAX_COLUMNS` (more refuses the file);
+    ``wf`` is the same sheet read with its formulas: a formula cell without a cached value refuses it."""
+    bound = {"max_row": MAX_ROWS + 1, "max_col": MAX_COLUMNS + 1, "values_only": True}
+    out = []
+    pairs = itertools.zip_longest(ws.iter_rows(**bound), wf.iter_rows(**bound), fillvalue=())
+    for n, (values, written) in enumerate(pairs, 1):
+        if n > MAX_ROWS and any(v is not None for v in values):
+            raise src.err(f"more than {MAX_ROWS:,} rows: not a counter export", n)
+        if len(values) > MAX_COLUMNS and values[MAX_COLUMNS] is not None:
+            raise src.err(f"more than {MAX_COLUMNS} columns: not a counter export", n)
+        row = []
+        for k, (v, f) in enumerate(itertools.zip_longest(values[:MAX_COLUMNS], written[:MAX_COLUMNS])):
+            if v is None and isinstance(f, str) and f.startswith("="):
+                from openpyxl.utils import get_column_letter
+
+                raise src.err(
+                    f"cell {get_column_letter(k + 1)}{n}: formula without a cached value ('{_q(f, 40)}'): open and "
+                    "save it in Excel (which stores the computed numbers) or export CSV",
+                    n,
+                )
+            row.append(_cell_text(v))
+        _check_cells(row, src, n)
+        while row and not row[-1]:
+            row.pop()
+        out.append(row)
+    while out and not out[-1]:
+        out.pop()
+    return out
 
 
 def _cell_text(v: object) -> str:
@@ -278,8 +395,12 @@ def _well_list_columns(cells: list[str]) -> tuple[int, int, list[str]] | None:
         return None
     well = min(wells, key=lambda i: (not cells[i].lower().startswith("well"), i))  # 'Well…' before 'Pos…'
     count = cpms[0] if cpms else raws[0]
-    others = [f"'{cells[i]}'" for i in cpms + raws if i != count]
-    note = f"used CPM column '{cells[count]}'" if cpms else f"used raw counts column '{cells[count]}' (no CPM column)"
+    others = [f"'{_q(cells[i])}'" for i in cpms + raws if i != count]
+    note = (
+        f"used CPM column '{_q(cells[count])}'"
+        if cpms
+        else f"used raw counts column '{_q(cells[count])}' (no CPM column)"
+    )
     note += f"; ignored {', '.join(others)}" if others else ""
     return well, count, [note]
 
@@ -339,7 +460,7 @@ def _parse_wizard2(
     cpm_cols = [i for i, c in enumerate(hcells) if WIZARD_CPM.match(c)]
     prefix = {i: WIZARD_CPM.match(hcells[i]).group(1) for i in cpm_cols}  # type: ignore[union-attr]
     ours = [i for i in cpm_cols if nuclide_key(prefix[i]) == nuclide_key(nuclide)]
-    names = ", ".join(f"'{hcells[i]}'" for i in cpm_cols)
+    names = ", ".join(f"'{_q(hcells[i])}'" for i in cpm_cols)
     if len(cpm_cols) > 1 and len(ours) != 1:
         raise src.err(f"several nuclide CPM columns ({names}) and not exactly one for {nuclide}", hline)
     if not ours:
@@ -353,7 +474,7 @@ def _parse_wizard2(
     lower = [c.lower() for c in hcells]
     rcol, pcol = lower.index("rack"), lower.index("pos")
     icol, ecol = (_column(lower, f"{prefix[ccol]} {what}".lower()) for what in ("Info", "Error %"))
-    notes = [f"used CPM column '{hcells[ccol]}'"]
+    notes = [f"used CPM column '{_q(hcells[ccol])}'"]
     _note_block_ignored(block, notes)
     items, info, error = [], [], []
     for line, cells in _table_rows(rows, header, src, notes):
@@ -384,7 +505,7 @@ def _percents(items: list[tuple[int, object, str]], src: _Source, default_decima
         t = text.replace(decimal, ".") if decimal == "," else text
         if not PLAIN_NUMBER.match(t):
             rack, pos = key  # type: ignore[misc]
-            raise src.err(f"rack {rack} pos {pos}: Error % '{text}' is not a number", line)
+            raise src.err(f"rack {rack} pos {pos}: Error % '{_q(text)}' is not a number", line)
         out[k] = float(t)
     return out
 
@@ -408,17 +529,17 @@ def _parse_grid(rows: list[Row], src: _Source, default_decimal: str, block: str 
     if block is not None:
         chosen = [b for b in blocks if b[0].lower() == block.strip().lower()]
         if not chosen:
-            raise src.err(f"no grid block named '{block}' (blocks: {', '.join(repr(n) for n in names)})")
+            raise src.err(f"no grid block named '{_q(block)}' (blocks: {', '.join(repr(_q(n)) for n in names)})")
     else:
         chosen = [b for b in blocks if "cpm" in b[0].lower()] or blocks
     name, header = chosen[0]
     if len(blocks) > 1:
         how = "named" if block is not None else ("name contains 'cpm'" if "cpm" in name.lower() else "first block")
-        notes.append(f"{len(blocks)} blocks ({', '.join(repr(n) for n in names)}); used '{name}' ({how})")
+        notes.append(f"{len(blocks)} blocks ({', '.join(repr(_q(n)) for n in names)}); used '{_q(name)}' ({how})")
 
     hline, hcells = rows[header]
     width = max(i for i, c in enumerate(hcells) if c) + 1
-    label = f"grid '{name}'" if name else "grid"
+    label = f"grid '{_q(name)}'" if name else "grid"
     last = max(k for k, (_, cells) in enumerate(rows) if any(cells))  # index of the last non-blank row
     items = []
     for r, letter in enumerate(GRID_ROWS, 1):
@@ -429,7 +550,7 @@ def _parse_grid(rows: list[Row], src: _Source, default_decimal: str, block: str 
             )
         line, cells = rows[header + r]
         if not cells or cells[0].upper() != letter:
-            found = f"'{cells[0]}'" if cells and cells[0] else "a blank line"
+            found = f"'{_q(cells[0])}'" if cells and cells[0] else "a blank line"
             raise src.err(
                 f"{label} (header {src.unit} {hline}): expected row {letter}, found {found}; the grid is incomplete",
                 line,
@@ -448,7 +569,7 @@ def _parse_grid(rows: list[Row], src: _Source, default_decimal: str, block: str 
 
 def _note_block_ignored(block: str | None, notes: list[str]) -> None:
     if block is not None:
-        notes.append(f"block '{block}' ignored: not a plate-grid file")
+        notes.append(f"block '{_q(block)}' ignored: not a plate-grid file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,13 +582,13 @@ def _well(text: str, src: _Source, line: int) -> str:
     if m:
         return f"{m.group(1).upper()}{m.group(2)}"
     if WELL_LIKE.match(text):
-        raise src.err(f"well '{text}' is outside the plate (A1–H12)", line)
-    raise src.err(f"'{text}' is not a well id (expected A1–H12)" if text else "no well id in this row", line)
+        raise src.err(f"well '{_q(text)}' is outside the plate (A1–H12)", line)
+    raise src.err(f"'{_q(text)}' is not a well id (expected A1–H12)" if text else "no well id in this row", line)
 
 
 def _whole(text: str, column: str, src: _Source, line: int) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise src.err(f"{column} '{text}' is not a positive whole number", line)
+        raise src.err(f"{_q(column)} '{_q(text)}' is not a positive whole number", line)
     return int(text)
 
 
@@ -492,21 +613,21 @@ def _numbers(
         if not text:
             raise src.err(f"{what}: no count value", line)
         if text.lower() in NON_FINITE:
-            raise src.err(f"{what}: count '{shown}' is not a finite number", line)
+            raise src.err(f"{what}: count '{_q(shown)}' is not a finite number", line)
         t = text.replace("_", group)
         if group in t:
             int_part = t.split(decimal)[0]
             if not GROUPED[group].match(int_part):
-                raise src.err(f"{what}: count '{shown}' is not a number", line)
+                raise src.err(f"{what}: count '{_q(shown)}' is not a number", line)
             t = t.replace(group, "")
         t = t.replace(decimal, ".")
         if not PLAIN_NUMBER.match(t):
-            raise src.err(f"{what}: count '{shown}' is not a number", line)
+            raise src.err(f"{what}: count '{_q(shown)}' is not a number", line)
         value = float(t)
         if not math.isfinite(value):
-            raise src.err(f"{what}: count '{shown}' is not a finite number", line)
+            raise src.err(f"{what}: count '{_q(shown)}' is not a finite number", line)
         if value < 0:
-            raise src.err(f"{what}: count '{shown}' is negative", line)
+            raise src.err(f"{what}: count '{_q(shown)}' is negative", line)
         keys.append(key)
         values.append(value)
     return keys, values
@@ -534,10 +655,10 @@ def _decimal_mark(items: list[tuple[int, object, str]], default: str, src: _Sour
                     forced.setdefault(mark, (line, text.replace("_", " ")))
     if len(forced) > 1:
         (l1, t1), (l2, t2) = forced["."], forced[","]
-        raise src.err(f"counts mix decimal marks: '{t1}' ({src.unit} {l1}) and '{t2}' ({src.unit} {l2})")
+        raise src.err(f"counts mix decimal marks: '{_q(t1)}' ({src.unit} {l1}) and '{_q(t2)}' ({src.unit} {l2})")
     decimal = next(iter(forced), default)
     if ambiguous and not forced:
-        notes.append(f"numbers such as '{ambiguous}' read with decimal mark '{decimal}'")
+        notes.append(f"numbers such as '{_q(ambiguous)}' read with decimal mark '{decimal}'")
     return decimal
 
 

@@ -26,18 +26,29 @@ tube exports ``tubes`` (``"rows"`` or ``"columns"``) and ``rack_size`` (default 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-import shutil
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .includes import IncludeError, check_include_name, resolve_includes
+from .includes import (
+    MAX_LAYOUT_BYTES,
+    IncludeError,
+    LayoutFileError,
+    Resolver,
+    check_include_name,
+    check_meta,
+    excerpt,
+    parse_toml,
+    read_bytes,
+)
+from .scan import BIDI
+from .schema import COLUMNS
 from .tables import records
 
 ROLES = ("spontaneous", "maximum", "sample", "background", "vehicle")
@@ -47,10 +58,21 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/#()-]{0,63}$")
 PRODUCT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/#%()+-]{0,63}$")
 TUBE_ORDERS = ("rows", "columns")
 ROWS = "ABCDEFGH"
+#: Free text of a layout (``exclude_reason``, ``[expt] date``) longer than this refuses the layout: it is
+#: copied into wells.csv and the report for every well it is on.
+MAX_TEXT_CHARS = 200
+#: The wells all of a layout's well tables cover together (a real layout: a few hundred) are at most this.
+MAX_CELLS = 10_000
+#: A reason is at most this long (a layout's values are quoted in excerpts; this is the last guard).
+MAX_REASON_CHARS = 1_000
 
 
 class LayoutError(ValueError):
-    """A layout that cannot be used; ``str(exc)`` is a reason a technician can act on."""
+    """A layout that cannot be used; ``str(exc)`` is a reason a technician can act on (at most
+    :data:`MAX_REASON_CHARS` characters: whatever a message quotes, a reason stays short)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(excerpt(message, MAX_REASON_CHARS))
 
 
 @dataclass
@@ -72,16 +94,18 @@ class Layout:
         return None if ref is None else str(ref)
 
 
-def _load_wellmap(path: Path, includes: list[Path], export_name: str) -> pd.DataFrame:
-    """Load with wellmap from a private copy, so includes resolve only where we allow."""
+def _load_wellmap(path: Path, data: bytes, templates: dict[Path, bytes], export_name: str) -> pd.DataFrame:
+    """Load with wellmap from a private copy of the bytes that were checked (the layout's ``data`` and its
+    templates'), so includes resolve only where we allow and nothing is read twice. Any failure of wellmap's
+    (its own errors, ``RecursionError``, ``MemoryError``, a bug) is a :class:`LayoutError`."""
     import wellmap
 
     with tempfile.TemporaryDirectory(prefix="cr51-layout-") as tmp:
         tdir = Path(tmp)
         staged = tdir / "layout.toml"
-        shutil.copyfile(path, staged)
-        for inc in includes:
-            shutil.copyfile(inc, tdir / inc.name)
+        staged.write_bytes(data)
+        for inc, text in templates.items():
+            (tdir / inc.name).write_bytes(text)
         if export_name:
             (tdir / export_name).touch()
         try:
@@ -89,18 +113,20 @@ def _load_wellmap(path: Path, includes: list[Path], export_name: str) -> pd.Data
         except wellmap.LayoutError as err:
             msg = str(err).replace(str(staged), path.name).replace(tmp + "/", "")
             raise LayoutError(f"wellmap could not read the layout: {msg}") from None
+        except Exception as err:  # noqa: BLE001 - whatever the layout does to wellmap is the layout's reason
+            raise LayoutError(f"wellmap could not read the layout ({type(err).__name__})") from None
 
 
 def _clean_id(value: object, what: str, pattern: re.Pattern[str] = ID_RE) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise LayoutError(f"{what} {value!r} is not a text id")
+        raise LayoutError(f"{what} {excerpt(repr(value))} is not a text id")
     text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     text = text.strip()
     if not pattern.match(text):
         raise LayoutError(
-            f"{what} {text!r} is not allowed: ids must start with a letter or digit and use "
+            f"{what} {excerpt(repr(text))} is not allowed: ids must start with a letter or digit and use "
             "only letters, digits, spaces and . _ / # ( ) - (so no spreadsheet can read them "
             "as a formula)"
         )
@@ -113,7 +139,7 @@ def _number(value: object, what: str, well: str) -> float:
     try:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise LayoutError(f"well {well}: {what} {value!r} is not a number") from None
+        raise LayoutError(f"well {well}: {what} {excerpt(repr(value))} is not a number") from None
     if not math.isfinite(x) and not math.isnan(x):
         raise LayoutError(f"well {well}: {what} {value!r} is not a finite number")
     return x
@@ -136,7 +162,7 @@ def _validate(wells: pd.DataFrame) -> pd.DataFrame:
         if role is None or (isinstance(role, float) and math.isnan(role)):
             continue  # not an assay well (e.g. a template row this plate does not use)
         if role not in ROLES:
-            raise LayoutError(f"well {well}: unknown role {role!r} (allowed: {', '.join(ROLES)})")
+            raise LayoutError(f"well {well}: unknown role {excerpt(repr(role))} (allowed: {', '.join(ROLES)})")
         lot = _clean_id(rec.get("lot"), f"well {well}: lot")
         product = _clean_id(rec.get("product"), f"well {well}: product", PRODUCT_RE)
         conc = _number(rec.get("conc"), "conc", well)
@@ -163,6 +189,7 @@ def _validate(wells: pd.DataFrame) -> pd.DataFrame:
             raise LayoutError(f"well {well}: exclude must be true or false")
         reason = rec.get("exclude_reason")
         reason = "" if reason is None or (isinstance(reason, float) and math.isnan(reason)) else str(reason)
+        reason = _free_text(reason, f"well {well}: exclude_reason")
         out.append(
             {
                 "well": well,
@@ -182,6 +209,20 @@ def _validate(wells: pd.DataFrame) -> pd.DataFrame:
     if not out:
         raise LayoutError("no well has a role (spontaneous, maximum, sample, background, vehicle)")
     return pd.DataFrame(out)
+
+
+def _free_text(text: str, what: str) -> str:
+    """``text`` if it is at most :data:`MAX_TEXT_CHARS` characters and holds no bidirectional control."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise LayoutError(
+            f"{what} is {len(text):,} characters ('{excerpt(text, 40)}'), more than {MAX_TEXT_CHARS}: shorten it"
+        )
+    if m := BIDI.search(text):
+        raise LayoutError(
+            f"{what} holds an invisible bidirectional control character (U+{ord(m.group()):04X}), which can make "
+            "text display as other text: remove it"
+        )
+    return text
 
 
 def _assign_tubes(wells: pd.DataFrame, expt: dict[str, object]) -> pd.DataFrame:
@@ -288,23 +329,89 @@ def overlaps(doc: dict) -> list[str]:
 EXPT_KEYS = ("reference_lot", "donor", "date", "targets_per_well", "tubes", "rack_size", "study")
 
 
-def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
+def check_wells(doc: dict, what: str = "the layout") -> None:
+    """Refuse well tables that reach outside the 96-well plate, or that together cover more than
+    :data:`MAX_CELLS` wells, before wellmap expands them (``[block.100000x100000.A1]`` would fill memory).
+
+    Every ``[well]``, ``[block]``, ``[row]``, ``[col]``, ``[irow]``, ``[icol]`` key (of the file and of its
+    ``[plate]`` tables) is expanded lazily and stopped at the first well outside A1–H12."""
+    from wellmap import util
+
+    rows, cols = len(ROWS), len(COLUMNS)
+    plates = doc.get("plate")
+    docs = [doc, *(t for t in plates.values() if isinstance(t, dict))] if isinstance(plates, dict) else [doc]
+    total = 0
+    for sub in docs:
+        for kind in WELL_TABLES:
+            tables = sub.get(kind)
+            if not isinstance(tables, dict):
+                continue
+            if kind == "block":
+                keys = []
+                for size, blocks in tables.items():
+                    m = re.match(r"(\d+)x(\d+)", size)
+                    if m and (int(m.group(1)) > cols or int(m.group(2)) > rows):
+                        raise LayoutError(
+                            f"[block.{excerpt(size, 20)}] is larger than the plate ({cols} columns × {rows} rows)"
+                        )
+                    if m and isinstance(blocks, dict):
+                        keys += [(f"block.{size}.{k}", ("block", k, size)) for k in blocks]
+            else:
+                keys = [(f"{kind}.{k}", (kind, k, "")) for k in tables]
+            for name, (k, key, size) in keys:
+                try:
+                    cells = _iter_cells(util, k, key, size)
+                    for n, (i, j) in enumerate(itertools.islice(cells, rows * cols + 1)):
+                        if n >= rows * cols or not (-1 <= i < rows and -1 <= j < cols):
+                            raise LayoutError(
+                                f"[{excerpt(name, 40)}] in {what} covers wells outside the plate (A1–H12)"
+                            )
+                        total += 1
+                except LayoutError:
+                    raise
+                except Exception:  # noqa: BLE001 - a malformed key: wellmap reports it
+                    continue
+                if total > MAX_CELLS:
+                    raise LayoutError(
+                        f"the well tables of {what} cover more than {MAX_CELLS:,} wells: not a plate layout"
+                    )
+
+
+def _iter_cells(util, kind: str, key: str, size: str):
+    """The (row, column) indices a table covers, lazily (-1: all of that dimension)."""
+    if kind == "block":
+        w, _, rest = size.partition("x")
+        h = re.match(r"\d+", rest).group()  # type: ignore[union-attr]
+        return (ij for tl in util.iter_well_indices(key) for ij in util.iter_ij_in_block(tl, int(w), int(h)))
+    if kind == "well":
+        return util.iter_well_indices(key)
+    if kind in ("row", "irow"):
+        return ((i, -1) for i in util.iter_row_indices(key))
+    return ((-1, j) for j in util.iter_col_indices(key))
+
+
+def load_layout(path: str | Path, *, layouts_dir: str | Path, max_bytes: int = MAX_LAYOUT_BYTES) -> Layout:
     """Load and validate the layout at ``path``.
 
-    Includes are bare file names looked up beside the layout, then in ``layouts_dir``.
-    Raises :class:`LayoutError` with a technician-readable reason.
+    Includes are bare file names looked up beside the layout, then in ``layouts_dir``. The layout and its
+    templates are read within the bounds of :mod:`cr51.includes` (at most ``max_bytes`` each: config
+    ``max_layout_bytes``), their well tables checked by :func:`check_wells`, and wellmap parses exactly
+    the bytes that were checked. Raises :class:`LayoutError` with a technician-readable reason, whatever
+    the file does to the readers.
     """
     path = Path(path)
     plate = path.stem
     try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-        includes = resolve_includes(path, [path.parent, Path(layouts_dir)], meta=doc.get("meta", {}))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise LayoutError(f"layout is not valid TOML: {err}") from None
-    except IncludeError as err:
+        data = read_bytes(path, max_bytes, "the layout")
+        doc = parse_toml(data, "the layout")
+        meta = check_meta(doc.get("meta", {}))
+        resolver = Resolver([path.parent, Path(layouts_dir)], max_bytes)
+        includes = resolver.resolve(path, meta)
+    except LayoutFileError as err:
         raise LayoutError(str(err)) from None
-    meta = doc.get("meta", {})
+    check_wells(doc)
+    for inc in includes:
+        check_wells(resolver.docs[inc], f"the included template '{excerpt(inc.name)}'")
     export_name = meta.get("path", "")
     if not isinstance(export_name, str):
         raise LayoutError("[meta] path must be the export's file name")
@@ -312,8 +419,10 @@ def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
         try:
             check_include_name(export_name)
         except IncludeError:
-            raise LayoutError(f"[meta] path '{export_name}' must be a file name in the layout's folder") from None
-    raw = _load_wellmap(path, includes, export_name)
+            raise LayoutError(
+                f"[meta] path '{excerpt(export_name)}' must be a file name in the layout's folder"
+            ) from None
+    raw = _load_wellmap(path, data, {inc: resolver.texts[inc] for inc in includes}, export_name)
     if raw.empty:
         raise LayoutError("the layout defines no wells")
     expt = {k: raw[k].iloc[0] for k in EXPT_KEYS if k in raw.columns}
@@ -322,7 +431,7 @@ def load_layout(path: str | Path, *, layouts_dir: str | Path) -> Layout:
         if expt.get(key) is not None:
             expt[key] = _clean_id(expt[key], f"[expt] {key}")
     if expt.get("date") is not None:
-        expt["date"] = str(expt["date"])
+        expt["date"] = _free_text(str(expt["date"]), "[expt] date")
     tpw = expt.get("targets_per_well")
     if tpw is not None:
         tpw = _number(tpw, "targets_per_well", "[expt]")

@@ -6,8 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from pathlib import Path
+
+from .includes import MAX_LAYOUT_BYTES, parse_toml, read_bytes
+
+#: Part of every key: entries kept by code that read layouts with other bounds are not used.
+KEY_SALT = b"cr51-meta-2\n"
 
 
 class MetaCache:
@@ -28,15 +32,15 @@ class MetaCache:
         self._old: dict = loaded if isinstance(loaded, dict) else {}
         self._new: dict = {}
 
-    def meta(self, path: str | os.PathLike) -> object:
-        """The layout's ``[meta]`` (``{}`` if none); raises as :func:`tomllib.load` does."""
-        with open(path, "rb") as fh:
-            data = fh.read()
-        key = hashlib.sha256(data).hexdigest()
+    def meta(self, path: str | os.PathLike, max_bytes: int = MAX_LAYOUT_BYTES) -> object:
+        """The layout's ``[meta]`` (``{}`` if none), read and parsed within the bounds of
+        :mod:`cr51.includes` (at most ``max_bytes`` read); raises :class:`cr51.includes.LayoutFileError`."""
+        data = read_bytes(path, max_bytes, "the layout")
+        key = hashlib.sha256(KEY_SALT + data).hexdigest()
         if key in self._old:
             meta = self._old[key]
         else:
-            meta = tomllib.loads(data.decode()).get("meta", {})
+            meta = parse_toml(data, "the layout").get("meta", {})
             try:
                 if json.loads(json.dumps(meta)) != meta:
                     return meta

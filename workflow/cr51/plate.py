@@ -2,7 +2,8 @@
 then wells → fits, potency, lots_differ (:func:`analyse_batch`).
 
 A plate's problem never stops the batch: it becomes a ``rejected`` row in ``files.csv`` with
-the reason, and the other plates go on. Each plate is processed on its own, so its results do
+the reason, and the other plates go on (:func:`rejected_tables`: what any exception while processing a
+plate becomes). Each plate is processed on its own, so its results do
 not depend on which batch it is in.
 """
 
@@ -95,13 +96,43 @@ class BatchTables:
         }
 
 
+def _digests(plate: PlateInput, max_export_bytes: int) -> tuple[str, int, str, int]:
+    """(layout sha256, bytes, export sha256, bytes); a file that cannot be read (removed mid-run) has
+    sha256 "" and 0 bytes, and an export over the size limit is not read ("": refused unread)."""
+    try:
+        layout_sha, layout_bytes = file_digest(plate.layout)
+    except OSError:
+        layout_sha, layout_bytes = "", 0
+    try:
+        export_bytes = os.stat(plate.export).st_size
+        export_sha = "" if export_bytes > max_export_bytes else file_digest(plate.export)[0]
+    except OSError:
+        export_sha, export_bytes = "", 0
+    return layout_sha, layout_bytes, export_sha, export_bytes
+
+
+def rejected_tables(plate: PlateInput, reason: str, max_export_bytes: int) -> dict[str, pd.DataFrame]:
+    """The tables of a plate refused with ``reason`` for both its files (the per-plate guard of
+    :func:`cr51.batch.process_batch`: whatever goes wrong with one plate is that plate's reason)."""
+    layout_sha, layout_bytes, export_sha, export_bytes = _digests(plate, max_export_bytes)
+    rows = [
+        dict(file=Path(f).name, sha256=sha, bytes=size, status="rejected", plate=plate.name, reason=reason)
+        for f, sha, size in ((plate.layout, layout_sha, layout_bytes), (plate.export, export_sha, export_bytes))
+    ]
+    tables = BatchTables(files=rows).frames()
+    tables.update(
+        {
+            name: concat_frames([], table.names)
+            for name, table in (("fits", FITS), ("potency", POTENCY), ("lots_differ", LOTS_DIFFER))
+        }
+    )
+    return tables
+
+
 def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> None:
     """Read one plate and append its rows to ``out`` (rejected plates only to ``files``)."""
-    layout_sha, layout_bytes = file_digest(plate.layout)
-    export_bytes = os.stat(plate.export).st_size
     # an export over the size limit is refused by read_export without being read at all
-    too_big = export_bytes > settings.max_export_bytes
-    export_sha = "" if too_big else file_digest(plate.export)[0]
+    layout_sha, layout_bytes, export_sha, export_bytes = _digests(plate, settings.max_export_bytes)
     damaged = [
         n for n, sha, want in zip(("layout", "export"), (layout_sha, export_sha), plate.shas) if want and sha != want
     ]
@@ -122,8 +153,13 @@ def ingest_plate(plate: PlateInput, settings: Analysis, out: BatchTables) -> Non
         files_rows("rejected", msg, msg)
         return
     try:
-        layout = load_layout(plate.layout, layouts_dir=settings.layouts_dir)
-        export = read_export(plate.export, max_bytes=settings.max_export_bytes, nuclide=settings.counter.nuclide)
+        layout = load_layout(plate.layout, layouts_dir=settings.layouts_dir, max_bytes=settings.max_layout_bytes)
+        export = read_export(
+            plate.export,
+            max_bytes=settings.max_export_bytes,
+            nuclide=settings.counter.nuclide,
+            max_unzipped_bytes=settings.max_xlsx_unzipped_bytes,
+        )
         wells = join_counts(layout, export, source_file=export_name, source_sha256=export_sha)
         if settings.outliers.rule == "dixon_q":
             wells = flag_outliers(

@@ -19,8 +19,15 @@ Rules (documented for users in ``config/README.md``):
   :mod:`cr51.archive`).
 * A pending file older than ``stale_seconds`` is *stale*; a layout waiting for an export that is not
   there gets the closest unclaimed file name as a suggestion ("did you mean …?").
-* A file whose name is not UTF-8, holds a control character, or holds ``{`` or ``}`` (which
-  Snakemake reads as a wildcard pattern: one such name would stop the whole run) is refused.
+* A file whose name is not UTF-8, holds a control character or an invisible bidirectional control
+  (U+202A-U+202E, U+2066-U+2069, U+200E/F: a name that displays as another), or holds ``{`` or ``}``
+  (which Snakemake reads as a wildcard pattern: one such name would stop the whole run) is refused.
+* Names are matched in Unicode NFC: a ``[meta] path`` finds its export whether either name is typed in
+  NFC or NFD. Of two files whose names differ only by normalisation (they look the same) the one not in
+  NFC is refused with a reason naming the other.
+* Layouts and templates are read within bounds and confined to the drop folder and ``layouts_dir``
+  (:mod:`cr51.includes`); any failure to read or parse one, of whatever kind, is that layout's
+  ``rejected`` reason, never a failure of the scan.
 """
 
 from __future__ import annotations
@@ -30,13 +37,22 @@ import hashlib
 import os
 import re
 import time
-import tomllib
+import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .digests import content_digest
-from .includes import IncludeError, check_include_name, resolve_includes
+from .includes import (
+    MAX_LAYOUT_BYTES,
+    IncludeError,
+    LayoutFileError,
+    Resolver,
+    check_include_name,
+    check_meta,
+    excerpt,
+    read_toml,
+)
 from .metacache import MetaCache
 
 IGNORED_NAMES = frozenset({"README.md"})
@@ -45,6 +61,8 @@ RETRACT_SUFFIX = ".retract"
 #: A retraction's reason is read from at most this many bytes of its file.
 MAX_RETRACT_BYTES = 4096
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Invisible bidirectional controls: embeddings and overrides, isolates, the LRM/RLM marks.
+BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 
 
 @dataclass(frozen=True)
@@ -124,16 +142,37 @@ def unusable_name(name: str) -> str | None:
         return "the file name holds a control character (e.g. a line break); rename the file"
     if "{" in name or "}" in name:
         return "the file name holds '{' or '}', which the workflow cannot use; rename the file"
+    if m := BIDI.search(name):
+        return (
+            f"the file name holds an invisible bidirectional control character (U+{ord(m.group()):04X}), which "
+            "can make a name display as another; rename the file"
+        )
     return None
 
 
 def display_name(name: str) -> str:
-    """``name`` as printable UTF-8 text (undecodable bytes shown as ``\\xNN``)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``name`` as printable UTF-8 text (undecodable bytes shown as ``\\xNN``, bidirectional controls as
+    ``\\u202e``: they never reach files.csv or the report as themselves)."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def _reason_toml(err: Exception) -> str:
-    return f"layout is not valid TOML: {err}"
+def nfc(name: str) -> str:
+    """``name`` in Unicode normal form C (names are matched in it)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def lookalikes(names: list[str]) -> dict[str, str]:
+    """{name: the name it is refused for} for names that differ from another only by Unicode
+    normalisation: of each such group the NFC form is kept (else the first), the others are refused."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(nfc(name), []).append(name)
+    out = {}
+    for key, group in groups.items():
+        keep = key if key in group else group[0]
+        out.update({n: keep for n in group if n != keep})
+    return out
 
 
 def scan(
@@ -144,6 +183,7 @@ def scan(
     settle_seconds: float,
     now: float | None = None,
     max_bytes: int = 20_000_000,
+    max_layout_bytes: int = MAX_LAYOUT_BYTES,
     meta_cache: str | os.PathLike | None = None,
     stale_seconds: float = float("inf"),
     accepted_layouts: frozenset[str] = frozenset(),
@@ -152,7 +192,8 @@ def scan(
     """Classify the files of the drop folder ``raw_dir`` (top level only); ``meta_cache``: a
     :class:`MetaCache` file; ``accepted_layouts``: layout names of plates the archive already holds
     (a new layout naming one of their exports is refused, the accepted plate keeps it); ``digests``:
-    compute each plate's content digest (reads every byte; :mod:`cr51.archive` digests what it archives)."""
+    compute each plate's content digest (reads every byte; :mod:`cr51.archive` digests what it archives);
+    ``max_layout_bytes``: layouts and templates larger than this are refused unread."""
     raw = Path(raw_dir)
     result = Scan(raw_dir=str(raw))
     if not raw.is_dir():
@@ -164,10 +205,19 @@ def scan(
     entries = [e for e in listing if e.name not in ignored and e.name not in IGNORED_NAMES]
     unusable = {e.name: why for e in entries if (why := unusable_name(e.name))}
     entries = [e for e in entries if e.name not in unusable]
+    twins = lookalikes([e.name for e in entries])
+    entries = [e for e in entries if e.name not in twins]
     retract = [e for e in entries if e.name.endswith(RETRACT_SUFFIX)]
     result.retractions = [read_retraction(e) for e in retract]
     entries = [e for e in entries if not e.name.endswith(RETRACT_SUFFIX)]
     by_name = {e.name: e for e in entries}
+    by_nfc = {nfc(n): n for n in by_name}  # unique: look-alike names were refused above
+    ignored_nfc = {nfc(n): why for n, why in ignored.items()}
+
+    def actual(path: str) -> str:
+        """The drop folder's name for the file ``[meta] path`` names (matched in NFC), else ``path``."""
+        return path if path in by_name else by_nfc.get(nfc(path), path)
+
     result.files = [str(raw / e.name) for e in entries]
 
     def settled(name: str) -> bool:
@@ -183,7 +233,7 @@ def scan(
     claimed: dict[str, list[str]] = {}  # export name -> layouts naming it
     layout_meta: dict[str, dict] = {}
     statuses: dict[str, FileStatus] = {}
-    search_dirs = [raw, Path(layouts_dir)]
+    resolver = Resolver([raw, Path(layouts_dir)], max_layout_bytes)  # each template read once per scan
     includes_of: dict[str, list[Path]] = {}
     included: set[str] = set()
 
@@ -193,29 +243,31 @@ def scan(
         plate = e.name[: -len(LAYOUT_SUFFIX)]
         try:
             if cache is not None:
-                meta = cache.meta(e.path)
+                meta = cache.meta(e.path, max_layout_bytes)
             else:
-                with open(e.path, "rb") as fh:
-                    meta = tomllib.load(fh).get("meta", {})
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            statuses[e.name] = FileStatus(e.name, "rejected", plate, _reason_toml(err))
+                meta = read_toml(e.path, max_layout_bytes).get("meta", {})
+            meta = check_meta(meta)
+        except LayoutFileError as err:
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, str(err))
             continue
-        except OSError as err:
-            statuses[e.name] = FileStatus(e.name, "rejected", plate, f"cannot read: {err}")
-            continue
-        if not isinstance(meta, dict):
-            statuses[e.name] = FileStatus(e.name, "rejected", plate, "[meta] must be a table")
+        except Exception as err:  # noqa: BLE001 - whatever a file does to a reader, it is that file's reason
+            statuses[e.name] = FileStatus(
+                e.name, "rejected", plate, f"the layout could not be read ({type(err).__name__})"
+            )
             continue
         path = meta.get("path")
         if isinstance(path, str) and path:
+            path = actual(path)
+            meta = {**meta, "path": path}
             claimed.setdefault(path, []).append(e.name)
         try:
-            incs = resolve_includes(Path(e.path), search_dirs, meta=meta)
-        except (IncludeError, OSError) as err:
+            incs = resolver.resolve(Path(e.path), meta)
+        except LayoutFileError as err:
             statuses[e.name] = FileStatus(e.name, "rejected", plate, str(err))
             continue
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            statuses[e.name] = FileStatus(e.name, "rejected", plate, f"an included template is not valid TOML: {err}")
+        except Exception as err:  # noqa: BLE001 - as above: the layout's reason, never the scan's failure
+            reason = f"its templates could not be read ({type(err).__name__})"
+            statuses[e.name] = FileStatus(e.name, "rejected", plate, reason)
             continue
         includes_of[e.name] = incs
         included.update(p.name for p in incs if p.parent.resolve() == raw.resolve())
@@ -232,7 +284,7 @@ def scan(
                 e.name,
                 "rejected",
                 plate,
-                f"[meta] path '{path}' must be a file name in the same folder as the layout",
+                f"[meta] path '{display_name(excerpt(path))}' must be a file name in the same folder as the layout",
             )
             continue
         if why := unusable_name(path):
@@ -274,6 +326,15 @@ def scan(
                 f"export '{path}' is named by several layouts: " + ", ".join(owners),
             )
             continue
+        if path not in by_name and nfc(path) in ignored_nfc:
+            why = ignored_nfc[nfc(path)]
+            statuses[layout_name] = FileStatus(
+                layout_name,
+                "rejected",
+                plate,
+                f"[meta] path '{display_name(path)}' names a file that is not read: {why}",
+            )
+            continue
         if path not in by_name:
             hint = suggestion(path, [n for n in by_name if n not in claimed and not n.lower().endswith(LAYOUT_SUFFIX)])
             statuses[layout_name] = FileStatus(layout_name, "pending", plate, f"waiting for its export '{path}'{hint}")
@@ -303,7 +364,13 @@ def scan(
         Path(p.export).name for p in result.plates.values()
     }
     for name, why in unusable.items():
-        result.others.append(FileStatus(name, "rejected", "", why))
+        result.others.append(FileStatus(display_name(name) if BIDI.search(name) else name, "rejected", "", why))
+    for name, twin in twins.items():
+        reason = (
+            f"'{display_name(name)}' differs from '{display_name(twin)}' only by Unicode normalisation (NFC/NFD): "
+            "the two names look the same, so this one is not used; rename or remove one of them"
+        )
+        result.others.append(FileStatus(display_name(name), "rejected", "", reason))
     for name, why in ignored.items():
         result.others.append(FileStatus(display_name(name), "ignored", "", why))
     for e in entries:

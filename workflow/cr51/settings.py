@@ -167,6 +167,8 @@ class Analysis:
 
     layouts_dir: str
     max_export_bytes: int
+    max_layout_bytes: int
+    max_xlsx_unzipped_bytes: int
     counter: Counter
     qc: QC
     outliers: Outliers

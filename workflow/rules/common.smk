@@ -34,6 +34,7 @@ SCAN = cr51_archive.scan_inbox(
     batch_count=SETTINGS.batch_count,
     settle_seconds=SETTINGS.settle_seconds,
     max_bytes=SETTINGS.analysis.max_export_bytes,
+    max_layout_bytes=SETTINGS.analysis.max_layout_bytes,
     min_share=SETTINGS.inbox_min_share,
     confirm_cleanout=SETTINGS.confirm_cleanout,
     stale_after_hours=SETTINGS.stale_after_hours,

@@ -14,6 +14,8 @@ from html import escape
 import numpy as np
 import pandas as pd
 
+from ..scan import BIDI
+
 
 def fmt(value: object) -> str:
     """A number as the report prints it.
@@ -44,10 +46,14 @@ def fmt(value: object) -> str:
 
 
 def esc(text: object) -> str:
-    """HTML-escaped text (quotes too, so it may go in an attribute); missing values as an en dash."""
+    """HTML-escaped text (quotes too, so it may go in an attribute); missing values as an en dash.
+
+    Invisible bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E/F) are shown as their code
+    (``\\u202e``): an escaped character reference would still reorder the text around it, so a plate or
+    file name could display as another."""
     if text is None or (isinstance(text, float) and math.isnan(text)) or text is pd.NA:
         return "–"
-    return escape(str(text), quote=True)
+    return escape(BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text)), quote=True)
 
 
 def missing(v: object) -> bool:

@@ -28,7 +28,7 @@ from ..schema import FILE_STATUSES, FLAGS
 from ..settings import Settings
 from ..tables import records, write_text_atomic
 from .campaign_section import campaign_section
-from .html import capped, esc, table, td
+from .html import BIDI, capped, esc, table, td
 from .html import missing as _missing
 from .names import campaign_page, lot_page, plate_page
 from .potency_section import combined_groups, potency_section
@@ -280,8 +280,8 @@ def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:
     qc = t["qc"]
     n_rp = t["potency"].groupby("plate")["status"].apply(lambda s: f"{int((s == 'ok').sum())}/{len(s)}").to_dict()
 
-    def text(v: object) -> str:
-        return "" if _missing(v) else str(v)
+    def text(v: object) -> str:  # bidirectional controls shown as their code, as esc() shows them
+        return "" if _missing(v) else BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", str(v))
 
     broken: dict[str, list[str]] = {}
     trends = t.get("trends")
