@@ -42,6 +42,7 @@ construction (the untreated wells are every lot's dose 0).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,6 +55,7 @@ from scipy import special, stats
 
 from .schema import CAMPAIGN_INPUTS, CAMPAIGN_LOTS, CAMPAIGN_PAIRS, CAMPAIGN_SIMILARITY, CAMPAIGN_TESTS
 from .settings import Analysis
+from .tables import records
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -110,16 +112,18 @@ def build_inputs(potency: pd.DataFrame, qc: pd.DataFrame, products: Mapping[str,
     """Every plate × lot (reference included) of every campaign: the ln IC50 that enters, or why not."""
     products = products or {}
     rows = []
-    qc_rows = {str(r["plate"]): r for r in qc.to_dict("records")}
-    for plate, grp in potency.groupby("plate", sort=True):
+    qc_rows = {str(r["plate"]): r for r in records(qc)}
+    ordered = records(potency.sort_values(["plate", "lot"], kind="stable")) if len(potency) else []
+    for plate, group in itertools.groupby(ordered, key=lambda r: r["plate"]):  # one pass: no frame per plate
+        grp = list(group)
         q = qc_rows.get(str(plate), {})
-        ref = q.get("reference_lot", grp["reference_lot"].iloc[0])
+        ref = q.get("reference_lot", grp[0]["reference_lot"])
         study = q.get("study")
         camp = campaign_id(ref, study)
         status = q.get("status")
         qc_reason = "" if status == "pass" else ("plate failed QC" if status == "fail" else "plate has no QC result")
         kept = []
-        for r in grp.sort_values("lot").to_dict("records"):
+        for r in grp:
             e = _float(r.get("joint_e"))
             y = log_ic50(e, _float(r.get("joint_slope")), _float(r.get("joint_f"))) if e > 0 else np.nan
             in_joint = r.get("in_joint")

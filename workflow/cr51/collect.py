@@ -27,7 +27,7 @@ from .digests import file_digest
 from .report.page import RunChanges
 from .scan import display_name
 from .schema import FILES, PLATE_TABLES, TABLES
-from .tables import Rows, concat_frames, write_rows, write_table
+from .tables import Rows, concat_frames, records, write_rows, write_table
 
 if TYPE_CHECKING:
     from .batch import BatchOutput
@@ -161,10 +161,9 @@ def plate_history(
     accepted = set(qc["plate"].astype(str))
     versions = {p: v for b in batches for p, v in b.versions.items() if p in accepted and v}
     cols = ["lot", "rp", "rp_lo", "rp_hi", "status"]
-    rows_of = {
-        str(p): [{c: (None if pd.isna(r[c]) else r[c]) for c in cols} for r in g[cols].to_dict("records")]
-        for p, g in potency.groupby("plate", sort=False)
-    }
+    rows_of: dict[str, list[dict]] = {}
+    for r in records(potency[["plate", *cols]]):  # one pass (a frame per plate cost ~6 ms a plate)
+        rows_of.setdefault(str(r["plate"]), []).append({c: (None if pd.isna(r[c]) else r[c]) for c in cols})
     stamp = iso(now)
     for plate, version in sorted(versions.items()):
         entries = hist.setdefault(plate, [])

@@ -287,8 +287,14 @@ def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:
     trends = t.get("trends")
     if trends is not None and len(trends):
         hit = trends[trends["rule"].fillna("").astype(str) != ""]
-        for plate, quantity, rule in zip(hit["plate"], hit["quantity"], hit["rule"]):
-            broken.setdefault(str(plate), []).append(f"trend {rule} ({quantity})")
+        counts: dict[str, dict[str, int]] = {}
+        for plate, rule in zip(hit["plate"], hit["rule"]):
+            for r in str(rule).replace(";", ",").split(","):
+                if r.strip():
+                    counts.setdefault(str(plate), {}).setdefault(r.strip(), 0)
+                    counts[str(plate)][r.strip()] += 1
+        for plate, rules in counts.items():  # compact: the Trends section and trends.csv name the quantities
+            broken[plate] = [f"trend {r}" + (f" ×{n}" if n > 1 else "") for r, n in sorted(rules.items())]
 
     def flags(r: dict) -> str:
         return ", ".join([f for f in text(r["flags"]).split(";") if f] + broken.get(str(r["plate"]), []))
