@@ -16,7 +16,9 @@ from cr51.combination import combine_plates
 from cr51.plate import PlateInput
 from cr51.report import ReportInputs, build_report, write_report
 from cr51.report.names import plate_page
+from cr51.settings import Settings
 from cr51.simulate import simulate_plate, write_plate
+from cr51.trends import trends_table
 
 pytestmark = pytest.mark.browser
 
@@ -43,6 +45,8 @@ def report_file(tmp_path_factory) -> Path:
     tables["potency_combined"], tables["potency_combined_inputs"] = combine_plates(
         tables["potency"], tables["qc"], CONFIG
     )
+    settings = Settings.from_config(CONFIG)
+    tables["trends"] = trends_table(tables["qc"], tables["fits"], settings.trends, settings.analysis.fit.models[0])
     write_report(build_report(ReportInputs(tables, CONFIG)), base / "report.html", base / "figures")
     return base / "report.html"
 
@@ -59,7 +63,11 @@ def test_rendered_dom_has_the_content_and_the_script_ran(report_file, tmp_path):
     dom = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'id="summary"' in dom and "Run summary" in dom  # static content
-    assert 'id="plate-filter"' in dom  # created by the inline script
+    assert 'id="plate-filter"' in dom and 'id="plate-count"' in dom  # created by the inline script
+    start = dom.index('id="plate-index"')
+    index = dom[start : dom.index("</table>", start)]
+    assert index.count('<tr data-plate="') == 2 and "plate0" in index  # the plate list drawn from its JSON rows
+    assert 'id="trends"' in dom and "Levey" in dom
     assert "plate0" in dom and "<svg" in dom
 
 
