@@ -79,3 +79,40 @@ def read(path: str | os.PathLike, kind: str, fmt: int) -> bytes:
     if head.get("bytes") != len(payload) or head.get("sha256") != hashlib.sha256(payload).hexdigest():
         raise StaleFile("is damaged or truncated (checksum mismatch)")
     return payload
+
+
+def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically unless the file already holds exactly these bytes; return
+    whether it was written (an unchanged file keeps its modification time)."""
+    path = Path(path)
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def batch_index(batches: dict[str, object]) -> bytes:
+    """The batch index: per batch, the sha256 of everything its job's output depends on (its plates
+    with their content digests, the settings, the software), as the bytes of ``batches/index.json``.
+
+    It is an input of ``collect`` written at parse time only when it changes
+    (:func:`write_if_changed`): a new or changed plate makes it newer than the result tables, so
+    ``collect`` reruns — and with it every batch job whose output is missing — whether or not a
+    batch job failed in between. Snakemake alone does not regenerate a deleted intermediate file
+    whose consumers' outputs are up to date (snakemake/snakemake#1978): after a batch job failed
+    once, later runs said "Nothing to be done" and new plates never reached the tables.
+    """
+    digests = {
+        b: hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+        for b, params in sorted(batches.items())
+    }
+    return (json.dumps({"format": 1, "batches": digests}, indent=1, sort_keys=True) + "\n").encode()

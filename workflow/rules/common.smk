@@ -1,12 +1,14 @@
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
 # The domain logic is the importable package workflow/cr51 (also pip-installable).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cr51 import archive as cr51_archive
+from cr51 import store as cr51_store
 from cr51.digests import software_digest
 from cr51.schema import CAMPAIGN_TABLES as _CAMPAIGN, PLATE_TABLES
 from cr51.settings import Settings
@@ -85,6 +87,26 @@ SOFTWARE_DIGEST = software_digest()
 def batch_settings():
     """The configuration a batch job reads (a change reruns every batch)."""
     return SETTINGS.analysis.to_dict()
+
+
+#: The batch index (cr51.store.batch_index), an input of collect: rewritten at parse time when any
+#: batch's plates, digests, settings or software change, so collect reruns and regenerates every
+#: missing batch output (after a failed batch job Snakemake alone would say "Nothing to be done").
+BATCH_INDEX = f"{RESULTS}/batches/index.json"
+if not workflow.subprocess_exec and not workflow.remote_exec:
+    cr51_store.write_if_changed(
+        BATCH_INDEX,
+        cr51_store.batch_index(
+            {
+                b: {
+                    "plates": batch_plates(SimpleNamespace(batch=b)),
+                    "settings": batch_settings(),
+                    "software": SOFTWARE_DIGEST,
+                }
+                for b in BATCHES
+            }
+        ),
+    )
 
 
 def batch_outputs():

