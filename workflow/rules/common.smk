@@ -1,4 +1,5 @@
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +30,7 @@ CAMPAIGN_TABLES = [t.name for t in _CAMPAIGN]
 # scan of the drop folder, whose plates are then admitted into the archive under results_dir: plates
 # are computed from the archive, and stay when their files leave the drop folder (cr51.archive).
 # An inbox that lost most accepted plates (an unmounted share) stops here, before anything is written.
+PARSE_START = time.time()  # the run's start for its audit record (rules/audit.smk)
 SCAN = cr51_archive.scan_inbox(
     SETTINGS.raw_dir,
     RESULTS,
