@@ -1,23 +1,26 @@
 """Damage and failures are repaired by the next runs: a batch job that failed once does not leave
 new plates out for good; damaged or missing result tables are rewritten; a small version of
-tools/chaos.py (random corruptions and kill -9, each followed by reruns: the same tables)."""
+tools/chaos.py (random corruptions and kill -9, each followed by reruns: the same tables); every job
+computes with one BLAS thread."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
-from batchkit import add_plate, audit_records, pipeline_copy, run_batch
+from batchkit import REPO, add_plate, audit_records, pipeline_copy, run_batch
 
 from cr51.scan import batch_of
-
-pytestmark = pytest.mark.slow
 
 
 def files_rows(results) -> list[str]:
     return (results / "files.csv").read_text(encoding="utf-8").splitlines()
 
 
+@pytest.mark.slow
 def test_a_batch_job_that_failed_once_does_not_keep_a_new_plate_out(tmp_path):
     work = pipeline_copy(tmp_path / "pipeline")
     raw, results = tmp_path / "raw", tmp_path / "results"
@@ -39,3 +42,34 @@ def test_a_batch_job_that_failed_once_does_not_keep_a_new_plate_out(tmp_path):
     assert any(row.startswith(f"{new}.csv,") and f",ok,{new}," in row for row in files_rows(results))
     assert new in {e["plate"] for e in audit_records(results)[-1]["new"]}
     assert run_batch(work, raw, results).stdout.startswith("cr51 batch: 2 plates ok (0 new, 0 replaced)")
+
+
+def python(code: str, **env: str) -> str:
+    """Run ``code`` in a new interpreter (the package importable, ``env`` added); its stdout."""
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")} | env
+    head = f"import sys; sys.path.insert(0, {str(REPO / 'workflow')!r})\n"
+    proc = subprocess.run([sys.executable, "-c", head + textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environ, timeout=60, check=True)  # fmt: skip
+    return proc.stdout
+
+
+def test_jobs_compute_with_one_blas_thread(tmp_path):
+    # set before numpy loads (as rules/common.smk does at parse time for every job process)
+    assert python("""
+        from cr51.jobs import pin_threads, blas_threads
+        pin_threads()
+        import numpy, scipy.linalg
+        print(sorted(set(blas_threads().values())))
+    """) == "[1]\n"  # fmt: skip
+    # numpy loaded first: run_job sets the loaded libraries to one thread, and says so in the job's log
+    log = tmp_path / "job.log"
+    python(f"""
+        import numpy, scipy.linalg
+        from types import SimpleNamespace
+        from cr51.jobs import run_job, blas_threads
+        run_job(SimpleNamespace(log=[{str(log)!r}], rule="test"), lambda smk: print(blas_threads()))
+    """)  # fmt: skip
+    threads = [line.split("BLAS threads: ")[1] for line in log.read_text().splitlines() if "BLAS threads: " in line]
+    assert len(threads) == 1 and threads[0].count(" 1") == 2 and "openblas" in threads[0], threads

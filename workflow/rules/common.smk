@@ -11,8 +11,13 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cr51 import archive as cr51_archive
 from cr51 import store as cr51_store
 from cr51.digests import software_digest
+from cr51.jobs import pin_threads
 from cr51.schema import CAMPAIGN_TABLES as _CAMPAIGN, PLATE_TABLES
 from cr51.settings import Settings
+
+# One BLAS/OpenMP thread in every job (bit-identical numbers whatever the load): set here, at parse
+# time, so that every job process inherits it before it imports numpy (cr51.jobs).
+pin_threads()
 
 #: The typed settings, built once: validated with every problem listed in words (ConfigError), the
 #: defaults filled from the schema. The analysis part is what the jobs get.
