@@ -10,10 +10,16 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
-from batchkit import REPO, add_plate, audit_records, pipeline_copy, run_batch
+from batchkit import LOTS, REPO, add_plate, audit_records, pipeline_copy, run_batch
+from conftest import BATCH_SETTINGS
 
+from cr51 import store
+from cr51.batch import PlateCache, process_batch
+from cr51.plate import PlateInput
 from cr51.scan import batch_of
+from cr51.simulate import simulate_plate, write_plate
 
 
 def files_rows(results) -> list[str]:
@@ -73,3 +79,21 @@ def test_jobs_compute_with_one_blas_thread(tmp_path):
     """)  # fmt: skip
     threads = [line.split("BLAS threads: ")[1] for line in log.read_text().splitlines() if "BLAS threads: " in line]
     assert len(threads) == 1 and threads[0].count(" 1") == 2 and "openblas" in threads[0], threads
+
+
+def test_an_intact_file_copied_over_another_is_not_used(tmp_path):
+    """A misdirected write: a cache entry with a valid header and checksum, under another plate's key."""
+    raw = tmp_path / "raw"
+    plates = []
+    for i in range(2):
+        write_plate(raw, simulate_plate(f"p{i}", np.random.default_rng(i), lots=LOTS), "well_list")
+        plates.append(PlateInput(f"p{i}", str(raw / f"p{i}.toml"), str(raw / f"p{i}.csv")))
+    cache = PlateCache(tmp_path / "cache", BATCH_SETTINGS)
+    first = process_batch(plates, BATCH_SETTINGS, cache)
+    a, b = (tmp_path / "cache" / f"{cache.key(p, BATCH_SETTINGS.max_export_bytes)}.jsonl" for p in plates)
+    shutil.copyfile(b, a)  # p0's entry now holds p1's results
+    with pytest.raises(store.StaleFile, match="holds the data of another file"):
+        store.read(a, "cr51-plate", 4)
+    again = process_batch(plates, BATCH_SETTINGS, PlateCache(tmp_path / "cache", BATCH_SETTINGS))
+    for name in first.tables:
+        assert again.tables[name].to_csv(index=False) == first.tables[name].to_csv(index=False), name

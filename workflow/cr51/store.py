@@ -3,13 +3,14 @@ with a header checked on read. Standard library only.
 
 A stored file is one JSON header line, then the payload bytes::
 
-    {"kind": "cr51-plate", "format": 3, "software": {...}, "bytes": 1234, "sha256": "..."}\\n<payload>
+    {"kind": "cr51-plate", "format": 3, "name": "<key>.jsonl", "software": {...}, "bytes": 1234, "sha256": "..."}\\n<payload>
 
 :func:`read` returns the payload only when the header is there, names the expected kind and format,
-was written by the same software (:func:`cr51.digests.software`: code digest, Python and library
-versions) and the payload has the recorded size and sha256; otherwise it raises :class:`StaleFile`
-with the reason, and the caller recomputes. A damaged, truncated, foreign or old file is therefore
-never used.
+names the file itself (a cache entry's name is its key: an intact file copied over another one, a
+misdirected write, is not taken for another plate's results), was written by the same software
+(:func:`cr51.digests.software`: code digest, Python and library versions) and the payload has the
+recorded size and sha256; otherwise it raises :class:`StaleFile` with the reason, and the caller
+recomputes. A damaged, truncated, misplaced, foreign or old file is therefore never used.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ class StaleFile(Exception):
     """A stored file that cannot be used; ``str(exc)`` says why."""
 
 
-def header(kind: str, fmt: int, payload: bytes) -> dict[str, object]:
-    """The header :func:`write` puts before ``payload``."""
+def header(kind: str, fmt: int, payload: bytes, name: str) -> dict[str, object]:
+    """The header :func:`write` puts before ``payload`` in the file called ``name``."""
     return {
         "kind": kind,
         "format": fmt,
+        "name": name,
         "software": software(),
         "bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
@@ -44,7 +46,7 @@ def write(path: str | os.PathLike, kind: str, fmt: int, payload: bytes) -> None:
     """Write header + ``payload`` atomically (a temporary file in the same folder, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(header(kind, fmt, payload), sort_keys=True).encode() + b"\n"
+    line = json.dumps(header(kind, fmt, payload, path.name), sort_keys=True).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -71,6 +73,8 @@ def read(path: str | os.PathLike, kind: str, fmt: int) -> bytes:
         raise StaleFile("has a damaged header") from None
     if not isinstance(head, dict) or head.get("kind") != kind:
         raise StaleFile(f"is not a {kind} file")
+    if head.get("name") != Path(path).name:
+        raise StaleFile(f"holds the data of another file ({str(head.get('name'))[:80]!r})")
     if head.get("format") != fmt:
         raise StaleFile(f"has format {head.get('format')!r}, this software reads {fmt}")
     if head.get("software") != software():
