@@ -73,12 +73,12 @@ def read(path: str | os.PathLike, kind: str, fmt: int) -> bytes:
         raise StaleFile("has a damaged header") from None
     if not isinstance(head, dict) or head.get("kind") != kind:
         raise StaleFile(f"is not a {kind} file")
-    if head.get("name") != Path(path).name:
-        raise StaleFile(f"holds the data of another file ({str(head.get('name'))[:80]!r})")
     if head.get("format") != fmt:
         raise StaleFile(f"has format {head.get('format')!r}, this software reads {fmt}")
     if head.get("software") != software():
         raise StaleFile("was written by other software (code or library versions differ)")
+    if head.get("name") != Path(path).name:
+        raise StaleFile(f"holds the data of another file ({str(head.get('name'))[:80]!r})")
     payload = data[end + 1 :]
     if head.get("bytes") != len(payload) or head.get("sha256") != hashlib.sha256(payload).hexdigest():
         raise StaleFile("is damaged or truncated (checksum mismatch)")
