@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
-from batchkit import LOTS, REPO, add_plate, audit_records, pipeline_copy, run_batch
+from batchkit import LOTS, REPO, add_plate, audit_records, pipeline_copy, result_tables, run_batch
 from conftest import BATCH_SETTINGS
 
 from cr51 import store
@@ -97,3 +98,53 @@ def test_an_intact_file_copied_over_another_is_not_used(tmp_path):
     again = process_batch(plates, BATCH_SETTINGS, PlateCache(tmp_path / "cache", BATCH_SETTINGS))
     for name in first.tables:
         assert again.tables[name].to_csv(index=False) == first.tables[name].to_csv(index=False), name
+
+
+@pytest.mark.slow
+def test_damaged_or_missing_result_tables_and_batch_files_are_rewritten_by_the_next_run(tmp_path):
+    work = pipeline_copy(tmp_path / "pipeline")
+    raw, results = tmp_path / "raw", tmp_path / "results"
+    for i in range(3):
+        add_plate(raw, f"plate{i}", i)
+    assert run_batch(work, raw, results).returncode == 0
+    clean = result_tables(results)
+    wells = results / "wells.csv"
+    wells.write_bytes(wells.read_bytes()[:-500])  # truncated
+    fits = bytearray((results / "fits.csv").read_bytes())
+    fits[len(fits) // 2] ^= 0x11  # one byte changed
+    (results / "fits.csv").write_bytes(bytes(fits))
+    (results / "potency_combined_inputs.csv").unlink()
+    batch = sorted((results / "batches").glob("b*.jsonl"))[0]
+    batch.write_bytes(batch.read_bytes()[:-10])  # a truncated batch file: removed and recomputed
+    proc = run_batch(work, raw, results)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result_tables(results) == clean
+    assert store.verify(batch) is None
+    again = run_batch(work, raw, results)  # nothing to do now
+    assert again.returncode == 0 and result_tables(results) == clean
+    assert "Nothing to be done" in log_of(again)
+
+
+def log_of(proc: subprocess.CompletedProcess) -> str:
+    """The Snakemake log of a cr51-batch run (its audit record names it)."""
+    results = Path(proc.args[proc.args.index("--config") + 2].split("=", 1)[1])
+    return Path(audit_records(results)[-1]["logs"][-1]).read_text()
+
+
+@pytest.mark.slow
+def test_chaos_small(tmp_path):
+    """tools/chaos.py on 4 plates: 5 random corruptions and 1 kill -9, each followed by reruns."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import chaos
+
+    out = tmp_path / "chaos.json"
+    args = ["--plates", "4", "--corruptions", "5", "--kills", "1", "--seed", "7", "--batch-count", "2"]
+    assert chaos.main([*args, "--work", str(tmp_path / "work"), "--json", str(out)]) == 0
+    import json
+
+    trials = json.loads(out.read_text())["trials"]
+    assert len(trials) == 6 and all(t["ok"] for t in trials), trials
+    logs = list((tmp_path / "work" / "results" / "logs" / "batches").glob("*.log"))
+    assert logs and all("BLAS threads: " in p.read_text() for p in logs)
+    assert all(line.count(" 1") >= 1 and " 2" not in line for p in logs for line in p.read_text().splitlines()
+               if "BLAS threads: " in line)  # fmt: skip

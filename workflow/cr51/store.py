@@ -104,7 +104,15 @@ def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
     return True
 
 
-def batch_index(batches: dict[str, object]) -> bytes:
+def index_repair(path: str | os.PathLike) -> object:
+    """The repair mark of the batch index at ``path`` (``None``: none, or no readable index)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")).get("repair")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def batch_index(batches: dict[str, object], repair: object = None) -> bytes:
     """The batch index: per batch, the sha256 of everything its job's output depends on (its plates
     with their content digests, the settings, the software), as the bytes of ``batches/index.json``.
 
@@ -113,10 +121,108 @@ def batch_index(batches: dict[str, object]) -> bytes:
     ``collect`` reruns — and with it every batch job whose output is missing — whether or not a
     batch job failed in between. Snakemake alone does not regenerate a deleted intermediate file
     whose consumers' outputs are up to date (snakemake/snakemake#1978): after a batch job failed
-    once, later runs said "Nothing to be done" and new plates never reached the tables.
+    once, later runs said "Nothing to be done" and new plates never reached the tables. ``repair``
+    (what was found damaged, and when) is kept in the index until the next repair: a new mark makes
+    ``collect`` rewrite the results (:func:`check_results`).
     """
     digests = {
         b: hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
         for b, params in sorted(batches.items())
     }
-    return (json.dumps({"format": 1, "batches": digests}, indent=1, sort_keys=True) + "\n").encode()
+    data = {"format": 1, "batches": digests, "repair": repair}
+    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+
+
+def written_by_other_software(path: str | os.PathLike) -> bool:
+    """Whether the stored file at ``path`` names other software than this one in its header (its
+    first line only is read). Snakemake reruns a batch for new software through the batch's
+    parameters, as recorded in its metadata (``.snakemake/``); without that record (a new pipeline
+    folder, a cleaned ``.snakemake``) the old batch output would reach ``collect``."""
+    try:
+        with open(path, "rb") as fh:
+            head = json.loads(fh.readline(MAX_HEADER))
+    except (OSError, ValueError):
+        return False  # damage, not age: verify() says so
+    return isinstance(head, dict) and head.get("software") != software()
+
+
+def verify(path: str | os.PathLike) -> str | None:
+    """Why a stored file is damaged (no header, a damaged one, another file's, payload size or sha256
+    not the recorded ones), or ``None`` when it is intact; kind, format and software are not looked
+    at (other software reruns a batch through its parameters, not as damage)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    end = data.find(b"\n", 0, MAX_HEADER)
+    try:
+        head = json.loads(data[:end]) if end >= 0 else None
+    except ValueError:
+        head = None
+    if not isinstance(head, dict):
+        return "has no usable header"
+    if head.get("name") != Path(path).name:
+        return "holds the data of another file"
+    payload = data[end + 1 :]
+    if head.get("bytes") != len(payload) or head.get("sha256") != hashlib.sha256(payload).hexdigest():
+        return "is damaged or truncated (checksum mismatch)"
+    return None
+
+
+def _sha256(path: str | os.PathLike) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _stat(path: str | os.PathLike) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def write_results_manifest(path: str | os.PathLike, tables: list[str], batches: list[str]) -> None:
+    """Record the sha256 of every result file (``tables``) and the size and modification time of every
+    batch file, as a successful run left them (checked by :func:`check_results` when the next run
+    is parsed)."""
+    data = {
+        "format": 1,
+        "tables": {t: _sha256(t) for t in tables},
+        "batches": {b: _stat(b) for b in batches},
+    }
+    write_if_changed(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+def check_results(path: str | os.PathLike, tables: list[str], batches: list[str]) -> tuple[list[str], list[str]]:
+    """(result files missing or changed since the manifest at ``path`` recorded them — all that exist
+    when there is no readable manifest —, batch files recorded but now missing or damaged, or
+    written by other software: :func:`written_by_other_software`).
+
+    A batch file is verified (:func:`verify`, its whole payload hashed) only when its size or
+    modification time is not what was recorded, so that a run with nothing to do stats the batch
+    files and hashes only the result tables (about 30 MB at 1,000 plates).
+    """
+    old = [b for b in batches if written_by_other_software(b)]
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        recorded_tables, recorded_batches = dict(manifest["tables"]), dict(manifest["batches"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [t for t in tables if os.path.exists(t)], old
+    bad_tables = [t for t in tables if (sha := _sha256(t)) is None or sha != recorded_tables.get(t)]
+    bad_batches = list(old)
+    for b in (b for b in batches if b not in old):
+        now = _stat(b)
+        if now is None:
+            if recorded_batches.get(b) is not None:
+                bad_batches.append(b)
+        elif now != recorded_batches.get(b) and verify(b) is not None:
+            bad_batches.append(b)
+    return bad_tables, bad_batches

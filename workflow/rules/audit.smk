@@ -49,7 +49,15 @@ def record(status, log):
     return cr51_audit.record_run(RESULTS, status, AUDIT_START, config_hash(config), log)
 
 
+def record_results():
+    """The results manifest (cr51.store.check_results), when collect wrote its files in this run."""
+    outputs = final_outputs()
+    if all(os.path.exists(p) and os.path.getmtime(p) >= AUDIT_START for p in outputs):
+        cr51_store.write_results_manifest(RESULTS_MANIFEST, outputs, batch_outputs())
+
+
 onsuccess:
+    record_results()
     problems = record("ok", log)
     print_summary(problems=problems)  # one line: plates ok, pending, rejected
     cancel_reevaluation_timers()  # else the process idles ~1 s before it exits

@@ -100,20 +100,27 @@ def batch_settings():
 #: batch's plates, digests, settings or software change, so collect reruns and regenerates every
 #: missing batch output (after a failed batch job Snakemake alone would say "Nothing to be done").
 BATCH_INDEX = f"{RESULTS}/batches/index.json"
+
+
+def write_batch_index(repair=None):
+    """Write the batch index if it changed; ``repair`` (a mark of damaged results to rewrite) makes
+    its content new, so collect reruns; the last mark is kept, so the index is stable otherwise.
+    """
+    params = {
+        b: {
+            "plates": batch_plates(SimpleNamespace(batch=b)),
+            "settings": batch_settings(),
+            "software": SOFTWARE_DIGEST,
+        }
+        for b in BATCHES
+    }
+    if repair is None:
+        repair = cr51_store.index_repair(BATCH_INDEX)
+    cr51_store.write_if_changed(BATCH_INDEX, cr51_store.batch_index(params, repair))
+
+
 if not workflow.subprocess_exec and not workflow.remote_exec:
-    cr51_store.write_if_changed(
-        BATCH_INDEX,
-        cr51_store.batch_index(
-            {
-                b: {
-                    "plates": batch_plates(SimpleNamespace(batch=b)),
-                    "settings": batch_settings(),
-                    "software": SOFTWARE_DIGEST,
-                }
-                for b in BATCHES
-            }
-        ),
-    )
+    write_batch_index()
 
 
 def batch_outputs():
@@ -132,9 +139,32 @@ def unassigned_files():
 
 
 def final_outputs():
-    """The run's products: the result tables and the report."""
+    """The run's products: every file collect writes (the result tables, the report, the forest plot;
+    a deleted one is written again)."""
     return [f"{RESULTS}/{name}.csv" for name in TABLES + CAMPAIGN_TABLES] + [
         f"{RESULTS}/potency_combined.csv",
+        f"{RESULTS}/potency_combined_inputs.csv",
         f"{RESULTS}/plate_history.csv",
         f"{RESULTS}/report.html",
+        f"{RESULTS}/figures/forest.svg",
     ]
+
+
+#: What a successful run's tables and batch files were (cr51.store.check_results), written by
+#: rules/audit.smk after a run in which collect ran. A result file that is missing or no longer
+#: matches, or a batch file found damaged (then removed), makes this run rewrite them: the batch
+#: index gets a new repair mark, so collect reruns (and with it the batch jobs whose output is
+#: missing). A touched index is not enough: Snakemake also compares an input's recorded checksum.
+RESULTS_MANIFEST = f"{RESULTS}/.results-manifest.json"
+if not workflow.subprocess_exec and not workflow.remote_exec:
+    _tables, _batches = cr51_store.check_results(
+        RESULTS_MANIFEST, final_outputs(), batch_outputs()
+    )
+    for _path in _batches:
+        Path(_path).unlink(missing_ok=True)
+    if _tables or _batches:
+        _names = ", ".join(Path(p).name for p in _tables + _batches)
+        write_batch_index({"at": time.time(), "files": _names})
+        print(
+            f"cr51: rewriting damaged or unrecorded results: {_names}", file=sys.stderr
+        )
