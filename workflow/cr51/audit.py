@@ -115,8 +115,6 @@ class Chain:
     records: list[Record]  # every complete record, oldest first (also those of a damaged log)
     problems: list[str]  # what is wrong, in words (empty: the chain is intact)
     head: str | None  # sha256 of the current chain's last record (None: no chain yet, or broken)
-    size: int  # bytes of the log
-    prefix_sha256: str  # sha256 of the log's bytes (what a new chain's seal covers)
 
 
 def check_chain(results_dir: str | os.PathLike) -> Chain:
@@ -137,7 +135,7 @@ def check_chain(results_dir: str | os.PathLike) -> Chain:
             problems = [f"the audit log {AUDIT_NAME} is missing, though the archive holds {len(plates)} plates"]
         else:
             problems = []  # a new results folder
-        return Chain([], problems, None, 0, hashlib.sha256(b"").hexdigest())
+        return Chain([], problems, None)
     records: list[Record] = []
     problems: list[str] = []
     shas: list[str] = []  # sha256 of the current chain's records
@@ -183,7 +181,7 @@ def check_chain(results_dir: str | os.PathLike) -> Chain:
         )
     if not records and not problems and _archived_plates(results_dir):
         problems.append(f"the audit log {AUDIT_NAME} is empty, though the archive holds plates")
-    return Chain(records, problems, None if problems else last, len(data), hashlib.sha256(data).hexdigest())
+    return Chain(records, problems, None if problems else last)
 
 
 def decided_before(results_dir: str | os.PathLike, chain: Chain, since: str) -> dict[str, Record]:
