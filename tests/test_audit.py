@@ -196,3 +196,17 @@ def test_a_log_from_before_the_chain_is_sealed_without_a_break(tmp_path):
     old, new = audit.read_records(tmp_path)
     assert "sha256" not in old and new["prev_sha256"] is None and new["seal"]["bytes"] > 0
     assert audit.check_chain(tmp_path).problems == []
+
+
+def test_a_first_run_is_no_damage_though_it_admitted_plates_before_its_record(tmp_path):
+    start = time.time() - 5
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    version = {"version": 1, "templates": [], "admitted_at": audit._iso(start + 2),  # admitted by this run
+               "layout": {"name": "a.toml", "sha256": "1"}, "export": {"name": "a.csv", "sha256": "2"}}  # fmt: skip
+    (archive / "registry.json").write_text(json.dumps({"format": 1, "plates": {"a": {"versions": [version]}}}))
+    files_csv(tmp_path, **{"a.toml": ("a", "1", "ok"), "a.csv": ("a", "2", "ok")})
+    rec = record(tmp_path, start)
+    assert audit.append_record(tmp_path, rec) == []
+    assert [len(r["new"]) for r in audit.read_records(tmp_path)] == [2]
+    assert audit.repair_chain(tmp_path, start) == []

@@ -79,7 +79,8 @@ def test_a_deleted_or_cut_audit_log_is_reported_and_no_file_is_new_again(tmp_pat
     work, raw, results = pipeline_copy(tmp_path / "pipeline"), tmp_path / "raw", tmp_path / "results"
     add_plate(raw, "plate0", 1)
     add_plate(raw, "plate1", 2)
-    assert "2 plates ok (2 new, 0 replaced)" in run_batch(work, raw, results).stdout
+    first = run_batch(work, raw, results).stdout
+    assert "2 plates ok (2 new, 0 replaced)" in first and "AUDIT" not in first, first
     (results / "audit.jsonl").unlink()
     gone = run_batch(work, raw, results)  # nothing to do: the record is written by cr51-batch
     assert gone.returncode == 0 and "2 plates ok (0 new, 0 replaced)" in gone.stdout, gone.stdout

@@ -98,12 +98,16 @@ def read_head(results_dir: str | os.PathLike) -> Record | None:
     return head if ok else None
 
 
-def _archived_plates(results_dir: str | os.PathLike) -> dict[str, Any]:
-    """The archive registry's plates (``{}`` if none or unreadable): evidence of earlier runs."""
+def _archived_plates(results_dir: str | os.PathLike, before: str | None = None) -> dict[str, Any]:
+    """The archive registry's plates (``{}`` if none or unreadable); with ``before`` (ISO 8601) only
+    those first admitted earlier — evidence of earlier runs (this run admits its new plates when it
+    is parsed, before its record is written)."""
     try:
         data = json.loads((Path(results_dir) / "archive" / "registry.json").read_text(encoding="utf-8"))
         plates = data["plates"]
-    except (OSError, ValueError, KeyError, TypeError):
+        if before is not None:
+            plates = {p: r for p, r in plates.items() if str(r["versions"][0]["admitted_at"]) < before}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return {}
     return plates if isinstance(plates, dict) else {}
 
@@ -117,11 +121,13 @@ class Chain:
     head: str | None  # sha256 of the current chain's last record (None: no chain yet, or broken)
 
 
-def check_chain(results_dir: str | os.PathLike) -> Chain:
+def check_chain(results_dir: str | os.PathLike, since: str | None = None) -> Chain:
     """Check the audit log's chain against itself and against its head file (see the module docstring).
 
     Damage sealed by an earlier ``chain_broken`` (or any chain-start) record is not reported again;
-    records written before the log was a chain (no ``sha256``) are not damage.
+    records written before the log was a chain (no ``sha256``) are not damage. A missing or empty log
+    is damage when the head file says there were records, or the archive holds plates admitted
+    before ``since`` (the run's start, ISO 8601; ``None``: any plate).
     """
     path = Path(results_dir) / AUDIT_NAME
     head = read_head(results_dir)
@@ -131,7 +137,7 @@ def check_chain(results_dir: str | os.PathLike) -> Chain:
     except FileNotFoundError:
         if head_present:
             problems = [f"the audit log {AUDIT_NAME} is missing (its head says {head and head.get('records')} records)"]
-        elif plates := _archived_plates(results_dir):
+        elif plates := _archived_plates(results_dir, since):
             problems = [f"the audit log {AUDIT_NAME} is missing, though the archive holds {len(plates)} plates"]
         else:
             problems = []  # a new results folder
@@ -179,7 +185,7 @@ def check_chain(results_dir: str | os.PathLike) -> Chain:
             f"the log was cut or truncated: it no longer reaches its last recorded run "
             f"({head.get('records')} records, {head.get('bytes')} bytes; now {len(records)} records, {len(data)} bytes)"
         )
-    if not records and not problems and _archived_plates(results_dir):
+    if not records and not problems and _archived_plates(results_dir, since):
         problems.append(f"the audit log {AUDIT_NAME} is empty, though the archive holds plates")
     return Chain(records, problems, None if problems else last)
 
@@ -309,7 +315,7 @@ def build_record(
     changes = (
         {"new": [], "replaced": [], "removed": []}
         if rows is None
-        else input_changes(decided_before(results_dir, check_chain(results_dir), _iso(start)), rows)
+        else input_changes(decided_before(results_dir, check_chain(results_dir, _iso(start)), _iso(start)), rows)
     )
     return {
         "run_id": run_id or os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex,
@@ -350,26 +356,28 @@ def _sealed(record: Record, prev: str | None, prefix: bytes | None = None) -> Re
     return out
 
 
-def append_record(results_dir: str | os.PathLike, record: Record | None) -> list[str]:
+def append_record(results_dir: str | os.PathLike, record: Record | None, start: str | None = None) -> list[str]:
     """Append ``record`` to the chain as one line, in one ``write`` to a file opened with ``O_APPEND``;
     return the problems :func:`check_chain` found (empty when the chain was intact).
 
     A broken chain first gets a ``chain_broken`` record (the problems, the run's ``run_id``) that
-    starts a new chain (``record`` ``None``: only that record, if the chain is broken). A line left
+    starts a new chain (``record`` ``None``: only that record, if the chain is broken; ``start``: the
+    run's start, ISO 8601, when ``record`` does not say it). A line left
     without its newline by a crash is closed first, so it cannot swallow the record. Then the
     chain's head (:data:`HEAD_NAME`) is rewritten.
     """
     results = Path(results_dir)
     path = results / AUDIT_NAME
-    chain = check_chain(results)
+    now = _iso(time.time())
+    since = str((record or {}).get("start") or start or now)
+    chain = check_chain(results, since)
     try:
         prefix = path.read_bytes()
     except FileNotFoundError:
         prefix = b""
     lead = b"\n" if prefix and not prefix.endswith(b"\n") else b""
     prefix += lead
-    now = _iso(time.time())
-    state = decided_before(results, chain, str((record or {}).get("start") or now))
+    state = decided_before(results, chain, since)
     out: list[Record] = []
     if chain.problems:
         run_id = (record or {}).get("run_id") or os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex
@@ -411,12 +419,13 @@ def append_record(results_dir: str | os.PathLike, record: Record | None) -> list
     return chain.problems
 
 
-def repair_chain(results_dir: str | os.PathLike) -> list[str]:
-    """For a run that appends no record of its own (plain Snakemake with nothing to do): if the chain
-    is broken, append the ``chain_broken`` record that starts a new one; return the problems found."""
-    if not check_chain(results_dir).problems:
+def repair_chain(results_dir: str | os.PathLike, start: float) -> list[str]:
+    """For a run that appends no record of its own (plain Snakemake with nothing to do) and started at
+    ``start``: if the chain is broken, append the ``chain_broken`` record that starts a new one;
+    return the problems found."""
+    if not check_chain(results_dir, _iso(start)).problems:
         return []
-    return append_record(results_dir, None)
+    return append_record(results_dir, None, _iso(start))
 
 
 def record_run(
