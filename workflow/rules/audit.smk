@@ -22,16 +22,27 @@ def print_summary(failed=False, problems=None):
     ):
         SUMMARY_PRINTED.append(True)
         if problems is None:
-            problems = cr51_audit.repair_chain(RESULTS)
+            problems = cr51_audit.repair_chain(RESULTS, AUDIT_START)
         print(summary_line(RESULTS, failed=failed, audit_problems=problems), flush=True)
 
 
 def _execute_then_summary(execute):
-    """workflow.execute, then the summary line for a run with nothing to do (Snakemake calls no
-    handler then); a run with jobs prints it from onsuccess/onerror, a dry run prints none.
+    """workflow.execute after prepare_run (rules/common.smk: the batch index, damaged results; the
+    executor says whether this is a dry run, which workflow.dryrun does not before execute), then
+    the summary line for a run with nothing to do (Snakemake calls no handler then); a run with
+    jobs prints it from onsuccess/onerror, a dry run prints none.
     """
 
     def run(*args, **kwargs):
+        if not workflow.remote_exec and not workflow.subprocess_exec:
+            plugin = kwargs.get("executor_plugin", args[0] if args else None)
+            common = getattr(plugin, "common_settings", None)
+            prepare_run(
+                bool(
+                    getattr(common, "dryrun_exec", False)
+                    or getattr(common, "touch_exec", False)
+                )
+            )
         result = execute(*args, **kwargs)
         if not workflow.dryrun:
             print_summary()

@@ -119,7 +119,13 @@ def write_batch_index(repair=None):
     cr51_store.write_if_changed(BATCH_INDEX, cr51_store.batch_index(params, repair))
 
 
-if not workflow.subprocess_exec and not workflow.remote_exec:
+# Written before Snakemake builds its DAG by prepare_run (rules/audit.smk), not for a dry run;
+# here only when missing (a dry run on a new results folder: collect's input must exist).
+if (
+    not workflow.subprocess_exec
+    and not workflow.remote_exec
+    and not Path(BATCH_INDEX).exists()
+):
     write_batch_index()
 
 
@@ -152,19 +158,31 @@ def final_outputs():
 
 #: What a successful run's tables and batch files were (cr51.store.check_results), written by
 #: rules/audit.smk after a run in which collect ran. A result file that is missing or no longer
-#: matches, or a batch file found damaged (then removed), makes this run rewrite them: the batch
+#: matches, or a batch file found damaged (then removed), makes the run rewrite them: the batch
 #: index gets a new repair mark, so collect reruns (and with it the batch jobs whose output is
 #: missing). A touched index is not enough: Snakemake also compares an input's recorded checksum.
 RESULTS_MANIFEST = f"{RESULTS}/.results-manifest.json"
-if not workflow.subprocess_exec and not workflow.remote_exec:
-    _tables, _batches = cr51_store.check_results(
+
+
+def prepare_run(dryrun):
+    """Before Snakemake builds the DAG of a run (rules/audit.smk): the batch index brought up to
+    date, and damaged or missing results marked for rewriting. A dry run changes nothing (it only
+    says what a run would rewrite)."""
+    tables, batches = cr51_store.check_results(
         RESULTS_MANIFEST, final_outputs(), batch_outputs()
     )
-    for _path in _batches:
-        Path(_path).unlink(missing_ok=True)
-    if _tables or _batches:
-        _names = ", ".join(Path(p).name for p in _tables + _batches)
-        write_batch_index({"at": time.time(), "files": _names})
+    names = ", ".join(Path(p).name for p in tables + batches)
+    if dryrun:
+        if names:
+            print(
+                f"cr51: a run would rewrite damaged results: {names}", file=sys.stderr
+            )
+        return
+    write_batch_index()
+    for path in batches:
+        Path(path).unlink(missing_ok=True)
+    if names:
+        write_batch_index({"at": time.time(), "files": names})
         print(
-            f"cr51: rewriting damaged or unrecorded results: {_names}", file=sys.stderr
+            f"cr51: rewriting damaged or unrecorded results: {names}", file=sys.stderr
         )
