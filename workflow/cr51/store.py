@@ -116,7 +116,7 @@ def batch_index(batches: dict[str, object], repair: object = None) -> bytes:
     """The batch index: per batch, the sha256 of everything its job's output depends on (its plates
     with their content digests, the settings, the software), as the bytes of ``batches/index.json``.
 
-    It is an input of ``collect`` written at parse time only when it changes
+    It is an input of ``collect``, written before each run's DAG is built, only when it changes
     (:func:`write_if_changed`): a new or changed plate makes it newer than the result tables, so
     ``collect`` reruns — and with it every batch job whose output is missing — whether or not a
     batch job failed in between. Snakemake alone does not regenerate a deleted intermediate file
@@ -208,7 +208,7 @@ def check_results(path: str | os.PathLike, tables: list[str], batches: list[str]
 
     A batch file is verified (:func:`verify`, its whole payload hashed) only when its size or
     modification time is not what was recorded, so that a run with nothing to do stats the batch
-    files and hashes only the result tables (about 30 MB at 1,000 plates).
+    files and hashes only the result files (about 11 MB at 200 plates: 30-35 ms).
     """
     old = [b for b in batches if written_by_other_software(b)]
     try:

@@ -1,7 +1,10 @@
 # Audit log: a run that executes jobs appends one record to results_dir/audit.jsonl
-# (see docs/operations.md). A run with nothing to do is recorded by cr51-batch only.
+# (see docs/operations.md). A run with nothing to do is recorded by cr51-batch only (a plain snakemake
+# run with nothing to do records only a broken chain: repair_chain).
 # Every run prints one summary line (cr51.runsummary): plates ok, pending (why), rejected, and a
 # damaged audit log (the chain is checked before each record, cr51.audit).
+import os
+
 from cr51 import audit as cr51_audit
 from cr51.runsummary import summary_line
 from cr51.jobs import cancel_reevaluation_timers

@@ -96,9 +96,10 @@ def batch_settings():
     return SETTINGS.analysis.to_dict()
 
 
-#: The batch index (cr51.store.batch_index), an input of collect: rewritten at parse time when any
-#: batch's plates, digests, settings or software change, so collect reruns and regenerates every
-#: missing batch output (after a failed batch job Snakemake alone would say "Nothing to be done").
+#: The batch index (cr51.store.batch_index), an input of collect: rewritten (prepare_run, before the
+#: DAG is built) when any batch's plates, digests, settings or software change, so collect reruns and
+#: regenerates every missing batch output (after a failed batch job Snakemake alone would say
+#: "Nothing to be done").
 BATCH_INDEX = f"{RESULTS}/batches/index.json"
 
 
