@@ -144,6 +144,7 @@ def test_chaos_small(tmp_path):
 
     trials = json.loads(out.read_text())["trials"]
     assert len(trials) == 6 and all(t["ok"] for t in trials), trials
+    assert trials[-1]["kind"] == "kill -9" and trials[-1]["damage"].startswith("killed after"), trials[-1]
     logs = list((tmp_path / "work" / "results" / "logs" / "batches").glob("*.log"))
     assert logs and all("BLAS threads: " in p.read_text() for p in logs)
     assert all(line.count(" 1") >= 1 and " 2" not in line for p in logs for line in p.read_text().splitlines()

@@ -17,8 +17,9 @@ on a fresh results folder (the clean run) and keeps the sha256 of every ``result
   the results folder is put back as the clean run left it before the next trial, so the trials are
   independent;
 * ``--kills`` times: starts the whole run on a fresh results folder, sends SIGKILL to its process
-  group (cr51-batch, Snakemake and its jobs) at a random moment within the clean run's duration,
-  then reruns until exit 0 and compares.
+  group (cr51-batch, Snakemake and its jobs) at a random moment within the clean run's duration
+  (a run that ends before it, the load having dropped, is started again with half the delay, up to
+  :data:`KILL_ATTEMPTS` runs), then reruns until exit 0 and compares.
 
 ``plate_history.csv`` says *when* a results folder admitted and accepted each plate: in the kill
 trials (a new results folder) its times are compared as set or unset, everything else byte for
@@ -56,6 +57,9 @@ HISTORY_TIMES = ("admitted_at", "accepted_at", "replaced_at")
 #: The kinds of damage, each a function (path, rng, other file of the same kind or None) -> None.
 DAMAGE = ("flip", "truncate", "empty", "delete", "append", "swap")
 RUN_TIMEOUT = 1800
+#: Whole runs started per kill trial at most: one that finishes before its kill moment is started
+#: again with half the delay.
+KILL_ATTEMPTS = 4
 
 
 def flip(path: Path, rng: random.Random, other: Path | None) -> None:
@@ -207,20 +211,24 @@ def kill_trials(
     for n in range(args.kills):
         results = base / f"kill{n}"
         delay = rng.uniform(0.5, clean_seconds)
-        proc = subprocess.Popen(
-            batch_cmd(raw, results, args.batch_count),
-            cwd=work,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=delay)
-            finished = True
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            finished = False
+        for _ in range(KILL_ATTEMPTS):  # a run that ends before its kill (less load) is tried again, sooner
+            shutil.rmtree(results, ignore_errors=True)
+            proc = subprocess.Popen(
+                batch_cmd(raw, results, args.batch_count),
+                cwd=work,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                proc.wait(timeout=delay)
+                finished = True
+                delay /= 2
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the process group of the run this script started
+                proc.wait()
+                finished = False
+                break
         time.sleep(0.2)  # the killed process group's children are gone
         t = time.perf_counter()
         reruns, codes = rerun_until_ok(work, raw, results, args.batch_count, args.max_reruns)
