@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from cr51.jobs import pin_threads
 
-import pytest
+pin_threads()  # one BLAS thread, as in every job, set before numpy loads: threaded sums differ in the last digit
 
-from cr51.settings import Analysis, with_defaults
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from cr51.settings import Analysis, with_defaults  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

@@ -24,7 +24,7 @@ from batchkit import (
     runner_cmd,
 )
 
-from cr51 import runner
+from cr51 import audit, runner
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def test_lock_held_exits_at_once(setup, tmp_path):
         proc = run_batch(work, raw, results)
     assert proc.returncode == runner.EXIT_LOCKED
     assert proc.stdout == f"cr51 batch: another run holds the lock on {results}; nothing was done\n"
-    assert sorted(p.name for p in results.iterdir()) == [runner.LOCK_NAME, "audit.jsonl"]
+    assert sorted(p.name for p in results.iterdir()) == [audit.HEAD_NAME, runner.LOCK_NAME, "audit.jsonl"]
     assert refusal(results, runner.EXIT_LOCKED)["note"] == proc.stdout.removeprefix("cr51 batch: ").rstrip("\n")
 
 

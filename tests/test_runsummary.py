@@ -60,3 +60,47 @@ def test_every_plain_snakemake_run_prints_it_even_with_nothing_to_do(tmp_path):
                          f"QC in {tmp_path / 'qc.csv'}, report {tmp_path / 'report.html'}"]  # fmt: skip
     dry = subprocess.run([*cmd, "-n"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "cr51:" not in dry.stdout  # a dry run says nothing
+
+
+def test_a_broken_audit_chain_is_named_in_the_line(tmp_path):
+    problems = ["the log was cut or truncated: …", "the record on line 2 was changed (its checksum does not match)"]
+    line = summary_line(tmp_path, audit_problems=problems)
+    assert line.endswith(
+        f"; AUDIT LOG DAMAGED: the log was cut or truncated: … and 1 more; recorded in {tmp_path / 'audit.jsonl'}, "
+        "a new chain started"
+    )
+    assert "AUDIT" not in summary_line(tmp_path, audit_problems=[])
+
+
+@pytest.mark.slow
+def test_a_deleted_or_cut_audit_log_is_reported_and_no_file_is_new_again(tmp_path):
+    from batchkit import add_plate, audit_records, pipeline_copy, run_batch
+
+    work, raw, results = pipeline_copy(tmp_path / "pipeline"), tmp_path / "raw", tmp_path / "results"
+    add_plate(raw, "plate0", 1)
+    add_plate(raw, "plate1", 2)
+    first = run_batch(work, raw, results).stdout
+    assert "2 plates ok (2 new, 0 replaced)" in first and "AUDIT" not in first, first
+    (results / "audit.jsonl").unlink()
+    gone = run_batch(work, raw, results)  # nothing to do: the record is written by cr51-batch
+    assert gone.returncode == 0 and "2 plates ok (0 new, 0 replaced)" in gone.stdout, gone.stdout
+    assert "AUDIT LOG DAMAGED: the audit log audit.jsonl is missing" in gone.stdout
+    broken, record = audit_records(results)
+    assert broken["event"] == "chain_broken" and record["run_id"] == broken["run_id"] and record["new"] == []
+    data = (results / "audit.jsonl").read_bytes()
+    (results / "audit.jsonl").write_bytes(data[: len(data) - 100])  # cut inside the last record
+    add_plate(raw, "plate2", 3)
+    cut = run_batch(work, raw, results)  # a run with jobs: Snakemake's handler records it
+    assert cut.returncode == 0 and "3 plates ok (1 new, 0 replaced)" in cut.stdout, cut.stdout
+    assert "AUDIT LOG DAMAGED: line 2 is not a complete record" in cut.stdout
+    assert [e["plate"] for e in audit_records_tail(results)["new"]] == ["plate2", "plate2"]
+    clean = run_batch(work, raw, results)
+    assert clean.returncode == 0 and "AUDIT" not in clean.stdout
+
+
+def audit_records_tail(results: Path) -> dict:
+    """The last complete record of the audit log (a cut line before it is not JSON)."""
+    import json
+
+    lines = (results / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[-1])

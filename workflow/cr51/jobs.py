@@ -1,16 +1,69 @@
 """Snakemake plumbing: run a ``script:`` job (log to the rule's log file, record versions and
-failures), and let the Snakemake process exit as soon as its work is done."""
+failures, one BLAS thread), and let the Snakemake process exit as soon as its work is done.
+
+BLAS and OpenMP run single-threaded in every job, so that a number does not depend on how many
+threads a library chose under the load of the moment (docs/operations.md, "Bit-identical reruns").
+OpenBLAS reads ``OPENBLAS_NUM_THREADS`` (MKL ``MKL_NUM_THREADS``, OpenMP ``OMP_NUM_THREADS``) once,
+when numpy first loads it: :func:`pin_threads` is therefore called when the workflow is parsed
+(``rules/common.smk``), before Snakemake starts any job, so every job process — a script job is a
+new Python process, on a cluster node too, where the workflow is parsed again — inherits the
+variables before it imports numpy; :func:`run_job` also sets the thread count of every OpenBLAS
+already loaded (``openblas_set_num_threads``) and logs it.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from . import __version__
+
+#: The environment variables that set the thread count of BLAS/OpenMP libraries (read when they load).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: OpenBLAS's thread functions, as plain OpenBLAS and the scipy-openblas builds in numpy/scipy wheels name them.
+_OPENBLAS = (("openblas_get_num_threads", "openblas_set_num_threads"),
+             ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+             ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"))  # fmt: skip
+
+
+def pin_threads(environ: MutableMapping[str, str] = os.environ) -> None:
+    """One thread for BLAS and OpenMP in this process and the processes it starts (before numpy loads)."""
+    for name in THREAD_VARIABLES:
+        environ[name] = "1"
+
+
+def _openblas_libraries() -> list[str]:
+    """Paths of the OpenBLAS libraries loaded in this process (``/proc/self/maps``; none elsewhere)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            maps = fh.read()
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"(/\S*openblas\S*\.so[\w.]*)", maps)))
+
+
+def blas_threads(set_to: int | None = None) -> dict[str, int]:
+    """``{library: threads}`` for every OpenBLAS loaded in this process, after setting the count to
+    ``set_to`` (if given)."""
+    out = {}
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, put in _OPENBLAS:
+            if hasattr(lib, get):
+                if set_to is not None:
+                    getattr(lib, put)(set_to)
+                out[os.path.basename(path)] = int(getattr(lib, get)())
+                break
+    return out
 
 
 def run_job(smk: Any, main: Callable[[Any], None]) -> None:
@@ -26,6 +79,9 @@ def run_job(smk: Any, main: Callable[[Any], None]) -> None:
     log.info("cr51 %s, Python %s, rule %s", __version__, platform.python_version(), smk.rule)
     if "SLURM_JOB_ID" in os.environ:  # the job runs under SLURM: record which job
         log.info("SLURM_JOB_ID=%s", os.environ["SLURM_JOB_ID"])
+    pin_threads()  # for the processes this job starts; libraries already loaded are set below
+    threads = blas_threads(set_to=1)
+    log.info("BLAS threads: %s", ", ".join(f"{k} {v}" for k, v in threads.items()) or "no OpenBLAS loaded")
     try:
         main(smk)
     except Exception:

@@ -18,7 +18,8 @@ Run it from the pipeline folder (the checkout, where the ``Snakefile`` is). It
    KEY=VALUE ...]`` (an argument list, never a shell), its output going to
    ``<results_dir>/logs/runs/``;
 6. makes sure the run has an audit record (``<results_dir>/audit.jsonl``), refused runs included
-   (status ``refused``, the reason and the exit code), and prints one summary line.
+   (status ``refused``, the reason and the exit code), and prints one summary line, which also says
+   when the audit log's chain was found broken (recorded, a new chain started: :mod:`cr51.audit`).
 
 The folders are read as Snakemake reads the configuration: ``config/config.yaml``, then the
 ``--configfile`` files in order (nested keys merged), then the ``--config`` overrides, then the
@@ -45,7 +46,7 @@ from typing import IO, Any
 
 import yaml
 
-from . import archive, audit
+from . import archive, audit, runsummary
 from .settings import with_defaults
 
 EXIT_OK = 0  # the run completed (rejected and pending files are data, not failures)
@@ -324,8 +325,8 @@ def run_snakemake(cmd: list[str], log: IO[str], locks: tuple[IO[str], ...], env:
     return proc.returncode
 
 
-def summary(results: Path, record: audit.Record, seconds: float) -> str:
-    """The one-line summary of a completed run."""
+def summary(results: Path, record: audit.Record, seconds: float, problems: list[str] | None = None) -> str:
+    """The one-line summary of a completed run (and what was wrong with the audit chain: ``problems``)."""
     counts = record.get("files") or {}
     plates_ok = len({r["plate"] for r in audit.files_rows(results) or [] if r["status"] == "ok"})
     new = len({e["plate"] for e in record.get("new", []) if e["plate"]})
@@ -333,7 +334,7 @@ def summary(results: Path, record: audit.Record, seconds: float) -> str:
     files = ", ".join(f"{counts.get(s, 0)} {s}" for s in audit.STATUSES)
     return (
         f"{PREFIX} {plates_ok} plates ok ({new} new, {replaced} replaced); files: {files}; "
-        f"results in {results}; {seconds:.1f} s"
+        f"results in {results}; {seconds:.1f} s" + runsummary.audit_note(results, problems or [])
     )
 
 
@@ -356,7 +357,10 @@ def batch(args: argparse.Namespace, dirs: Folders, locks: tuple[IO[str], ...], s
         code = run_snakemake(cmd, log, locks, env)
     status = "ok" if code == 0 else "failed"
     records = audit.read_records(dirs.results)
-    record = next((r for r in reversed(records) if r.get("run_id") == run_id), None)
+    mine = [r for r in records if r.get("run_id") == run_id]
+    # a broken chain found by Snakemake's handlers (or by its nothing-to-do summary) and recorded
+    problems = [p for r in mine if r.get("event") == audit.CHAIN_BROKEN for p in r.get("problems", [])]
+    record = next((r for r in reversed(mine) if "event" not in r), None)
     if record is None:  # Snakemake had nothing to do, or stopped before its handlers ran
         record = audit.build_record(
             dirs.results,
@@ -367,24 +371,29 @@ def batch(args: argparse.Namespace, dirs: Folders, locks: tuple[IO[str], ...], s
             logs=[str(log_path.resolve())],
             note=note or ("nothing to do" if code == 0 else f"snakemake exited with {code}"),
             exit_code=EXIT_OK if code == 0 else EXIT_FAILED,
+            run_id=run_id,
         )
-        audit.append_record(dirs.results, record)
+        problems += audit.append_record(dirs.results, record)
     seconds = time.time() - started
     if code != 0:
-        return EXIT_FAILED, f"{PREFIX} FAILED: the pipeline failed (exit {code}); see {log_path}; {seconds:.1f} s"
-    return EXIT_OK, summary(dirs.results, record, seconds)
+        return EXIT_FAILED, (
+            f"{PREFIX} FAILED: the pipeline failed (exit {code}); see {log_path}; {seconds:.1f} s"
+            + runsummary.audit_note(dirs.results, problems)
+        )
+    return EXIT_OK, summary(dirs.results, record, seconds, problems)
 
 
-def record_refusal(results: Path, stop: Stop, started: float) -> None:
-    """The audit record of a run refused before Snakemake started (skipped if none can be written)."""
+def record_refusal(results: Path, stop: Stop, started: float) -> list[str]:
+    """The audit record of a run refused before Snakemake started (skipped if none can be written);
+    the problems found in the audit chain."""
     try:
         record = audit.build_record(
             results, status=audit.REFUSED, start=started, config_hash=None, invoked_by="cr51-batch",
             note=str(stop), exit_code=stop.code,
         )  # fmt: skip
-        audit.append_record(results, record)
+        return audit.append_record(results, record)
     except OSError:
-        pass  # a results folder that cannot be written takes no record; the summary line says why
+        return []  # a results folder that cannot be written takes no record; the summary line says why
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             checkout_lock = held.enter_context(acquire_checkout(Path.cwd(), args.lock_wait))
             code, line = batch(args, dirs, (results_lock, checkout_lock), started)
     except Stop as stop:
-        record_refusal(dirs.results, stop, started)
-        code, line = stop.code, f"{PREFIX} {stop}"
+        problems = record_refusal(dirs.results, stop, started)
+        code, line = stop.code, f"{PREFIX} {stop}" + runsummary.audit_note(dirs.results, problems)
     print(line)
     return code
 

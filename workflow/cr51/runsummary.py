@@ -6,7 +6,10 @@ plain ``snakemake`` run says what became of the drop folder as ``cr51-batch`` do
     cr51: 6 plates ok (1 failing QC), 2 pending (1 settling: settle_seconds, 1 waiting for its export),
     1 rejected; reasons in results/files.csv, QC in results/qc.csv, report results/report.html
 
-It reads ``files.csv`` and ``qc.csv`` with the ``csv`` module (a few ms for a thousand plates).
+It reads ``files.csv`` and ``qc.csv`` with the ``csv`` module (a few ms for a thousand plates). When the
+audit log's chain was found broken (:func:`cr51.audit.check_chain`), the line says so::
+
+    ...; AUDIT LOG DAMAGED: the log was cut or truncated (...); recorded in results/audit.jsonl, a new chain started
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 PREFIX = "cr51:"
@@ -38,13 +42,23 @@ def pending_kind(reason: str) -> str:
     return reason.split(";")[0][:40] or "waiting"
 
 
-def summary_line(results_dir: str | os.PathLike, failed: bool = False) -> str:
-    """``N plates ok (F failing QC), M pending (why), K rejected``, and where to look."""
+def audit_note(results_dir: str | os.PathLike, problems: Sequence[str]) -> str:
+    """What a summary line says about a broken audit chain (``""`` when ``problems`` is empty)."""
+    if not problems:
+        return ""
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    where = Path(results_dir) / "audit.jsonl"
+    return f"; AUDIT LOG DAMAGED: {problems[0]}{more}; recorded in {where}, a new chain started"
+
+
+def summary_line(results_dir: str | os.PathLike, failed: bool = False, audit_problems: Sequence[str] = ()) -> str:
+    """``N plates ok (F failing QC), M pending (why), K rejected``, and where to look; then what was
+    wrong with the audit log's chain, if anything (``audit_problems``, :func:`audit_note`)."""
     results = Path(results_dir)
     files = _rows(results / "files.csv")
     if files is None:
         what = "the run failed" if failed else "no files.csv yet"
-        return f"{PREFIX} {what}; see {results / 'logs'}"
+        return f"{PREFIX} {what}; see {results / 'logs'}" + audit_note(results, audit_problems)
     qc = _rows(results / "qc.csv") or []
     plates: dict[str, set[str]] = {}
     pending: Counter[str] = Counter()
@@ -67,5 +81,5 @@ def summary_line(results_dir: str | os.PathLike, failed: bool = False) -> str:
         f"{PREFIX} {head}{len(ok)} plates ok ({failing} failing QC), {n_pending} pending"
         + (f" ({why})" if why else "")
         + f", {rejected} rejected; reasons in {results / 'files.csv'}, QC in {results / 'qc.csv'}, "
-        f"report {results / 'report.html'}"
+        f"report {results / 'report.html'}" + audit_note(results, audit_problems)
     )

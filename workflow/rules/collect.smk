@@ -13,6 +13,7 @@ localrules:
 rule collect:
     input:
         batches=batch_outputs(),
+        index=BATCH_INDEX,
         templates=report_templates(),
         raw=SCAN.unassigned_files(),
     output:

@@ -1,15 +1,23 @@
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
 # The domain logic is the importable package workflow/cr51 (also pip-installable).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cr51 import archive as cr51_archive
+from cr51 import store as cr51_store
 from cr51.digests import software_digest
+from cr51.jobs import pin_threads
 from cr51.schema import CAMPAIGN_TABLES as _CAMPAIGN, PLATE_TABLES
 from cr51.settings import Settings
+
+# One BLAS/OpenMP thread in every job (bit-identical numbers whatever the load): set here, at parse
+# time, so that every job process inherits it before it imports numpy (cr51.jobs).
+pin_threads()
 
 #: The typed settings, built once: validated with every problem listed in words (ConfigError), the
 #: defaults filled from the schema. The analysis part is what the jobs get.
@@ -27,6 +35,7 @@ CAMPAIGN_TABLES = [t.name for t in _CAMPAIGN]
 # scan of the drop folder, whose plates are then admitted into the archive under results_dir: plates
 # are computed from the archive, and stay when their files leave the drop folder (cr51.archive).
 # An inbox that lost most accepted plates (an unmounted share) stops here, before anything is written.
+PARSE_START = time.time()  # the run's start for its audit record (rules/audit.smk)
 SCAN = cr51_archive.scan_inbox(
     SETTINGS.raw_dir,
     RESULTS,
@@ -88,6 +97,40 @@ def batch_settings():
     return SETTINGS.analysis.to_dict()
 
 
+#: The batch index (cr51.store.batch_index), an input of collect: rewritten (prepare_run, before the
+#: DAG is built) when any batch's plates, digests, settings or software change, so collect reruns and
+#: regenerates every missing batch output (after a failed batch job Snakemake alone would say
+#: "Nothing to be done").
+BATCH_INDEX = f"{RESULTS}/batches/index.json"
+
+
+def write_batch_index(repair=None):
+    """Write the batch index if it changed; ``repair`` (a mark of damaged results to rewrite) makes
+    its content new, so collect reruns; the last mark is kept, so the index is stable otherwise.
+    """
+    params = {
+        b: {
+            "plates": batch_plates(SimpleNamespace(batch=b)),
+            "settings": batch_settings(),
+            "software": SOFTWARE_DIGEST,
+        }
+        for b in BATCHES
+    }
+    if repair is None:
+        repair = cr51_store.index_repair(BATCH_INDEX)
+    cr51_store.write_if_changed(BATCH_INDEX, cr51_store.batch_index(params, repair))
+
+
+# Written before Snakemake builds its DAG by prepare_run (rules/audit.smk), not for a dry run;
+# here only when missing (a dry run on a new results folder: collect's input must exist).
+if (
+    not workflow.subprocess_exec
+    and not workflow.remote_exec
+    and not Path(BATCH_INDEX).exists()
+):
+    write_batch_index()
+
+
 def batch_outputs():
     """The output of every batch that holds plates."""
     return expand(f"{RESULTS}/batches/{{batch}}.jsonl", batch=BATCHES)
@@ -104,10 +147,45 @@ def unassigned_files():
 
 
 def final_outputs():
-    """The run's products: the result tables and the report."""
+    """The run's products: every file collect writes (the result tables, the report, the forest plot;
+    a deleted one is written again)."""
     return [f"{RESULTS}/{name}.csv" for name in TABLES + CAMPAIGN_TABLES] + [
         f"{RESULTS}/potency_combined.csv",
+        f"{RESULTS}/potency_combined_inputs.csv",
         f"{RESULTS}/plate_history.csv",
         f"{RESULTS}/trends.csv",
         f"{RESULTS}/report.html",
+        f"{RESULTS}/figures/forest.svg",
     ]
+
+
+#: What a successful run's tables and batch files were (cr51.store.check_results), written by
+#: rules/audit.smk after a run in which collect ran. A result file that is missing or no longer
+#: matches, or a batch file found damaged (then removed), makes the run rewrite them: the batch
+#: index gets a new repair mark, so collect reruns (and with it the batch jobs whose output is
+#: missing). A touched index is not enough: Snakemake also compares an input's recorded checksum.
+RESULTS_MANIFEST = f"{RESULTS}/.results-manifest.json"
+
+
+def prepare_run(dryrun):
+    """Before Snakemake builds the DAG of a run (rules/audit.smk): the batch index brought up to
+    date, and damaged or missing results marked for rewriting. A dry run changes nothing (it only
+    says what a run would rewrite)."""
+    tables, batches = cr51_store.check_results(
+        RESULTS_MANIFEST, final_outputs(), batch_outputs()
+    )
+    names = ", ".join(Path(p).name for p in tables + batches)
+    if dryrun:
+        if names:
+            print(
+                f"cr51: a run would rewrite damaged results: {names}", file=sys.stderr
+            )
+        return
+    write_batch_index()
+    for path in batches:
+        Path(path).unlink(missing_ok=True)
+    if names:
+        write_batch_index({"at": time.time(), "files": names})
+        print(
+            f"cr51: rewriting damaged or unrecorded results: {names}", file=sys.stderr
+        )
