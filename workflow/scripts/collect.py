@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from cr51.batch import load_batches
-from cr51.campaign import analyse_run
+from cr51.campaign import analyse_run, products_of
 from cr51.collect import collect, plate_history
 from cr51.combination import combine_plates
 from cr51.jobs import run_job
@@ -32,8 +32,8 @@ def main(smk):
     write_table(combined[1], smk.output.combined_inputs, POTENCY_COMBINED_INPUTS)
     history = plate_history(smk.params.results, batches, result.tables["potency"], result.tables["qc"], time.time())
     write_table(history, smk.output.history, PLATE_HISTORY)
-    wells = [b.tables["wells"] for b in batches]
-    campaign = analyse_run(result.tables["potency"], result.tables["qc"], settings, wells)
+    products = products_of([b.tables["wells"] for b in batches])
+    campaign = analyse_run(result.tables["potency"], result.tables["qc"], settings, products)
     for table in CAMPAIGN_TABLES:
         write_table(campaign[table.name], smk.output[table.name], table)
     # the report shows what the CSVs say: read back exactly what was written (the small tables it shows)
