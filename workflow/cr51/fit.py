@@ -739,11 +739,23 @@ def _optimise(
     per_group: frozenset[str],
     given: Mapping[str, float] | None = None,
 ) -> FitResult:
+    # MINPACK asks for the Jacobian at the point whose residuals it evaluated last (the start, then each
+    # accepted step): the residual keeps its curve partials, and the Jacobian at that same point reuses
+    # them instead of evaluating the curve again (the same numbers: the curve value does not depend on
+    # how many derivatives are taken along)
+    last: list = [None, None]
+
     def residual(params: lmfit.Parameters) -> FloatArray:
-        return design.values(_values(params)) - y
+        theta = _values(params)
+        value, partials, _ = design._terms(theta, 1)
+        last[0], last[1] = theta, partials
+        return value - y
 
     def jacobian(params: lmfit.Parameters) -> FloatArray:
-        return design.evaluate(_values(params))[1]
+        theta = _values(params)
+        if last[0] is not None and np.array_equal(theta, last[0]):
+            return design._jacobian(last[1])
+        return design.evaluate(theta)[1]
 
     start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)

@@ -172,6 +172,14 @@ def _clean(points: pd.DataFrame) -> _Points:
     return _Points(conc[ok], lysis[ok], lot[ok], untreated[ok])
 
 
+def _records_frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """``pd.DataFrame(rows, columns=columns)`` for a list of row dicts, built column by column: the same
+    frame (each column's dtype inferred from its values alike) in about half the time."""
+    if not rows:
+        return pd.DataFrame(list(rows), columns=list(columns))
+    return pd.DataFrame({c: [r[c] for r in rows] for c in columns})
+
+
 # --------------------------------------------------------------------------
 # fits.csv
 # --------------------------------------------------------------------------
@@ -247,7 +255,7 @@ def _fits_table(
         pos = x[x > 0]
         rng = (float(pos.min()), float(pos.max())) if pos.size else (np.nan, np.nan)
         rows.extend(_fit_row(plate, lot, m, fitting.fit_curve(x, y, m, memo), cfg, rng) for m in cfg.models)
-    frame = pd.DataFrame(rows, columns=list(FITS_COLUMNS))
+    frame = _records_frame(rows, FITS_COLUMNS)
     frame["plausible"] = frame["plausible"].astype("boolean")
     return frame
 
@@ -559,14 +567,12 @@ def analyse_plate(
         for lot in others if not _usable(data, lot, cfg)
     }  # fmt: skip
     usable = [lot for lot in others if lot not in failed_rows]
-    empty_differ = _differ_frame({"plate": plate, "f": np.nan, "df1": np.nan, "df2": np.nan, "p": np.nan})
     problem = _plate_problem(data, ref, lots, usable, cfg)
+    if problem is None:
+        joint, problem = _plausible_joint(data, ref, usable, failed_rows, plate, cfg)
     if problem is not None:
         rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=problem) for lot in others]
-        return PlateTables(fits, _potency_frame(rows, design), empty_differ)
-    joint, problem = _plausible_joint(data, ref, usable, failed_rows, plate, cfg)
-    if problem is not None:
-        rows = [failed_rows.get(lot) or _row(plate, lot, ref, reason=problem) for lot in others]
+        empty_differ = _differ_frame({"plate": plate, "f": np.nan, "df1": np.nan, "df2": np.nan, "p": np.nan})
         return PlateTables(fits, _potency_frame(rows, design), empty_differ)
     joint_lots = [ref, *usable]
     sims = {lot: _similarity(data, lot, ref, cfg, joint, memo) for lot in usable}
@@ -638,9 +644,15 @@ def _plausible_joint(
 
 
 def _differ_frame(row: dict[str, Any]) -> pd.DataFrame:
-    """lots_differ.csv's row of a plate; df1/df2 whole numbers (missing without a test) whatever the plate."""
-    frame = pd.DataFrame([row], columns=list(LOTS_DIFFER_COLUMNS))
-    return frame.astype({"df1": "Int64", "df2": "Int64"})
+    """lots_differ.csv's row of a plate; df1/df2 whole numbers (missing without a test) whatever the plate.
+
+    Built column by column with the dtypes given (``DataFrame([row]).astype(...)`` builds the same frame
+    in about four times the time, ~1 ms a plate).
+    """
+    cols = {c: [row[c]] for c in LOTS_DIFFER_COLUMNS}
+    for c in ("df1", "df2"):
+        cols[c] = pd.array([None if pd.isna(v) else int(v) for v in cols[c]], dtype="Int64")
+    return pd.DataFrame(cols)
 
 
 def _start_from(joint: fitting.FitResult) -> dict[str, float]:
@@ -690,7 +702,7 @@ def _potency_frame(rows: list[dict[str, Any]], design: Mapping[str, str] | None 
             if why and why not in " ".join(notes):
                 notes.append(why if lot == row["lot"] else f"reference {why}")
         row["reason"] = "; ".join(notes)
-    frame = pd.DataFrame(rows, columns=list(POTENCY_COLUMNS))
+    frame = _records_frame(rows, POTENCY_COLUMNS)
     frame["p_holm"] = holm(frame["p_vs_reference"].to_numpy(dtype=float))
     frame["equivalent"] = frame["equivalent"].astype("boolean")
     frame["df"] = frame["df"].astype("Int64")  # whole numbers, missing on failed rows, whichever rows a plate has
