@@ -352,3 +352,34 @@ def test_undetermined_bottom_falls_back_to_a_slope_only_test() -> None:
     parallel = fit.fit_joint(*args, fit.PARALLEL, ("REF", "T"))
     assert row["parallel_f_p"] == pytest.approx(fit.compare_fits(parallel, slope_only).p, rel=1e-4)
     assert row["equivalent"] is False or not row["equivalent"]  # no bottom difference: not shown equivalent
+
+
+def test_plausibility_is_judged_on_the_joint_fit_the_same_for_weak_and_potent_lots() -> None:
+    """A lot whose IC50 in the joint parallel fit lies more than 10 x outside its doses leaves the fit,
+    weak (IC50 ~17 x the top dose) or potent (~1/25 of the lowest dose) alike; the others are refitted."""
+    rps = {"REF": 1.0, "L1": 1.3, "WEAK": 0.003, "POTENT": 500.0}
+    points = simulate_plate(np.random.default_rng(7), rps)
+    t = potency.analyse_plate(points, "P", "REF")
+    pot = t.potency.set_index("lot")
+    for lot, where in (("WEAK", "x the top dose"), ("POTENT", "bound")):
+        assert pot.loc[lot, "status"] == "failed", lot
+        assert pot.loc[lot, "reason"].startswith("implausible joint parallel fit (LL.4): IC50"), pot.loc[lot, "reason"]
+        assert where in pot.loc[lot, "reason"]
+    assert pot.loc["L1", "status"] == "ok" and pot.loc["L1", "rp_lo"] < pot.loc["L1", "rp"] < pot.loc["L1", "rp_hi"]
+    # the joint fit the RP comes from is the refit without them: its curve equals a fit of REF and L1 alone
+    assert list(t.joint["lot"]) == ["L1"]
+    keep = points[points["lot"].isna() | points["lot"].isin(["REF", "L1"])]
+    alone = potency.analyse_plate(keep, "P", "REF").potency.set_index("lot")
+    assert pot.loc["L1", "rp"] == pytest.approx(alone.loc["L1", "rp"], rel=1e-5)  # the optimiser's tolerance
+    # the shared curve is judged once, for every lot: a bottom outside -20 ... 120 % lysis
+    import dataclasses
+
+    x, y, g = potency._clean(keep).select(["REF", "L1"], "REF")
+    joint = fit.fit_joint(x, y, g, "LL.4", fit.PARALLEL, ("REF", "L1"))
+    cfg = potency.PotencyConfig.from_settings({})
+    assert potency.joint_plausibility(joint, potency._clean(keep), ["REF", "L1"], cfg) == ("", {})
+    est = joint.estimates.copy()
+    est[joint.index("c")] = -50.0
+    shared, own = potency.joint_plausibility(dataclasses.replace(joint, estimates=est), potency._clean(keep),
+                                             ["REF", "L1"], cfg)  # fmt: skip
+    assert shared.startswith("bottom -50 % lysis outside -20 to 120 %") and own == {}

@@ -227,7 +227,7 @@ def test_unbounded_slope_ratio_has_empty_bounds_and_no_equivalence_verdict(simul
     assert "slope-ratio CI unbounded: no verdict" in html
 
 
-def test_implausible_fit_is_flagged_and_kept_out_of_potency_and_combination(simulated_plates):
+def test_implausible_separate_fit_is_flagged_and_potency_judges_the_joint_fit(simulated_plates):
     t, a = simulated_plates
     fits = a["fits"]
     bad = fits[fits["plausible"] == False]  # noqa: E712
@@ -235,15 +235,15 @@ def test_implausible_fit_is_flagged_and_kept_out_of_potency_and_combination(simu
     assert bad["converged"].all()  # converged may stay True
     assert "bottom" in bad["plausibility"].iloc[0] and "x the top dose" in bad["plausibility"].iloc[0]
     assert (fits.loc[fits["plausible"] != False, "plausibility"] == "").all()  # noqa: E712
+    # the weak lot's own curve runs off its doses, its curve in the joint parallel fit does not (shared
+    # bottom): plausibility is judged there (docs/campaign.md), so it keeps its RP like a potent lot would
     pot = a["potency"].set_index(["plate", "lot"])
     row = pot.loc[("plate00007", "LOT-E")]
-    assert row["status"] == "failed" and row["reason"].startswith("implausible fit (LL.4): bottom")
-    assert ("plate00007", "LOT-E") not in set(
-        zip(a["potency"]["plate"], a["potency"]["lot"].where(pot["status"].values == "ok"))
-    )
+    assert row["status"] == "ok" and "implausible" not in row["reason"], row["reason"]
+    assert row["joint_e"] < 10.0 * 10.0  # within the allowed factor of the top dose (10 mg/mL)
     _, inputs = combine_plates(a["potency"], t["qc"], BATCH_SETTINGS)
     r = inputs.set_index(["plate", "lot"]).loc[("plate00007", "LOT-E")]
-    assert not r["included"] and "implausible fit" in r["reason"]
+    assert "implausible" not in r["reason"]
 
 
 def test_plausibility_with_the_issues_numbers():

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from . import store
+from .campaign import products_of
 from .digests import content_digest, software_digest
 from .plate import PlateInput, analyse_batch, ingest_batch, rejected_tables
 from .report import plate_sections
@@ -213,15 +214,6 @@ class PlateCache:
         for path in self.directory.iterdir():
             if path.suffix == ".jsonl" and path.stem not in self.used:
                 path.unlink(missing_ok=True)
-
-
-def products_of(wells: pd.DataFrame) -> dict[str, str]:
-    """{lot: product} of a plate's wells (the first non-empty product of each lot, in well order)."""
-    if "product" not in wells.columns or wells.empty:
-        return {}
-    w = wells[wells["lot"].notna() & wells["product"].notna()]
-    w = w[w["product"].astype(str) != ""]
-    return {str(k): str(v) for k, v in w.groupby("lot", sort=True)["product"].first().items()}
 
 
 def process_plate(plate: PlateInput, settings: Analysis | Mapping[str, Any]) -> PlateOutput:

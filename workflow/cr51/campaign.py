@@ -416,7 +416,7 @@ def analyse(
         ``potency.alpha`` (tests, letters, similarity 1 - 2 alpha), ``potency.ci_level`` (campaign
         potencies) and the equivalence margins.
     products : mapping, optional
-        Lot -> product (brand), from wells.csv.
+        Lot -> product (brand), e.g. :func:`products_of` of the wells frames.
     """
     s = Analysis.of(settings)
     alpha, level = s.potency.alpha, s.potency.ci_level
@@ -486,19 +486,31 @@ def analyse(
     return tables
 
 
-def products_of(wells: pd.DataFrame) -> dict[str, str]:
-    """Lot -> product from wells.csv (the first non-empty product of each lot)."""
-    if "product" not in wells.columns:
+def products_of(wells: pd.DataFrame | Sequence[pd.DataFrame]) -> dict[str, str]:
+    """Lot -> product from wells.csv, or from several wells frames (the first non-empty product of each lot).
+
+    What the collect job hands :func:`analyse_run`; any frame with ``lot`` and ``product`` columns will do
+    (e.g. one row per plate and lot).
+    """
+    frames = [wells] if isinstance(wells, pd.DataFrame) else list(wells)
+    frames = [w[["lot", "product"]] for w in frames if "product" in w.columns and not w.empty]
+    if not frames:
         return {}
-    w = wells[wells["lot"].notna() & wells["product"].notna()]
+    w = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    w = w[w["lot"].notna() & w["product"].notna()]
     w = w[w["product"].astype(str) != ""]
     return {str(k): str(v) for k, v in w.groupby("lot")["product"].first().items()}
 
 
 def analyse_run(
-    potency: pd.DataFrame, qc: pd.DataFrame, settings: Analysis | Mapping[str, Any], wells: Sequence[pd.DataFrame]
+    potency: pd.DataFrame,
+    qc: pd.DataFrame,
+    settings: Analysis | Mapping[str, Any],
+    products: Mapping[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """{campaign table name: frame} of a run (what the collect job writes); products from the wells frames."""
-    frames = [w[["lot", "product"]] for w in wells if "product" in w.columns and not w.empty]
-    products = products_of(pd.concat(frames, ignore_index=True)) if frames else {}
+    """{campaign table name: frame} of a run (what the collect job writes).
+
+    ``products`` maps lot -> product (brand), e.g. :func:`products_of` of the run's wells frames; lots
+    without one have an empty ``product`` (and no ``products_differ`` test).
+    """
     return analyse(potency, qc, settings, products).named()

@@ -411,6 +411,9 @@ class FitResult:
         Group labels in parameter order.
     per_group : frozenset of str
         Curve parameters estimated per group.
+    at_bound : tuple of str
+        When the optimum lies at a parameter's bound (not converged): the names of the parameters there
+        (``"e:<group>"`` etc.), else empty.
     """
 
     model: str
@@ -424,6 +427,7 @@ class FitResult:
     message: str
     groups: tuple[str, ...] = ("all",)
     per_group: frozenset[str] = field(default_factory=frozenset)
+    at_bound: tuple[str, ...] = ()
 
     @property
     def n_params(self) -> int:
@@ -518,7 +522,9 @@ def _ed_and_partials(p: float, b: float, e: float, f: float) -> tuple[float, dic
 # --------------------------------------------------------------------------
 
 
-def _failed(design: _Design, n: int, message: str, per_group: frozenset[str]) -> FitResult:
+def _failed(
+    design: _Design, n: int, message: str, per_group: frozenset[str], at_bound: tuple[str, ...] = ()
+) -> FitResult:
     p = design.n_params
     return FitResult(
         design.model.name,
@@ -532,6 +538,7 @@ def _failed(design: _Design, n: int, message: str, per_group: frozenset[str]) ->
         message,
         design.groups,
         per_group,
+        at_bound,
     )
 
 
@@ -570,14 +577,19 @@ def _make_params(design: _Design, start: FloatArray) -> list[lmfit.Parameter]:
     return params
 
 
-def _at_bound(params: lmfit.Parameters, names: tuple[str, ...]) -> str | None:
+def _at_bound(params: lmfit.Parameters, names: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """(the reason, the names of the parameters at their bounds), or (None, ()) at an interior optimum."""
+    found = []
     for i, name in enumerate(names):
         par = params[f"p{i}"]
         width = par.max - par.min
         if np.isfinite(width) and min(par.value - par.min, par.max - par.value) < 1e-6 * width:
-            what = "ln e" if name.startswith("e") else name
-            return f"{what} at its bound ({par.value:.4g}); curve not estimable from these data"
-    return None
+            found.append((name, par.value))
+    if not found:
+        return None, ()
+    name, value = found[0]
+    what = "ln e" if name.startswith("e") else name
+    return f"{what} at its bound ({value:.4g}); curve not estimable from these data", tuple(n for n, _ in found)
 
 
 def rss_hessian_numeric(design: _Design, theta: FloatArray, y: FloatArray) -> FloatArray:
@@ -727,11 +739,23 @@ def _optimise(
     per_group: frozenset[str],
     given: Mapping[str, float] | None = None,
 ) -> FitResult:
+    # MINPACK asks for the Jacobian at the point whose residuals it evaluated last (the start, then each
+    # accepted step): the residual keeps its curve partials, and the Jacobian at that same point reuses
+    # them instead of evaluating the curve again (the same numbers: the curve value does not depend on
+    # how many derivatives are taken along)
+    last: list = [None, None]
+
     def residual(params: lmfit.Parameters) -> FloatArray:
-        return design.values(_values(params)) - y
+        theta = _values(params)
+        value, partials, _ = design._terms(theta, 1)
+        last[0], last[1] = theta, partials
+        return value - y
 
     def jacobian(params: lmfit.Parameters) -> FloatArray:
-        return design.evaluate(_values(params))[1]
+        theta = _values(params)
+        if last[0] is not None and np.array_equal(theta, last[0]):
+            return design._jacobian(last[1])
+        return design.evaluate(theta)[1]
 
     start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)
@@ -740,9 +764,9 @@ def _optimise(
     n, p = x.size, design.n_params
     if not out.success or not np.all(np.isfinite(theta)):
         return _failed(design, n, f"optimiser did not converge: {out.message}", per_group)
-    bound = _at_bound(out.params, design.names)
+    bound, at = _at_bound(out.params, design.names)
     if bound is not None:
-        return _failed(design, n, bound, per_group)
+        return _failed(design, n, bound, per_group, at)
     rss = float(np.sum(residual(out.params) ** 2))
     vcov, problem = _drc_vcov(design, theta, y, rss / (n - p))
     return FitResult(
