@@ -175,3 +175,30 @@ def test_result_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
     path = tmp_path / "files.csv"
     subprocess.run([sys.executable, "-c", code, str(path), str(umask)], check=True)
     assert path.stat().st_mode & 0o777 == mode
+
+
+def test_this_run_compares_with_the_previous_run(tmp_path):
+    """The index's 'This run': files new, replaced, changed in status or removed since the previous run,
+    and the plates accepted in this run (results/.run-state.json keeps what the previous collect saw)."""
+    from cr51.collect import run_changes
+
+    def files(rows):
+        return pd.DataFrame(rows, columns=["file", "sha256", "bytes", "status", "plate", "reason"])
+
+    a = ["a.csv", "1" * 64, 5, "ok", "A", ""]
+    b = ["b.csv", "2" * 64, 5, "pending", "", "no layout"]
+    first = run_changes(tmp_path, files([a, b]), {"A": 1})
+    assert not first.previous and [r["change"] for r in first.files] == ["new", "new"] and first.plates == {"A": 1}
+    again = run_changes(tmp_path, files([a, b]), {"A": 1})
+    assert again.previous and again.files == [] and again.plates == {}
+    a2 = ["a.csv", "3" * 64, 6, "ok", "A", ""]
+    b2 = ["b.csv", "2" * 64, 5, "ok", "B", ""]
+    c = ["c.toml", "4" * 64, 7, "rejected", "C", "bad"]
+    third = run_changes(tmp_path, files([a2, b2, c]), {"A": 2, "B": 1})
+    changes = {r["file"]: r["change"] for r in third.files}
+    assert changes == {"a.csv": "replaced", "b.csv": "status (was pending)", "c.toml": "new"}
+    assert third.plates == {"A": 2, "B": 1}
+    fourth = run_changes(tmp_path, files([a2, b2]), {"A": 2, "B": 1})
+    assert [(r["file"], r["change"]) for r in fourth.files] == [("c.toml", "removed")] and fourth.plates == {}
+    (tmp_path / ".run-state.json").write_text("{damaged")
+    assert not run_changes(tmp_path, files([a2]), {"A": 2}).previous

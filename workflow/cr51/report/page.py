@@ -155,12 +155,10 @@ def this_run_section(changes: RunChanges | None, qc: pd.DataFrame) -> str:
             f'<td class="reason">{esc(r["reason"])}</td></tr>'
             for r in changes.files
         ]
+        n = len(rows)
         rows, more = capped(rows, "files.csv")
-        parts.append(
-            "<h3>Files</h3>"
-            + table(["file", "change", "status", "plate", "reason"], rows, ' data-table="changes"')
-            + more
-        )
+        tab = table(["file", "change", "status", "plate", "reason"], rows, ' data-table="changes"') + more
+        parts.append(f"<details{' open' if n <= 20 else ''}><summary>Files ({n})</summary>{tab}</details>")
     if changes.plates:
         by_plate = {str(r["plate"]): r for r in records(qc)}
         rows = []
@@ -174,12 +172,11 @@ def this_run_section(changes: RunChanges | None, qc: pd.DataFrame) -> str:
                 f"<td>{esc(version)}</td><td>{esc(q['date'])}</td><td>{esc(q['donor'])}</td>"
                 f'<td><span class="badge {esc(q["status"])}">{esc(q["status"])}</span></td><td class="reason">{esc(flags)}</td></tr>'
             )
+        n = len(rows)
         rows, more = capped(rows, "qc.csv")
-        parts.append(
-            "<h3>Plates accepted in this run</h3>"
-            + table(["plate", "version", "date", "donor", "QC", "flags"], rows, ' data-table="new_plates"')
-            + more
-        )
+        tab = table(["plate", "version", "date", "donor", "QC", "flags"], rows, ' data-table="new_plates"') + more
+        opened = " open" if n <= 20 else ""
+        parts.append(f"<details{opened}><summary>Plates accepted in this run ({n})</summary>{tab}</details>")
     parts.append("</section>")
     return "".join(parts)
 
