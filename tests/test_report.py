@@ -332,3 +332,12 @@ def test_plates_breaking_a_control_rule_are_flagged_in_the_plate_list(run):
     assert "trend 1-3s" in flags[plate]
     assert all("trend" not in f for p, f in flags.items() if p != plate)
     assert 'id="trends"' in html
+
+
+def test_a_damaged_audit_log_is_named_first_on_the_index(run):
+    tables, *_ = run
+    problem = "the log was cut or truncated: it no longer reaches its last recorded run"
+    html = build_report(ReportInputs(tables, CONFIG, audit_problems=[problem])).html
+    assert 'id="audit-damaged"' in html and problem in html
+    assert html.index('id="audit-damaged"') < html.index('id="summary"')
+    assert 'id="audit-damaged"' not in build_report(ReportInputs(tables, CONFIG)).html

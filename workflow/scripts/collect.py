@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from cr51 import __version__
+from cr51.audit import check_chain
 from cr51.batch import load_batches
 from cr51.campaign import analyse
 from cr51.collect import collect, plate_history, products, prune_pages, prune_plate_files, run_changes
@@ -63,7 +64,10 @@ def main(smk):
         print(f"removed {len(removed)} page/figure file(s) of plates no longer in the results", file=sys.stderr)
     names = {"potency_combined": "combined", "potency_combined_inputs": "combined_inputs", "plate_history": "history"}
     shown = {name: read_table(smk.output[names.get(name, name)]) for name in REPORTED + CAMPAIGN}
-    inputs = ReportInputs(shown, dict(smk.params.config), list(smk.input.templates), changes)
+    # a damaged audit log (this run's record says so too); the job cannot tell a first run from a log
+    # deleted with its head, so that case is left to the summary line (since: no plate admitted before)
+    problems = check_chain(smk.params.results, since="0000").problems
+    inputs = ReportInputs(shown, dict(smk.params.config), list(smk.input.templates), changes, problems)
     write_report(build_report(inputs), smk.output.html, Path(smk.output.forest).parent)
     # one page per lot and per campaign (written only when their bytes change), the summary workbook
     generated = now_text()

@@ -75,6 +75,7 @@ class ReportInputs:
     config: Mapping[str, Any]  # the run's configuration (validated; shown in the provenance)
     templates: Sequence[str] = ()  # layout templates the plates included (hashed for provenance)
     changes: RunChanges | None = None  # what changed since the previous run (None: not known)
+    audit_problems: Sequence[str] = ()  # what is wrong with the audit log's chain (cr51.audit.check_chain)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def build_report(inputs: ReportInputs) -> Report:
     forest = forest_svg(groups, refs, ci_level)
     body = "".join([
         _header(settings.raw_dir),
-        this_run_section(inputs.changes, qc),
+        this_run_section(inputs.changes, qc, inputs.audit_problems),
         summary_section(t["files"], qc),
         campaign_section(t, settings.analysis),
         pages_section(t),
@@ -123,10 +124,17 @@ def _header(raw_dir: str) -> str:
     )
 
 
-def this_run_section(changes: RunChanges | None, qc: pd.DataFrame) -> str:
+def this_run_section(changes: RunChanges | None, qc: pd.DataFrame, audit_problems: Sequence[str] = ()) -> str:
     """What a technician checks after dropping files: the files new, replaced, changed in status or
-    removed since the previous run, and the QC verdicts and flags of the plates accepted in this run."""
+    removed since the previous run, and the QC verdicts and flags of the plates accepted in this run;
+    first, when the audit log's chain is damaged, what is wrong with it."""
     head = '<section id="this-run"><h2>This run</h2>'
+    if audit_problems:
+        items = "".join(f"<li>{esc(p)}</li>" for p in audit_problems)
+        head += (
+            '<div class="warn" id="audit-damaged"><b>The audit log is damaged</b> — this run records what was found '
+            f"in <code>audit.jsonl</code> and starts a new chain (docs/operations.md, the audit log):<ul>{items}</ul></div>"
+        )
     if changes is None:
         return head + '<p class="muted">Not known: no comparison with the previous run.</p></section>'
     parts = [head]
