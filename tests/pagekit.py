@@ -23,7 +23,7 @@ from conftest import CONFIG
 from PIL import Image
 
 from cr51.batch import process_batch
-from cr51.campaign import analyse_run
+from cr51.campaign import analyse_run, products_of
 from cr51.combination import combine_plates
 from cr51.plate import PlateInput
 from cr51.settings import Analysis
@@ -59,7 +59,7 @@ def run_tables() -> dict[str, pd.DataFrame]:
         out = process_batch(plates, CONFIG)
     t = dict(out.tables)
     t["potency_combined"], t["potency_combined_inputs"] = combine_plates(t["potency"], t["qc"], CONFIG)
-    t.update(analyse_run(t["potency"], t["qc"], SETTINGS, [t["wells"]]))
+    t.update(analyse_run(t["potency"], t["qc"], SETTINGS, products_of([t["wells"]])))
     pot = t["potency"]
     current = pot[["plate", "lot", "rp", "rp_lo", "rp_hi", "status"]].assign(
         version=1, current=True, accepted_at="2026-11-01T10:00:00Z", replaced_at=""

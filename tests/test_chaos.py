@@ -16,7 +16,7 @@ import pytest
 from batchkit import LOTS, REPO, add_plate, audit_records, pipeline_copy, result_tables, run_batch
 from conftest import BATCH_SETTINGS
 
-from cr51 import store
+from cr51 import batch, store
 from cr51.batch import PlateCache, process_batch
 from cr51.plate import PlateInput
 from cr51.scan import batch_of
@@ -94,7 +94,7 @@ def test_an_intact_file_copied_over_another_is_not_used(tmp_path):
     a, b = (tmp_path / "cache" / f"{cache.key(p, BATCH_SETTINGS.max_export_bytes)}.jsonl" for p in plates)
     shutil.copyfile(b, a)  # p0's entry now holds p1's results
     with pytest.raises(store.StaleFile, match="holds the data of another file"):
-        store.read(a, "cr51-plate", 4)
+        store.read(a, batch.PLATE_KIND, batch.STORE_FORMAT)
     again = process_batch(plates, BATCH_SETTINGS, PlateCache(tmp_path / "cache", BATCH_SETTINGS))
     for name in first.tables:
         assert again.tables[name].to_csv(index=False) == first.tables[name].to_csv(index=False), name
