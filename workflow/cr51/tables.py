@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import pandas as pd
 
 from .schema import TABLES, Table
@@ -216,51 +215,3 @@ def read_table(path: str | os.PathLike | io.StringIO, table: Table | None = None
     kinds = table.kinds if table else {c: "text" for t in TABLES.values() for c in t.text}
     dtypes = {c: {"text": "object", "float": "float64"}[kinds[c]] for c in header if kinds.get(c) in ("text", "float")}
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
-
-
-def _plain(value: Any) -> Any:
-    """A cell as JSON can hold it (numpy scalars as Python numbers, pandas' NA as null)."""
-    if value is None or value is pd.NA:
-        return None
-    if hasattr(value, "item"):  # a numpy scalar
-        return value.item()
-    return value
-
-
-def frame_to_data(df: pd.DataFrame) -> dict[str, Any]:
-    """A table as plain data (JSON): columns, dtypes, index and the values column by column.
-
-    :func:`frame_from_data` gives back the same frame (values, dtypes, index); floats survive JSON
-    exactly (shortest round-trip repr), NaN as JSON's ``NaN``. No code is ever stored.
-    """
-    return {
-        "columns": [str(c) for c in df.columns],
-        "dtypes": [str(t) for t in df.dtypes],
-        "index": [_plain(i) for i in df.index.tolist()],
-        "data": [[_plain(v) for v in s.tolist()] for _, s in df.items()],
-    }
-
-
-def frame_from_data(data: dict[str, Any]) -> pd.DataFrame:
-    """The table :func:`frame_to_data` gave (``ValueError``/``KeyError``/``TypeError`` for other data)."""
-    columns, dtypes, values = data["columns"], data["dtypes"], data["data"]
-    if not (len(columns) == len(dtypes) == len(values)):
-        raise ValueError("columns, dtypes and data differ in length")
-    index = pd.Index(data["index"]) if data["index"] else pd.RangeIndex(0)
-    arrays = {}
-    for c, t, v in zip(columns, dtypes, values):
-        if t in _NUMPY_DTYPES:
-            arrays[c] = np.asarray([np.nan if x is None else x for x in v] if t == "float64" else v, dtype=t)
-        elif t in ("object", "str"):
-            # text as object arrays: built ~50x faster than the str dtype, printed alike (conform's "text")
-            arr = np.empty(len(v), dtype=object)
-            arr[:] = [np.nan if x is None and t == "str" else x for x in v]
-            arrays[c] = arr
-        else:
-            arrays[c] = pd.array(v, dtype=t)
-    if len(set(columns)) < len(columns):
-        raise ValueError("repeated column names")
-    return pd.DataFrame(arrays, index=index, columns=columns, copy=False)
-
-
-_NUMPY_DTYPES = frozenset({"float64", "int64", "bool"})
