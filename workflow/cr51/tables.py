@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import pandas as pd
 
+from . import store
 from .schema import TABLES, Table
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -150,16 +151,8 @@ def write_text_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None])
 
 def write_if_changed(path: str | os.PathLike, text: str) -> bool:
     """Write ``text`` (UTF-8) at ``path`` atomically unless the file already holds exactly these bytes
-    (then it is left alone: same bytes, same mtime). Whether it wrote."""
-    data = text.encode("utf-8")
-    path = Path(path)
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    write_bytes_atomic(path, lambda fh: fh.write(data))
-    return True
+    (then it is left alone: same bytes, same mtime). Whether it wrote (:func:`cr51.store.write_if_changed`)."""
+    return store.write_if_changed(path, text.encode("utf-8"))
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike, table: Table) -> None:

@@ -26,7 +26,6 @@ import datetime as _dt
 import math
 import os
 from collections.abc import Mapping, Sequence
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +38,9 @@ from ..settings import Analysis
 from ..tables import write_if_changed
 from . import names
 from .html import esc, fmt, missing, table, td, truthy
+from .page import CSS, JS
 
 #: The report's stylesheet and script (package data of :mod:`cr51.report`), inline in every page.
-CSS = files(__package__).joinpath("style.css").read_text(encoding="utf-8")
-JS = files(__package__).joinpath("script.js").read_text(encoding="utf-8")
 #: Plates listed per campaign (the most recent; older ones are summarised per year).
 PLATE_ROWS = 60
 #: Above this many plates in a campaign the time plot shows the RPs without CI whiskers.
