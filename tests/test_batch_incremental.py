@@ -4,6 +4,7 @@ a corrected re-export replaces its plate's results and the audit log keeps the s
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -45,6 +46,11 @@ def batch_mtimes(results: Path) -> dict[str, int]:
     return {p.stem: p.stat().st_mtime_ns for p in (results / "batches").glob("*.jsonl")}
 
 
+def manifests(results: Path) -> dict[str, tuple[bytes, int]]:
+    """Each batch's input manifest: (bytes, mtime)."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (results / "batches").glob("*.inputs.json")}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run 1: two plates. Run 2: a third plate added. Run 3: the first plate re-exported."""
@@ -58,13 +64,21 @@ def runs(tmp_path_factory):
 
     p1 = run_batch(work, raw, results)
     assert p1.returncode == 0, p1.stdout + p1.stderr
-    out["run1"] = dict(proc=p1, rows={n: rows_of(results, n) for n in (first, second)}, mtimes=batch_mtimes(results))
+    out["run1"] = dict(
+        proc=p1,
+        rows={n: rows_of(results, n) for n in (first, second)},
+        mtimes=batch_mtimes(results),
+        manifests=manifests(results),
+    )
 
     add_plate(raw, new, 3)
     p2 = run_batch(work, raw, results)
     assert p2.returncode == 0, p2.stdout + p2.stderr
     out["run2"] = dict(
-        proc=p2, rows={n: rows_of(results, n) for n in (first, second, new)}, mtimes=batch_mtimes(results)
+        proc=p2,
+        rows={n: rows_of(results, n) for n in (first, second, new)},
+        mtimes=batch_mtimes(results),
+        manifests=manifests(results),
     )
 
     old_sha = hashlib.sha256((raw / f"{first}.csv").read_bytes()).hexdigest()
@@ -100,6 +114,19 @@ def test_a_new_plate_reruns_only_its_batch(runs):
     assert set(after) - set(before) == {batch_of(new, 4)}
     assert all(after[b] == before[b] for b in before)
     assert "(1 new, 0 replaced)" in runs["run2"]["proc"].stdout
+
+
+def test_a_batch_job_has_one_input_its_manifest(runs):
+    """Not the 2 x plates archived files (Snakemake stats and hashes every input of a job after it):
+    the batch's manifest, which a new plate rewrites for its batch only."""
+    first, second, new = runs["names"]
+    before, after = runs["run1"]["manifests"], runs["run2"]["manifests"]
+    assert set(after) - set(before) == {f"{batch_of(new, 4)}.inputs.json"}
+    assert all(after[m] == before[m] for m in before)  # same bytes, same mtime
+    records = [json.loads(p.read_text()) for p in (runs["work"] / ".snakemake" / "metadata").iterdir()]
+    inputs = {tuple(r["input"]) for r in records if r.get("rule") == "process_batch"}
+    batches = {batch_of(n, 4) for n in (first, second, new)}
+    assert inputs == {(str(runs["results"] / "batches" / f"{b}.inputs.json"),) for b in batches}
 
 
 def test_done_plates_stay_byte_identical(runs):

@@ -55,14 +55,12 @@ wildcard_constraints:
     batch=r"b\d{3}",
 
 
-def batch_files(wildcards):
-    """Input files of one batch: its layouts, exports and included templates."""
-    plates = SCAN.plates_in(wildcards.batch)
-    return {
-        "layouts": [p.layout for p in plates],
-        "exports": [p.export for p in plates],
-        "templates": sorted({i for p in plates for i in p.includes}),
-    }
+def batch_inputs(wildcards):
+    """The one input of a batch job: its manifest (cr51.store.batch_inputs), rewritten only when the
+    batch's plates, digests, settings or software change. The plates' files themselves are read from
+    the archive (content-addressed, never changed in place); their digests are in the parameters.
+    """
+    return f"{RESULTS}/batches/{wildcards.batch}.inputs.json"
 
 
 def batch_plates(wildcards):
@@ -105,8 +103,9 @@ BATCH_INDEX = f"{RESULTS}/batches/index.json"
 
 
 def write_batch_index(repair=None):
-    """Write the batch index if it changed; ``repair`` (a mark of damaged results to rewrite) makes
-    its content new, so collect reruns; the last mark is kept, so the index is stable otherwise.
+    """Write the batch index and each batch's input manifest if they changed; ``repair`` (a mark of
+    damaged results to rewrite) makes the index's content new, so collect reruns; the last mark is
+    kept, so the index is stable otherwise.
     """
     params = {
         b: {
@@ -118,15 +117,22 @@ def write_batch_index(repair=None):
     }
     if repair is None:
         repair = cr51_store.index_repair(BATCH_INDEX)
+    for b, p in params.items():
+        manifest = batch_inputs(SimpleNamespace(batch=b))
+        cr51_store.write_if_changed(manifest, cr51_store.batch_inputs(b, p))
     cr51_store.write_if_changed(BATCH_INDEX, cr51_store.batch_index(params, repair))
 
 
 # Written before Snakemake builds its DAG by prepare_run (rules/audit.smk), not for a dry run;
-# here only when missing (a dry run on a new results folder: collect's input must exist).
+# here only when missing (a dry run on a new results folder: the jobs' inputs must exist).
 if (
     not workflow.subprocess_exec
     and not workflow.remote_exec
-    and not Path(BATCH_INDEX).exists()
+    and not all(
+        Path(p).exists()
+        for p in [BATCH_INDEX]
+        + [batch_inputs(SimpleNamespace(batch=b)) for b in BATCHES]
+    )
 ):
     write_batch_index()
 

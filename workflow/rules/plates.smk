@@ -1,12 +1,14 @@
 # One job per batch of plates: raw files -> wells -> lysis -> QC -> fits -> potency -> report sections.
 # Plates are batched (not one job per plate) because every job pays ~1.5 s of Python start-up;
 # a plate's batch depends only on its name, so a new plate reruns only its batch.
-# One output file (tables, rendered rows, sections): Snakemake checksums every input once per output.
+# One input (the batch's manifest: its plates' archived files are named, with their digests, in the
+# parameters) and one output file (rendered rows, versions, products, pages owned): Snakemake stats
+# and checksums a job's inputs once per output, which for 5,000 archived files cost seconds a run.
 
 
 rule process_batch:
     input:
-        unpack(batch_files),
+        plates=batch_inputs,
     output:
         batch=f"{RESULTS}/batches/{{batch}}.jsonl",
     log:
