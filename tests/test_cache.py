@@ -225,3 +225,93 @@ def test_a_planted_pickle_with_a_valid_header_never_runs(tmp_path, plates, caplo
     # and the code path that would have run it is really the one tested: pickle itself would
     pickle.loads(payload)
     assert marker.exists()
+
+
+# --- the batch's previous output: unchanged plates taken over unread ----------------------------
+
+
+def _run(tmp_path, plates, previous=None):
+    cache = PlateCache(tmp_path / "cache", SETTINGS)
+    return process_batch(plates, SETTINGS, cache, tmp_path / "results", previous)
+
+
+def spy_cache_reads(monkeypatch):
+    keys = []
+    real = PlateCache.get
+
+    def get(self, key):
+        keys.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(PlateCache, "get", get)
+    return keys
+
+
+def test_unchanged_plates_are_taken_over_from_the_previous_output_unread(tmp_path, plates, monkeypatch):
+    first = _run(tmp_path, plates)
+    assert set(first.sources) == {p.name for p in plates} and first.stats
+    export = Path(plates[0].export)
+    export.write_text(export.read_text() + "\n")  # p0 changes; the others do not
+    plain = process_batch(plates, SETTINGS)  # what computing every plate gives
+    calls, reads = forbid_compute(monkeypatch, allowed={"p0"}), spy_cache_reads(monkeypatch)
+    second = _run(tmp_path, plates, previous=first)
+    assert calls == ["p0"]
+    cache = PlateCache(tmp_path / "cache", SETTINGS)
+    assert reads == [cache.key(plates[0], 10**9)]  # no other entry read
+    for table in first.rows:
+        assert [r for r in second.rows[table] if r[0] != "p0"] == [r for r in first.rows[table] if r[0] != "p0"]
+    assert_same(second, plain)
+    # the taken-over plates' entries are still used: not pruned
+    assert {f"{cache.key(p, 10**9)}.jsonl" for p in plates[1:]} <= {e.name for e in (tmp_path / "cache").iterdir()}
+
+
+def test_a_plate_whose_page_changed_on_disk_is_read_back_and_its_page_rewritten(tmp_path, plates, monkeypatch):
+    first = _run(tmp_path, plates)
+    page = tmp_path / "results" / first.files["p1"][0]
+    good = page.read_bytes()
+    page.write_bytes(good[:-100])  # damaged (or deleted: the same)
+    calls, reads = forbid_compute(monkeypatch), spy_cache_reads(monkeypatch)
+    second = _run(tmp_path, plates, previous=first)
+    assert calls == [] and reads == [PlateCache(tmp_path / "cache", SETTINGS).key(plates[1], 10**9)]
+    assert page.read_bytes() == good
+    assert second.stats[first.files["p1"][0]] != first.stats[first.files["p1"][0]]
+    assert_same(second, first)
+
+
+def test_a_plate_that_failed_is_never_taken_over(tmp_path, plates, monkeypatch):
+    real = batch.process_plate
+
+    def failing(plate, settings):
+        if plate.name == "p2":
+            raise RuntimeError("a bug")
+        return real(plate, settings)
+
+    monkeypatch.setattr(batch, "process_plate", failing)
+    first = _run(tmp_path, plates)
+    assert "p2" not in first.sources
+    monkeypatch.setattr(batch, "process_plate", real)
+    calls = forbid_compute(monkeypatch, allowed={"p2"})
+    second = _run(tmp_path, plates, previous=first)
+    assert calls == ["p2"]
+    assert "p2" in second.sources and second.rows["qc"] != first.rows["qc"]
+
+
+def test_other_settings_take_nothing_over(tmp_path, plates, monkeypatch):
+    first = _run(tmp_path, plates)
+    other = replace(SETTINGS, qc=replace(SETTINGS.qc, max_cv_pct=15.0))
+    calls = forbid_compute(monkeypatch, allowed={p.name for p in plates})
+    process_batch(plates, other, PlateCache(tmp_path / "cache", other), tmp_path / "results", first)
+    assert sorted(calls) == sorted(p.name for p in plates)
+
+
+def test_the_previous_output_is_kept_by_a_hard_link_and_checked(tmp_path, plates):
+    out = _run(tmp_path, plates)
+    path, keep = tmp_path / "batches" / "b001.jsonl", tmp_path / "cache"
+    batch.save_batch(out, path, keep_in=keep)
+    path.unlink()  # what Snakemake does before it runs the job again
+    again = batch.load_previous(keep, path)
+    assert again is not None and (again.rows, again.sources, again.stats) == (out.rows, out.sources, out.stats)
+    assert batch.load_previous(keep, tmp_path / "batches" / "b002.jsonl") is None  # another batch's
+    link = keep / batch.PREVIOUS
+    link.write_bytes(link.read_bytes()[:-5])
+    assert batch.load_previous(keep, path) is None  # damaged: the plates come from the cache

@@ -75,12 +75,19 @@ class PlateOutput:
 class BatchOutput:
     """What a batch job writes (``results/batches/<batch>.jsonl``, read by ``collect``): per table the
     rendered rows of each plate that has rows, in plate order; the archived version each plate's results
-    are from; each plate's {lot: product}; the files (pages, figures) each plate owns under ``results/``."""
+    are from; each plate's {lot: product}; the files (pages, figures) each plate owns under ``results/``.
+
+    For the batch's next job (:func:`process_batch`'s ``previous``): each plate's ``sources`` (what its
+    results were computed from: :func:`sources_of`) and, per file a plate owns, ``[size, mtime_ns]`` as
+    this job left it on disk (``stats``).
+    """
 
     rows: dict[str, list[tuple[str, Rows]]]
     versions: dict[str, int] = field(default_factory=dict)
     products: dict[str, dict[str, str]] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, list[int]] = field(default_factory=dict)
 
     @cached_property
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -89,7 +96,7 @@ class BatchOutput:
 
 
 #: Stored-file kinds and formats (:mod:`cr51.store`); a change of what is stored bumps the format.
-BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 5
+BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 6
 
 
 def _rows_to_data(rows: Rows | None) -> str | None:
@@ -119,6 +126,8 @@ def batch_to_data(out: BatchOutput) -> dict[str, Any]:
         "versions": out.versions,
         "products": out.products,
         "files": out.files,
+        "sources": out.sources,
+        "stats": out.stats,
     }
 
 
@@ -128,6 +137,8 @@ def batch_from_data(data: dict[str, Any]) -> BatchOutput:
         {str(k): int(v) for k, v in data["versions"].items()},
         {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data["products"].items()},
         {str(k): [str(f) for f in v] for k, v in data["files"].items()},
+        {str(k): str(v) for k, v in data["sources"].items()},
+        {str(k): [int(n) for n in v] for k, v in data["stats"].items()},
     )
 
 
@@ -143,15 +154,45 @@ def _decode(payload: bytes, what: str, build: Callable[[dict[str, Any]], Any]) -
         raise StaleFile(f"does not hold {what} ({type(err).__name__})") from None
 
 
-def save_batch(out: BatchOutput, path: str | os.PathLike) -> None:
-    """Write a batch's output atomically: a header (:mod:`cr51.store`), then JSON data (never code)."""
+#: Where a batch job keeps a hard link to its output for the batch's next job (in its plate-cache
+#: folder): Snakemake deletes a job's output before it runs the job again.
+PREVIOUS = "previous-output.link"
+
+
+def save_batch(out: BatchOutput, path: str | os.PathLike, keep_in: str | os.PathLike | None = None) -> None:
+    """Write a batch's output atomically: a header (:mod:`cr51.store`), then JSON data (never code).
+    With ``keep_in`` (the batch's plate-cache folder) also hard-link it there as :data:`PREVIOUS`."""
     store.write(path, BATCH_KIND, STORE_FORMAT, _encode(batch_to_data(out)))
+    if keep_in is not None:
+        link = Path(keep_in) / PREVIOUS
+        tmp = link.with_name(f".{PREVIOUS}.{os.getpid()}.tmp")
+        try:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            os.link(path, tmp)
+            os.replace(tmp, link)
+        except OSError:  # no hard links here: the next job reads its plates from the plate cache
+            tmp.unlink(missing_ok=True)
+            link.unlink(missing_ok=True)
 
 
-def load_batch(path: str | os.PathLike) -> BatchOutput:
+def load_batch(path: str | os.PathLike, name: str | None = None) -> BatchOutput:
     """Read what :func:`save_batch` wrote; :class:`cr51.store.StaleFile` when it cannot be used
-    (other software, damaged, not a batch output)."""
-    return _decode(store.read(path, BATCH_KIND, STORE_FORMAT), "a batch output", batch_from_data)
+    (other software, damaged, not a batch output). ``name``: the output's own file name, for a link."""
+    return _decode(store.read(path, BATCH_KIND, STORE_FORMAT, name), "a batch output", batch_from_data)
+
+
+def load_previous(cache_dir: str | os.PathLike, output: str | os.PathLike) -> BatchOutput | None:
+    """The batch's last output as its job kept it (:func:`save_batch`'s ``keep_in``), or ``None``
+    (none, damaged, other software: the plates are then read from the plate cache)."""
+    path = Path(cache_dir) / PREVIOUS
+    if not path.exists():
+        return None
+    try:
+        return load_batch(path, Path(output).name)
+    except StaleFile as err:
+        log.warning("previous output of the batch %s: reading its plates from the plate cache", err)
+        return None
 
 
 def load_batches(paths: list[str]) -> list[BatchOutput]:
@@ -275,11 +316,53 @@ def refused(out: PlateOutput) -> bool:
     return out.rows["qc"] is None and bool((out.frame("files")["status"] == "rejected").any())
 
 
+def sources_of(plate: PlateInput, keys: list[str]) -> str:
+    """What a plate's output in a batch is computed from: the cache keys of its version and of the
+    accepted version it falls back to (each covers the files' contents, settings and software), its
+    version numbers and the scan's notes on its files. Equal sources: equal output."""
+    fallback = plate.fallback_input()
+    data = [keys, plate.version, fallback.version if fallback else None, [list(n) for n in plate.notes]]
+    return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _file_stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+class _Carried:
+    """The previous output of a batch, by plate: what :func:`process_batch` can take over unread."""
+
+    def __init__(self, previous: BatchOutput | None, results_dir: Path | None) -> None:
+        self.previous, self.results_dir = previous, results_dir
+        self.rows: dict[str, dict[str, Rows]] = {}
+        if previous is not None:
+            for name, parts in previous.rows.items():
+                for plate, rows in parts:
+                    self.rows.setdefault(plate, {})[name] = rows
+
+    def take(self, name: str, sources: str) -> tuple[PlateOutput, int] | None:
+        """The plate's previous output (texts of its files not included) and version when its sources
+        are the same and every file it owns is on disk as the previous job left it; else ``None``."""
+        prev = self.previous
+        if prev is None or self.results_dir is None or prev.sources.get(name) != sources:
+            return None
+        files = prev.files.get(name, [])
+        if any(_file_stat(self.results_dir / f) != prev.stats.get(f) for f in files):
+            return None
+        rows = {t: self.rows.get(name, {}).get(t) for t in PLATE_TABLES}
+        return PlateOutput(rows, prev.products.get(name, {}), dict.fromkeys(files, "")), prev.versions[name]
+
+
 def process_batch(
     plates: list[PlateInput],
     settings: Analysis | Mapping[str, Any],
     cache: PlateCache | None = None,
     results_dir: str | os.PathLike | None = None,
+    previous: BatchOutput | None = None,
 ) -> BatchOutput:
     """Every plate of a batch (in the given order), from ``cache`` where it holds the plate.
 
@@ -287,45 +370,70 @@ def process_batch(
     the accepted version's results (:func:`kept_version`); the scan's notes on the plate's files
     (gone from the drop folder, a re-export settling) are applied last (:func:`with_notes`).
     With ``results_dir`` each plate's page and figure are written there (only when their bytes changed).
+
+    ``previous`` (the batch's last output, with ``cache`` and ``results_dir``): a plate whose sources
+    (:func:`sources_of`) are unchanged and whose page and figure are on disk as that job left them
+    (size and modification time) is taken over from it without reading its cache entry or its files:
+    adding one plate to a batch of thousands reads one output, not thousands of entries and pages.
     """
     settings = Analysis.of(settings)
     max_bytes = settings.max_export_bytes
-    outs, versions = [], {}
-    hits = written = 0
+    root = Path(results_dir) if results_dir is not None else None
+    carried = _Carried(previous if cache else None, root)
+    outs, versions, sources, stats = [], {}, {}, {}
+    hits = taken = written = 0
 
-    def get(plate: PlateInput) -> PlateOutput:
+    def get(plate: PlateInput) -> tuple[PlateOutput, bool]:
+        """The plate's output and whether it is cached (a guarded failure is not: retried next time)."""
         nonlocal hits
         key = cache.key(plate, max_bytes) if cache else ""
         out = cache.get(key) if cache else None
-        if out is None:
-            try:
-                out = process_plate(plate, settings)
-            except Exception as err:  # noqa: BLE001 - one plate never takes the batch down (not cached: retried)
-                log.exception("plate %r: unexpected error", plate.name)
-                out = guarded(plate, settings, err)
-            else:
-                if cache:
-                    cache.put(key, out)
-        else:
+        if out is not None:
             hits += 1
-        return out
+            return out, True
+        try:
+            out = process_plate(plate, settings)
+        except Exception as err:  # noqa: BLE001 - one plate never takes the batch down (not cached: retried)
+            log.exception("plate %r: unexpected error", plate.name)
+            return guarded(plate, settings, err), False
+        if cache:
+            cache.put(key, out)
+        return out, True
 
     for plate in plates:
-        out, version = get(plate), plate.version
         fallback = plate.fallback_input()
+        keys = [cache.key(p, max_bytes) for p in (plate, fallback) if p is not None] if cache else []
+        source = sources_of(plate, keys) if cache else ""
+        kept = carried.take(plate.name, source) if cache else None
+        if kept is not None:
+            out, version = kept
+            cache.used.update(keys)
+            taken += 1
+            outs.append(out)
+            versions[plate.name], sources[plate.name] = version, source
+            stats.update({f: previous.stats[f] for f in out.files})
+            continue
+        (out, ok), version = get(plate), plate.version
         if fallback is not None and refused(out):
-            out, version = kept_version(out, get(fallback), fallback.version), fallback.version
-        outs.append(with_notes(out, dict(plate.notes)))
-        versions[plate.name] = version
-    if results_dir is not None:
-        for out in outs:
+            older, ok_fallback = get(fallback)
+            out, version, ok = kept_version(out, older, fallback.version), fallback.version, ok and ok_fallback
+        out = with_notes(out, dict(plate.notes))
+        if root is not None:
             for rel, text in out.files.items():
-                written += write_if_changed(Path(results_dir) / rel, text)
+                written += write_if_changed(root / rel, text)
+                if ok and (st := _file_stat(root / rel)) is not None:
+                    stats[rel] = st
+        outs.append(out)
+        versions[plate.name] = version
+        if ok and cache:
+            sources[plate.name] = source
     if cache:
         cache.prune()
         log.info(
-            "%d plate(s), %d read back from the plate cache, %d page/figure file(s) written", len(plates), hits, written
-        )
+            "%d plate(s): %d taken over from the batch's previous output, %d read back from the plate cache; "
+            "%d page/figure file(s) written",
+            len(plates), taken, hits, written,
+        )  # fmt: skip
     rows = {
         name: [(p.name, r) for p, o in zip(plates, outs) if (r := o.rows[name]) is not None] for name in PLATE_TABLES
     }
@@ -334,4 +442,6 @@ def process_batch(
         versions,
         {p.name: o.products for p, o in zip(plates, outs) if o.products},
         {p.name: sorted(o.files) for p, o in zip(plates, outs) if o.files},
+        sources,
+        stats,
     )

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from dataclasses import replace
 
 from cr51.archive import fallbacks
-from cr51.batch import PlateCache, process_batch, save_batch
+from cr51.batch import PlateCache, load_previous, process_batch, save_batch
 from cr51.jobs import run_job
 from cr51.plate import PlateInput
 from cr51.settings import Analysis
@@ -20,7 +20,10 @@ def main(smk):
     plates = [replace(p, fallback=kept.get(p.name)) for p in plates]
     settings = Analysis.from_config(smk.params.settings)
     cache = PlateCache(smk.params.cache, settings)
-    save_batch(process_batch(plates, settings, cache, smk.params.results), smk.output.batch)
+    # the plates whose sources and pages did not change are taken over from the batch's last output
+    previous = load_previous(smk.params.cache, smk.output.batch)
+    out = process_batch(plates, settings, cache, smk.params.results, previous)
+    save_batch(out, smk.output.batch, keep_in=smk.params.cache)
 
 
 run_job(snakemake, main)  # noqa: F821
