@@ -21,6 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "digests",
         "includes",
         "metacache",
+        "statcache",
         "scan",
         "archive",
         "schema",

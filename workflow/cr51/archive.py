@@ -34,11 +34,14 @@ from pathlib import Path
 from .digests import content_digest
 from .includes import MAX_LAYOUT_BYTES
 from .scan import FileStatus, PlateFiles, Retraction, Scan, batch_of, scan
+from .statcache import StatCache
 
 FORMAT = 1
 ARCHIVE = "archive"
 REGISTRY = "registry.json"
 HISTORY = "history.json"
+#: The drop folder's sha256 by stat (:mod:`cr51.statcache`), under results_dir.
+STAT_CACHE = ".stat-cache.json"
 
 
 class InboxShrunk(Exception):
@@ -159,12 +162,18 @@ def write_json(path: Path, data: dict) -> None:
 class Archive:
     """The content-addressed archive and its registry under ``<results_dir>/archive``."""
 
-    def __init__(self, results_dir: str | os.PathLike) -> None:
+    def __init__(self, results_dir: str | os.PathLike, stats: StatCache | None = None) -> None:
         self.root = Path(results_dir) / ARCHIVE
+        self.stats = stats  # the drop folder's sha256 by stat (cr51.statcache): unchanged files not read
         data = read_json(self.root / REGISTRY, "the archive registry") or {"format": FORMAT, "plates": {}}
         self.plates: dict[str, PlateRecord] = {p: PlateRecord.from_dict(r) for p, r in data["plates"].items()}
-        self._saved = json.dumps(self._data(), sort_keys=True)
+        self._saved = self._state()
         self._unsynced = False
+
+    def _state(self) -> dict[str, tuple[int, str | None, bool]]:
+        """What a run can change of the registry (versions are only ever appended): compared in
+        :meth:`save` instead of serialising 10,000 records twice a run to find them unchanged."""
+        return {p: (len(r.versions), r.missing_since, r.cleanout_confirmed) for p, r in self.plates.items()}
 
     def _data(self) -> dict:
         return {"format": FORMAT, "plates": {p: r.to_dict() for p, r in sorted(self.plates.items())}}
@@ -175,20 +184,46 @@ class Archive:
         if self._unsynced:
             os.sync()
             self._unsynced = False
-        data = self._data()
-        if json.dumps(data, sort_keys=True) != self._saved:
-            write_json(self.root / REGISTRY, data)
-            self._saved = json.dumps(data, sort_keys=True)
+        state = self._state()
+        if state != self._saved:
+            write_json(self.root / REGISTRY, self._data())
+            self._saved = state
 
     def blob(self, sha256: str) -> Path:
         return self.root / "blobs" / sha256[:2] / sha256
 
+    def _blob_size(self, sha256: str) -> int | None:
+        try:
+            return os.stat(os.path.join(self.root, "blobs", sha256[:2], sha256)).st_size
+        except OSError:
+            return None
+
     def keep(self, path: str | os.PathLike) -> Stored:
-        """Archive the file's bytes (once) and return its name and sha256: the bytes read are the bytes kept."""
-        data = Path(path).read_bytes()
+        """Archive the file's bytes (once) and return its name and sha256: the bytes read are the bytes kept.
+
+        A file the stat cache knows (unchanged since its bytes were hashed) whose blob is in the archive
+        is not read again; otherwise it is read, hashed and its stat recorded when it did not change
+        while it was read.
+        """
+        path = os.fspath(path)
+        before = os.stat(path) if self.stats is not None else None
+        if before is not None and self.stats is not None:
+            sha = self.stats.known(path, before)
+            if sha is not None and self._blob_size(sha) == before.st_size:
+                return Stored(os.path.basename(path), sha)
+        with open(path, "rb") as fh:
+            data = fh.read()
         sha = hashlib.sha256(data).hexdigest()
+        if before is not None and self.stats is not None:
+            after = os.stat(path)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+                len(data),
+                before.st_mtime_ns,
+                before.st_ctime_ns,
+            ) and before.st_size == len(data):
+                self.stats.record(path, before, sha)
         blob = self.blob(sha)
-        if not (blob.exists() and blob.stat().st_size == len(data)):
+        if self._blob_size(sha) != len(data):
             blob.parent.mkdir(parents=True, exist_ok=True)
             tmp = blob.with_name(f".{sha}.{os.getpid()}.tmp")
             try:
@@ -199,7 +234,7 @@ class Archive:
                 self._unsynced = True
             finally:
                 tmp.unlink(missing_ok=True)
-        return Stored(Path(path).name, sha)
+        return Stored(os.path.basename(path), sha)
 
     def version_dir(self, plate: str, version: int) -> Path:
         return self.root / "plates" / plate_id(plate) / f"v{version}"
@@ -208,11 +243,12 @@ class Archive:
         """The version's files under their original names (hard links to the blobs): layout, export,
         templates. A blob whose bytes no longer match its name raises :class:`ArchiveError`."""
         folder = self.version_dir(plate, v.version)
-        folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for f in v.files():
-            target = folder / f.name
-            if not target.exists():
+            target = os.path.join(folder, f.name)  # strings: a run lays out every plate (20,000 files)
+            if not os.path.exists(target):
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / f.name
                 blob = self.blob(f.sha256)
                 if not blob.exists():
                     raise ArchiveError(f"archived file {f.name} ({f.sha256}) of plate {plate} is missing")
@@ -270,7 +306,8 @@ def scan_inbox(
 ) -> Scan:
     """The run's plates: the drop folder scanned (:func:`cr51.scan.scan`), then admitted into the
     archive (:func:`admit`). What the Snakefile calls at parse time."""
-    archive = Archive(results_dir)
+    stats = StatCache(Path(results_dir) / STAT_CACHE)
+    archive = Archive(results_dir, stats)
     accepted = frozenset(r.versions[-1].layout.name for r in archive.plates.values() if r.versions)
     inbox = scan(
         raw_dir,
@@ -284,8 +321,9 @@ def scan_inbox(
         stale_seconds=stale_after_hours * 3600,
         accepted_layouts=accepted,
         digests=False,  # admit() reads and hashes each plate's bytes once, as it archives them
+        stat_cache=stats,
     )
-    return admit(
+    out = admit(
         inbox,
         archive,
         batch_count=batch_count,
@@ -294,6 +332,8 @@ def scan_inbox(
         max_bytes=max_bytes,
         now=now,
     )
+    stats.save()
+    return out
 
 
 def admit(

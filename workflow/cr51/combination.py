@@ -30,6 +30,7 @@ from scipy import special
 
 from .schema import POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
 from .settings import Analysis
+from .tables import records
 
 
 def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, alpha: float) -> str:
@@ -61,7 +62,7 @@ def select(potency: pd.DataFrame, qc: pd.DataFrame, gate: str, alpha: float) -> 
     """potency_combined_inputs.csv: every plate × lot with ``included`` and the reason."""
     status = dict(zip(qc["plate"], qc["status"]))
     out = potency.copy()
-    out["reason"] = [exclusion_reason(r, status.get(r["plate"]), gate, alpha) for r in potency.to_dict("records")]
+    out["reason"] = [exclusion_reason(r, status.get(r["plate"]), gate, alpha) for r in records(potency)]
     out["included"] = out["reason"] == ""
     return out.reindex(columns=[*POTENCY_COMBINED_INPUTS.names, "df"])
 

@@ -11,7 +11,11 @@ from pathlib import Path
 from .includes import MAX_LAYOUT_BYTES, parse_toml, read_bytes
 
 #: Part of every key: entries kept by code that read layouts with other bounds are not used.
-KEY_SALT = b"cr51-meta-2\n"
+KEY_SALT = b"cr51-meta-3\n"
+
+
+def _key(sha256: str) -> str:
+    return hashlib.sha256(KEY_SALT + sha256.encode()).hexdigest()
 
 
 class MetaCache:
@@ -32,11 +36,17 @@ class MetaCache:
         self._old: dict = loaded if isinstance(loaded, dict) else {}
         self._new: dict = {}
 
-    def meta(self, path: str | os.PathLike, max_bytes: int = MAX_LAYOUT_BYTES) -> object:
+    def meta(self, path: str | os.PathLike, max_bytes: int = MAX_LAYOUT_BYTES, sha256: str | None = None) -> object:
         """The layout's ``[meta]`` (``{}`` if none), read and parsed within the bounds of
-        :mod:`cr51.includes` (at most ``max_bytes`` read); raises :class:`cr51.includes.LayoutFileError`."""
+        :mod:`cr51.includes` (at most ``max_bytes`` read); raises :class:`cr51.includes.LayoutFileError`.
+        ``sha256``: the sha256 of the layout's bytes where it is known (:mod:`cr51.statcache`; the caller
+        checked its size against ``max_bytes``): a layout kept here is then not read at all."""
+        if sha256 is not None and (key := _key(sha256)) in self._old:
+            meta = self._old[key]
+            self._new[key] = meta
+            return meta
         data = read_bytes(path, max_bytes, "the layout")
-        key = hashlib.sha256(KEY_SALT + data).hexdigest()
+        key = _key(hashlib.sha256(data).hexdigest())
         if key in self._old:
             meta = self._old[key]
         else:

@@ -54,6 +54,7 @@ from .includes import (
     read_toml,
 )
 from .metacache import MetaCache
+from .statcache import StatCache
 
 IGNORED_NAMES = frozenset({"README.md"})
 LAYOUT_SUFFIX = ".toml"
@@ -188,12 +189,15 @@ def scan(
     stale_seconds: float = float("inf"),
     accepted_layouts: frozenset[str] = frozenset(),
     digests: bool = True,
+    stat_cache: StatCache | None = None,
 ) -> Scan:
     """Classify the files of the drop folder ``raw_dir`` (top level only); ``meta_cache``: a
     :class:`MetaCache` file; ``accepted_layouts``: layout names of plates the archive already holds
     (a new layout naming one of their exports is refused, the accepted plate keeps it); ``digests``:
     compute each plate's content digest (reads every byte; :mod:`cr51.archive` digests what it archives);
-    ``max_layout_bytes``: layouts and templates larger than this are refused unread."""
+    ``max_layout_bytes``: layouts and templates larger than this are refused unread; ``stat_cache``:
+    sha256 of unchanged files (:mod:`cr51.statcache`), so that a layout whose ``[meta]`` the meta cache
+    holds is not read."""
     raw = Path(raw_dir)
     result = Scan(raw_dir=str(raw))
     if not raw.is_dir():
@@ -243,7 +247,9 @@ def scan(
         plate = e.name[: -len(LAYOUT_SUFFIX)]
         try:
             if cache is not None:
-                meta = cache.meta(e.path, max_layout_bytes)
+                st = e.stat() if stat_cache is not None else None
+                known = stat_cache.known(e.path, st) if st is not None and st.st_size <= max_layout_bytes else None
+                meta = cache.meta(e.path, max_layout_bytes, known)
             else:
                 meta = read_toml(e.path, max_layout_bytes).get("meta", {})
             meta = check_meta(meta)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..figures import ForestGroup, ForestRow, forest_svg
 from ..settings import Analysis
+from ..tables import records
 from . import names
 from .campaign_section import campaign_section
 from .html import esc, fmt, missing, table, td, truthy
@@ -55,7 +56,7 @@ def _forest(camp: str, ref: str, t: Mapping[str, pd.DataFrame], level: float) ->
         rps = pci[pci["plate"].astype(str).isin(plates) & (pci["reference_lot"].astype(str) == ref)]
     recent = set(_by_date(plates, t["qc"])[-FOREST_PLATES:])
     groups = []
-    for r in lots.to_dict("records"):
+    for r in records(lots):
         lot = str(r["lot"])
         if lot == ref:
             continue
@@ -85,7 +86,7 @@ def _lot_links(t: Mapping[str, pd.DataFrame]) -> str:
         f'<tr data-lot="{esc(r["lot"])}"><td><a href="{esc(href(names.lot_page(str(r["lot"]))))}">{esc(r["lot"])}</a>'
         f"</td><td>{esc(r['product'])}</td>{td(r['n_plates'], 'n_plates')}{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}"
         f"{td(r['rp_hi'], 'rp_hi')}<td><b>{esc(r['group'])}</b></td></tr>"
-        for r in t["campaign_lots"].to_dict("records")
+        for r in records(t["campaign_lots"])
     ]
     return table(["lot", "product", "plates", "RP", "CI low", "CI high", "letters"], rows, ' data-table="lot_links"')
 
@@ -95,7 +96,7 @@ def _tests(t: Mapping[str, pd.DataFrame]) -> str:
         f'<tr data-test="{esc(r["test"])}"><td>{esc(r["test"])}</td>{td(r["statistic"], "statistic")}'
         f"{td(r['df1'], 'df1')}{td(r['df2'], 'df2')}{td(r['p'], 'p')}{td(r['sigma2_between'], 'sigma2_between')}"
         f'{td(r["sigma2_residual"], "sigma2_residual")}<td class="reason">{esc(r["note"])}</td></tr>'
-        for r in t["campaign_tests"].to_dict("records")
+        for r in records(t["campaign_tests"])
     ]
     heads = ["test", "F", "df1", "df2", "p", "σ² between lots", "σ² residual", "note"]
     return table(heads, rows, ' data-table="campaign_tests"')
@@ -106,10 +107,10 @@ def _inputs(t: Mapping[str, pd.DataFrame], ref: str) -> str:
     inputs = t["campaign_inputs"]
     lots = [ref, *sorted(set(inputs["lot"].astype(str)) - {ref})]
     qc = t["qc"]
-    info = {str(r["plate"]): r for r in qc[qc["plate"].isin(set(inputs["plate"]))].to_dict("records")}
+    info = {str(r["plate"]): r for r in records(qc[qc["plate"].isin(set(inputs["plate"]))])}
     plates = _by_date(set(inputs["plate"].astype(str)), qc)
     listed = plates[-INPUT_ROWS:]
-    cell = {(str(r["plate"]), str(r["lot"])): r for r in inputs.to_dict("records")}
+    cell = {(str(r["plate"]), str(r["lot"])): r for r in records(inputs)}
     reasons: dict[str, int] = {}
     body = []
     for p in listed:

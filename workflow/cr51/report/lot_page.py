@@ -35,7 +35,7 @@ from .. import __version__, svg
 from ..campaign import campaign_id
 from ..figures import REFERENCE_COLOUR, ForestGroup, ForestRow, forest_svg, lot_class, lot_colours
 from ..settings import Analysis
-from ..tables import write_if_changed
+from ..tables import records, write_if_changed
 from . import names
 from .html import esc, fmt, missing, table, td, truthy
 from .page import CSS, JS
@@ -160,14 +160,14 @@ def plate_rows(lot: str, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     qc = t["qc"]
     qc = qc[qc["plate"].isin(set(pot["plate"]))]
     camp = _campaign_of(qc)
-    info = {str(r["plate"]): r for r in qc.to_dict("records")}
+    info = {str(r["plate"]): r for r in records(qc)}
     inputs = t.get("potency_combined_inputs")
     inc = {}
     if inputs is not None:
-        for r in inputs[inputs["lot"].astype(str) == lot].to_dict("records"):
+        for r in records(inputs[inputs["lot"].astype(str) == lot]):
             inc[(str(r["plate"]), str(r["reference_lot"]))] = (truthy(r["included"]), r["reason"])
     rows = []
-    for r in pot.to_dict("records"):
+    for r in records(pot):
         p, ref = str(r["plate"]), str(r["reference_lot"])
         q = info.get(p, {})
         included, why = inc.get((p, ref), (False, ""))
@@ -194,7 +194,7 @@ def _estimates(lot: str, t: Mapping[str, pd.DataFrame], ci: str) -> str:
         f"{td(r['n_plates'], 'n_plates')}{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}"
         f"{td(r['homogeneity_chi2'], 'homogeneity_chi2')}{td(r['homogeneity_p'], 'homogeneity_p')}"
         f"<td>{esc(r['method'])}</td></tr>"
-        for r in comb.to_dict("records")
+        for r in records(comb)
     ]
     heads = ["reference lot", "plates", "RP", "CI low", "CI high", "homogeneity χ²", "homogeneity p", "method"]
     out = [
@@ -211,7 +211,7 @@ def _estimates(lot: str, t: Mapping[str, pd.DataFrame], ci: str) -> str:
             f'<td><a href="{esc(href(names.campaign_page(str(r["campaign"]))))}">{esc(r["campaign"])}</a></td>'
             f"<td>{esc(r['reference_lot'])}</td>{td(r['n_plates'], 'n_plates')}{td(r['rp'], 'rp')}"
             f"{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}<td><b>{esc(r['group'])}</b></td></tr>"
-            for r in cl.to_dict("records")
+            for r in records(cl)
         ]
         if rows:
             out.append(
@@ -230,7 +230,7 @@ def _estimates(lot: str, t: Mapping[str, pd.DataFrame], ci: str) -> str:
 def _forest(lot: str, camp: str, ref: str, plates: pd.DataFrame, t: Mapping[str, pd.DataFrame], level: float) -> str:
     rows = [
         ForestRow(str(r["plate"]), float(r["rp"]), float(r["rp_lo"]), float(r["rp_hi"]), bool(r["included"]))
-        for r in plates.tail(FOREST_PLATES).to_dict("records")
+        for r in records(plates.tail(FOREST_PLATES))
         if not missing(r["rp"])
     ]
     comb = t.get("potency_combined", pd.DataFrame(columns=["lot", "reference_lot"]))
@@ -300,7 +300,7 @@ def time_svg(lot: str, ref: str, plates: pd.DataFrame, combined: tuple[float, fl
     """
     pts = [
         (d, float(r["rp"]), float(r["rp_lo"]), float(r["rp_hi"]), bool(r["included"]))
-        for r in plates.to_dict("records")
+        for r in records(plates)
         if not missing(r["rp"]) and r["rp"] > 0 and (d := _iso("" if missing(r["date"]) else str(r["date"])))
     ]
     w, h = 780, 250
@@ -365,7 +365,7 @@ def time_svg(lot: str, ref: str, plates: pd.DataFrame, combined: tuple[float, fl
 def _plates_table(plates: pd.DataFrame) -> str:
     listed = plates.tail(PLATE_ROWS)  # oldest first; the most recent when there are more
     rows = []
-    for r in listed.to_dict("records"):
+    for r in records(listed):
         p = str(r["plate"])
         eq = r["equivalent"]
         rows.append(
@@ -451,7 +451,7 @@ def _history(lot: str, t: Mapping[str, pd.DataFrame]) -> str:
         f"{td(r['version'], 'version')}<td>{esc(r['accepted_at'])}</td><td>{esc(r['replaced_at'])}</td>"
         f"<td>{'superseded' if not missing(r['replaced_at']) and str(r['replaced_at']) else 'no longer in the run'}</td>"
         f"{td(r['rp'], 'rp')}{td(r['rp_lo'], 'rp_lo')}{td(r['rp_hi'], 'rp_hi')}<td>{esc(r['status'])}</td></tr>"
-        for r in h.head(HISTORY_ROWS).to_dict("records")
+        for r in records(h.head(HISTORY_ROWS))
     ]
     more = (
         f'<p class="muted">{len(h) - HISTORY_ROWS} older superseded rows are in <code>plate_history.csv</code>.</p>'
@@ -479,7 +479,7 @@ def _reference_block(lot: str, t: Mapping[str, pd.DataFrame]) -> str:
         f'<tr data-plate="{esc(r["plate"])}"><td><a href="{esc(href(names.plate_page(str(r["plate"]))))}">'
         f"{esc(r['plate'])}</a></td><td>{esc(r['date'])}</td><td>{esc(r['donor'])}</td>"
         f'<td><span class="badge {esc(r["status"])}">{esc(r["status"])}</span></td></tr>'
-        for r in mine.head(PLATE_ROWS).to_dict("records")
+        for r in records(mine.head(PLATE_ROWS))
     ]
     camps = sorted(set(_campaign_of(mine).values()))
     links = ", ".join(f'<a href="{esc(href(names.campaign_page(c)))}">{esc(c)}</a>' for c in camps)

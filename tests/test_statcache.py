@@ -1,0 +1,137 @@
+"""The drop folder's sha256 by stat (cr51.statcache): unchanged files are not read again, any write is seen."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from cr51 import archive, metacache, statcache
+from cr51.simulate import simulate_plate, write_plate
+from cr51.statcache import StatCache
+
+LATER = time.time_ns() + 10 * statcache.MARGIN_NS  # "hashed" long after the files were written
+
+
+def test_an_unchanged_file_is_known_across_runs(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"x" * 100)
+    cache = StatCache(tmp_path / "c.json")
+    assert cache.known(str(f), os.stat(f)) is None
+    cache.record(str(f), os.stat(f), "a" * 64, LATER)
+    cache.save()
+    again = StatCache(tmp_path / "c.json")
+    assert again.known(str(f), os.stat(f)) == "a" * 64
+    again.save()  # kept: it was looked up
+    assert StatCache(tmp_path / "c.json").known(str(f), os.stat(f)) == "a" * 64
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "rewritten, same size, modification time set back (cp -p, rsync -t)",
+        "renamed over by another file",
+        "appended",
+    ],
+)
+def test_any_write_is_a_miss(tmp_path, change):
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"x" * 100)
+    st = os.stat(f)
+    cache = StatCache(tmp_path / "c.json")
+    cache.record(str(f), st, "a" * 64, LATER)
+    cache.save()
+    if change.startswith("rewritten"):
+        time.sleep(0.01)
+        f.write_bytes(b"y" * 100)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif change.startswith("renamed"):
+        g = tmp_path / "b.csv"
+        g.write_bytes(b"y" * 100)
+        os.utime(g, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(g, f)
+    else:
+        with open(f, "ab") as fh:
+            fh.write(b"z")
+    assert StatCache(tmp_path / "c.json").known(str(f), os.stat(f)) is None
+
+
+def test_a_file_modified_just_before_it_was_hashed_is_not_kept(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"x")
+    cache = StatCache(tmp_path / "c.json")
+    cache.record(str(f), os.stat(f), "a" * 64)  # hashed now: within the margin of its last write
+    cache.save()
+    assert StatCache(tmp_path / "c.json").known(str(f), os.stat(f)) is None
+
+
+@pytest.mark.parametrize("text", ["", "not json", '{"format": 1, "files": []}', '{"format": 1, "files": {"x": 1}}'])
+def test_a_damaged_cache_is_empty(tmp_path, text):
+    (tmp_path / "c.json").write_text(text)
+    f = tmp_path / "x"
+    f.write_text("1")
+    assert StatCache(tmp_path / "c.json").known("x", os.stat(f)) is None
+
+
+def _scan(raw, results, layouts_dir):
+    return archive.scan_inbox(
+        raw, results, layouts_dir=layouts_dir, batch_count=4, settle_seconds=0, max_bytes=10**7,
+        min_share=0.5, confirm_cleanout=False, stale_after_hours=24,
+    )  # fmt: skip
+
+
+def test_a_run_with_nothing_new_reads_no_drop_folder_file(tmp_path, layouts_dir, monkeypatch):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        write_plate(raw, simulate_plate(f"p{i}", np.random.default_rng(i)), "well_list")
+    monkeypatch.setattr(statcache, "MARGIN_NS", -(10**12))  # the files count as old: no waiting
+    first = _scan(raw, tmp_path / "results", layouts_dir)
+    opened = []
+    real_open = open
+
+    def spy(path, *args, **kwargs):
+        if str(path).startswith(str(raw)):
+            opened.append(os.path.basename(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "open", spy, raising=False)
+    monkeypatch.setattr(metacache, "read_bytes", lambda *a, **k: pytest.fail("a known layout was read"))
+    again = _scan(raw, tmp_path / "results", layouts_dir)
+    assert opened == []
+    assert {n: p.digest for n, p in again.plates.items()} == {n: p.digest for n, p in first.plates.items()}
+    # a re-export with its modification time set back is read, and is a new version
+    export = raw / "p1.csv"
+    st = os.stat(export)
+    export.write_bytes(export.read_bytes().replace(b",", b", ", 1))
+    os.utime(export, ns=(st.st_atime_ns, st.st_mtime_ns))
+    third = _scan(raw, tmp_path / "results", layouts_dir)
+    assert opened == ["p1.csv"]
+    assert third.plates["p1"].version == 2 and third.plates["p1"].digest != first.plates["p1"].digest
+    assert third.plates["p0"].digest == first.plates["p0"].digest
+
+
+def test_result_files_are_hashed_only_when_their_stat_changed(tmp_path, monkeypatch):
+    from cr51 import store
+
+    tables = [str(tmp_path / f"{n}.csv") for n in ("wells", "qc")]
+    for t in tables:
+        with open(t, "w") as fh:
+            fh.write("plate,x\np1,1\n")
+    manifest = tmp_path / "manifest.json"
+    store.write_results_manifest(manifest, tables, [])
+    hashed = []
+    real = store._sha256
+    monkeypatch.setattr(store, "_sha256", lambda p: hashed.append(os.path.basename(p)) or real(p))
+    assert store.check_results(manifest, tables, []) == ([], [])
+    assert hashed == []  # nothing read
+    st = os.stat(tables[0])
+    with open(tables[0], "w") as fh:
+        fh.write("plate,x\np1,2\n")  # same size; its modification time set back
+    os.utime(tables[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.check_results(manifest, tables, []) == ([tables[0]], [])
+    assert hashed == ["wells.csv"]
+    os.unlink(tables[1])
+    assert store.check_results(manifest, tables, [])[0] == tables
