@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import BATCH_SETTINGS
 
-from cr51.batch import BatchOutput, load_batch, save_batch
+from cr51.batch import BatchOutput, load_batch, process_batch, save_batch
 from cr51.collect import collect
 from cr51.plate import PlateInput, analyse_batch, ingest_batch
 from cr51.schema import PLATE_TABLES, Column, Table
@@ -43,28 +43,11 @@ def plates_of(raw: Path, formats: list[str]) -> list[PlateInput]:
     return plates
 
 
-def plate_tables(plates: list[PlateInput]) -> dict[str, dict[str, pd.DataFrame]]:
-    """Each plate's tables, computed once (both paths below render these same frames: the test is of the
-    rendering, and a number computed twice may differ in its last digit with the memory it lands in)."""
-    out = {}
-    for plate in plates:
-        t = ingest_batch([plate], SETTINGS)
-        t.update(analyse_batch(t["wells"], t["qc"], SETTINGS))
-        out[plate.name] = t
-    return out
-
-
-def batches_of(tables: dict[str, dict[str, pd.DataFrame]], tmp: Path) -> list[BatchOutput]:
-    """Two batches (interleaved names, as hashing gives) of the plates' rendered rows, through the batch
-    file the job writes."""
+def batches_of(plates: list[PlateInput], tmp: Path) -> list[BatchOutput]:
+    """Two batches (interleaved names, as hashing gives), as the batch job computes and writes them."""
     outs = []
-    names = list(tables)
-    for i, part in enumerate((names[0::2], names[1::2])):
-        rows = {
-            name: [(p, r) for p in part if (r := render_rows(tables[p][name], TABLES_BY_NAME[name])) is not None]
-            for name in TABLES
-        }
-        save_batch(BatchOutput(rows, {p: 0 for p in part}), tmp / f"b{i:03d}.jsonl")
+    for i, part in enumerate((plates[0::2], plates[1::2])):
+        save_batch(process_batch(part, SETTINGS), tmp / f"b{i:03d}.jsonl")
         outs.append(load_batch(tmp / f"b{i:03d}.jsonl"))
     return outs
 
@@ -76,14 +59,17 @@ def written(batches: list[BatchOutput], raw: Path, out: Path) -> dict[str, bytes
     return {name: (out / f"{name}.csv").read_bytes() for name in TABLES}
 
 
-def in_memory(tables: dict[str, dict[str, pd.DataFrame]], out: Path, dropped: set[str]) -> dict[str, bytes]:
-    """The plates' frames concatenated in plate order (``dropped`` plates left out) and written by
-    write_table: what writing frames gives, without any rendered rows."""
+def in_memory(plates: list[PlateInput], out: Path, dropped: set[str]) -> dict[str, bytes]:
+    """The tables computed again as frames, plate by plate (after the batches: a plate computed twice in
+    one process gives the same numbers, tests/test_determinism.py), concatenated in plate order
+    (``dropped`` plates left out) and written by write_table: what writing frames gives, without any
+    rendered rows."""
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
-    for plate in sorted(tables):
-        t = tables[plate]
+    for plate in sorted(plates, key=lambda p: p.name):
+        t = ingest_batch([plate], SETTINGS)
+        t.update(analyse_batch(t["wells"], t["qc"], SETTINGS))
         for name in TABLES:
-            parts[name].append(t[name] if name == "files" or plate not in dropped else t[name].iloc[:0])
+            parts[name].append(t[name] if name == "files" or plate.name not in dropped else t[name].iloc[:0])
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
         frame = concat_frames(parts[name], TABLES_BY_NAME[name].names)
@@ -101,14 +87,14 @@ def case(request, tmp_path_factory):
     formats = ["well_list", "plate_grid", "xlsx_well_list", "well_list_semicolon"]
     if request.param == "mixed_formats":
         formats += ["wizard2"]  # Rack/Pos tubes: rack and pos where the others have none
-    tables = plate_tables(plates_of(raw, formats))
-    return request.param, raw, tmp, tables, batches_of(tables, tmp)
+    plates = plates_of(raw, formats)
+    return request.param, raw, tmp, plates, batches_of(plates, tmp)
 
 
 def test_rendered_rows_write_the_same_bytes_as_the_tables(case):
-    kind, raw, tmp, tables, batches = case
+    kind, raw, tmp, plates, batches = case
     fast = written(batches, raw, tmp / f"fast_{kind}")
-    frames = in_memory(tables, tmp / f"frames_{kind}", {"t_copy"})
+    frames = in_memory(plates, tmp / f"frames_{kind}", {"t_copy"})
     for name in TABLES:
         if name != "files":
             assert fast[name] == frames[name], name

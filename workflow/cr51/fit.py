@@ -9,8 +9,9 @@ Models use drc's parameterisation (Ritz et al. 2015, R package ``drc``)::
 ``x = 0`` is allowed: ``f(0) = d`` for ``b > 0`` (``c`` for ``b < 0``).
 
 Fits are unweighted least squares done by :mod:`lmfit` (Levenberg-Marquardt,
-analytic Jacobian, ``ln e`` optimised internally). Standard errors follow drc:
-``vcov = 2 * sigma^2 * H^-1`` with ``H`` the Hessian of the residual sum of
+analytic Jacobian, ``ln e`` optimised internally; a guard column keeps SciPy's MINPACK from reading
+past the Jacobian, so that a fit does not depend on the process's history: :data:`QR_GUARD`).
+Standard errors follow drc: ``vcov = 2 * sigma^2 * H^-1`` with ``H`` the Hessian of the residual sum of
 squares with respect to the reported parameters (b, c, d, e[, f]) and
 ``sigma^2 = RSS / (n - p)``. ``H`` is analytic (second derivatives of the curve);
 :func:`rss_hessian_numeric` (central differences of the analytic gradient) checks it in the tests.
@@ -558,7 +559,8 @@ def _data_problem(x: FloatArray, y: FloatArray, n_params: int) -> str | None:
 
 
 def _make_params(design: _Design, start: FloatArray) -> list[lmfit.Parameter]:
-    """lmfit parameters ``p0, p1, ...`` with bounds on b, ln e and f.
+    """lmfit parameters ``p0, p1, ...`` with bounds on b, ln e and f, then the unbounded guard
+    parameter (:data:`QR_GUARD`, value 0) last.
 
     A list, not an ``lmfit.Parameters``: the minimizer builds its one ``Parameters`` from it instead
     of deep-copying ours (the same fit, without a second expression interpreter per fit).
@@ -574,6 +576,7 @@ def _make_params(design: _Design, start: FloatArray) -> list[lmfit.Parameter]:
         inset = 1e-3 * (hi - lo) if np.isfinite(hi - lo) else 0.0
         value = float(min(max(start[i], lo + inset), hi - inset))
         params.append(lmfit.Parameter(f"p{i}", value=value, min=lo, max=hi))
+    params.append(lmfit.Parameter(f"p{design.n_params}", value=0.0))
     return params
 
 
@@ -731,6 +734,30 @@ def _fit_free(
     return FitResult(design.model.name, design.names, theta, vcov, rss, n - p, n, True, "ok", design.groups, per_group)
 
 
+#: The guard column of every MINPACK fit (:func:`_optimise`). SciPy's C translation of MINPACK
+#: (``scipy/optimize/src/minpack.c``; SciPy 1.17.1 is pinned) has an off-by-one in ``qrfac``: when the
+#: downdated norm of a column ``k`` of the Jacobian has lost most of its digits
+#: (``0.05 (rdiag_k / wa_k)^2 <= eps``: a column nearly in the span of the pivot columns before it, e.g.
+#: slope and ln e of a steep curve), the norm is recomputed with ``enorm(m - j, &a[(j + 1) + lda k])``,
+#: one element too many (Fortran: ``enorm(m - j, a(j + 1, k))`` with 1-based ``j``). The extra element
+#: is the first entry of the next column, or, for the last column slot, the 8 bytes past the end of the
+#: Jacobian buffer, whose contents depend on what the process allocated before (valgrind: "Invalid
+#: read of size 8 ... 0 bytes after a block" in ``enorm`` called from ``qrfac``). That norm steers the
+#: column pivoting, so the same data gave results differing in the last digits with the plates and
+#: allocations before it in the process (1 to 4 fits in 400 of an affected curve in a loop, 2 in 5
+#: after heavy heap churn; an ill-conditioned fit carries it to ``ic50_se`` at 1e-10 relative).
+#: Every fit therefore gets one more residual, ``QR_GUARD * g``, and one more parameter ``g``, last
+#: (start 0, unbounded): its Jacobian column is ``QR_GUARD`` on that extra row and 0 elsewhere. It is
+#: orthogonal to the curve columns and smaller than any of them that is not numerically zero, so the
+#: pivoting leaves it in the last slot, and its norm is never recomputed (its entries in the pivot rows
+#: are 0, so its norm does not fall); the other slots' stray element stays inside the matrix (for the
+#: slot before the guard it is the guard's 0: the norm Fortran MINPACK computes). The guard's gradient
+#: and step are exactly 0 (``g`` stays 0), and its zeros add nothing to the sums the curve parameters'
+#: steps are made of: apart from the stray read the fits are those without the guard (the whole-run
+#: result tables of ``tools/golden_run.py`` are byte-identical).
+QR_GUARD = 1e-150
+
+
 def _optimise(
     design: _Design,
     x: FloatArray,
@@ -744,30 +771,38 @@ def _optimise(
     # them instead of evaluating the curve again (the same numbers: the curve value does not depend on
     # how many derivatives are taken along)
     last: list = [None, None]
+    n, p = x.size, design.n_params
 
     def residual(params: lmfit.Parameters) -> FloatArray:
-        theta = _values(params)
+        theta, guard = _split(params, p)
         value, partials, _ = design._terms(theta, 1)
         last[0], last[1] = theta, partials
-        return value - y
+        out = np.empty(n + 1)
+        np.subtract(value, y, out=out[:n])
+        out[n] = QR_GUARD * guard
+        return out
 
     def jacobian(params: lmfit.Parameters) -> FloatArray:
-        theta = _values(params)
+        theta, _ = _split(params, p)
         if last[0] is not None and np.array_equal(theta, last[0]):
-            return design._jacobian(last[1])
-        return design.evaluate(theta)[1]
+            jac = design._jacobian(last[1])
+        else:
+            jac = design.evaluate(theta)[1]
+        out = np.zeros((n + 1, p + 1))
+        out[:n, :p] = jac
+        out[n, p] = QR_GUARD
+        return out
 
     start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)
     out = _minimizer_class()(residual, params, calc_covar=False).minimize(method="leastsq", Dfun=jacobian)
-    theta = design.to_reported(_values(out.params))
-    n, p = x.size, design.n_params
+    theta = design.to_reported(_split(out.params, p)[0])
     if not out.success or not np.all(np.isfinite(theta)):
         return _failed(design, n, f"optimiser did not converge: {out.message}", per_group)
     bound, at = _at_bound(out.params, design.names)
     if bound is not None:
         return _failed(design, n, bound, per_group, at)
-    rss = float(np.sum(residual(out.params) ** 2))
+    rss = float(np.sum(residual(out.params)[:n] ** 2))
     vcov, problem = _drc_vcov(design, theta, y, rss / (n - p))
     return FitResult(
         design.model.name,
@@ -801,8 +836,10 @@ def _minimizer_class() -> type[lmfit.Minimizer]:
     return Minimizer
 
 
-def _values(params: lmfit.Parameters) -> FloatArray:
-    return np.array([par.value for par in params.values()])
+def _split(params: lmfit.Parameters, p: int) -> tuple[FloatArray, float]:
+    """The curve parameters (internal scale) and the guard parameter's value (see :data:`QR_GUARD`)."""
+    values = np.array([par.value for par in params.values()])
+    return values[:p], float(values[p])
 
 
 def _drc_vcov(design: _Design, theta: FloatArray, y: FloatArray, sigma2: float) -> tuple[FloatArray, str | None]:
