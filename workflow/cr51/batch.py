@@ -423,7 +423,8 @@ def process_batch(
                 written += write_if_changed(root / rel, text)
                 if ok and (st := _file_stat(root / rel)) is not None:
                     stats[rel] = st
-        outs.append(out)
+        # the texts are on disk (or were not asked for): a batch of 2,500 plates held ~100 MB of them
+        outs.append(replace(out, files=dict.fromkeys(out.files, "")))
         versions[plate.name] = version
         if ok and cache:
             sources[plate.name] = source
