@@ -135,3 +135,19 @@ def test_result_files_are_hashed_only_when_their_stat_changed(tmp_path, monkeypa
     assert hashed == ["wells.csv"]
     os.unlink(tables[1])
     assert store.check_results(manifest, tables, [])[0] == tables
+
+
+def test_a_result_file_is_hashed_once_a_process_until_it_changes(tmp_path, monkeypatch):
+    from cr51 import digests
+
+    f = tmp_path / "wells.csv"
+    f.write_text("plate\np1\n")
+    calls = []
+    real = digests.file_digest
+    monkeypatch.setattr(digests, "file_digest", lambda p: calls.append(p) or real(p))
+    first = digests.result_digest(f)
+    assert digests.result_digest(f) == first and len(calls) == 1
+    f.write_text("plate\np2\n")  # same size
+    assert digests.result_digest(f) != first and len(calls) == 2
+    f.unlink()
+    assert digests.result_digest(f) is None

@@ -45,7 +45,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .digests import file_digest
+from .digests import result_digest
 from .schema import FILE_STATUSES
 
 AUDIT_NAME = "audit.jsonl"
@@ -273,7 +273,7 @@ def written_outputs(results_dir: str | os.PathLike, since: float) -> list[Record
             and entry.name != AUDIT_NAME
             and entry.stat().st_mtime >= since
         ):
-            out.append({"path": os.path.abspath(entry.path), "sha256": file_digest(entry.path)[0]})
+            out.append({"path": os.path.abspath(entry.path), "sha256": result_digest(entry.path) or ""})
     return out
 
 

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from .digests import software
+from .digests import result_digest, software
 
 #: The longest header read (a header is a few hundred bytes; a file without a newline soon is not ours).
 MAX_HEADER = 1 << 16
@@ -187,14 +187,7 @@ def verify(path: str | os.PathLike) -> str | None:
 
 
 def _sha256(path: str | os.PathLike) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
+    return result_digest(path)
 
 
 def _stat(path: str | os.PathLike) -> list[int] | None:

@@ -283,7 +283,9 @@ def pages_section(t: Mapping[str, pd.DataFrame]) -> str:
 def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:
     """One row per accepted plate (qc.csv order: by plate): the values of :data:`INDEX_COLUMNS` as text."""
     qc = t["qc"]
-    n_rp = t["potency"].groupby("plate")["status"].apply(lambda s: f"{int((s == 'ok').sum())}/{len(s)}").to_dict()
+    pot = t["potency"]
+    by_plate = (pot["status"] == "ok").groupby(pot["plate"], sort=False)
+    n_rp = {p: f"{int(k)}/{int(n)}" for p, k, n in zip(by_plate.sum().index, by_plate.sum(), by_plate.size())}
 
     def text(v: object) -> str:  # bidirectional controls shown as their code, as esc() shows them
         return "" if _missing(v) else BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", str(v))
