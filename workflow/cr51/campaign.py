@@ -108,12 +108,28 @@ def log_ic50(e: float, b: float, f: float) -> float:
 # --------------------------------------------------------------------------
 
 
+#: The columns of qc.csv and potency.csv that :func:`build_inputs` reads.
+QC_USED = ("plate", "reference_lot", "study", "status")
+POTENCY_USED = (
+    "plate",
+    "lot",
+    "reference_lot",
+    "joint_e",
+    "joint_slope",
+    "joint_f",
+    "joint_e_ref",
+    "in_joint",
+    "reason",
+)
+
+
 def build_inputs(potency: pd.DataFrame, qc: pd.DataFrame, products: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Every plate × lot (reference included) of every campaign: the ln IC50 that enters, or why not."""
     products = products or {}
     rows = []
-    qc_rows = {str(r["plate"]): r for r in records(qc)}
-    ordered = records(potency.sort_values(["plate", "lot"], kind="stable")) if len(potency) else []
+    qc_rows = {str(r["plate"]): r for r in records(qc[[c for c in QC_USED if c in qc.columns]])}
+    used = [c for c in POTENCY_USED if c in potency.columns]  # only these: potency.csv has ~40 columns
+    ordered = records(potency[used].sort_values(["plate", "lot"], kind="stable")) if len(potency) else []
     for plate, group in itertools.groupby(ordered, key=lambda r: r["plate"]):  # one pass: no frame per plate
         grp = list(group)
         q = qc_rows.get(str(plate), {})
