@@ -154,36 +154,42 @@ def _iso(s: str) -> _dt.date | None:
 
 def plate_rows(lot: str, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The lot's plates: potency.csv rows with qc.csv's date, donor, QC status and campaign and
-    potency_combined_inputs.csv's ``included`` and reason; oldest first."""
+    potency_combined_inputs.csv's ``included`` and reason; oldest first.
+
+    Built column by column (at 10,000 plates of one lot, a frame from 10,000 row dicts was most of
+    the lot page)."""
     pot = t["potency"]
     pot = pot[pot["lot"].astype(str) == lot]
     qc = t["qc"]
     qc = qc[qc["plate"].isin(set(pot["plate"]))]
     camp = _campaign_of(qc)
-    info = {str(r["plate"]): r for r in records(qc)}
+    qc_plates = [str(p) for p in qc["plate"].tolist()]
+    q_date, q_donor, q_status = (dict(zip(qc_plates, qc[c].tolist())) for c in ("date", "donor", "status"))
     inputs = t.get("potency_combined_inputs")
     inc = {}
     if inputs is not None:
-        for r in records(inputs[inputs["lot"].astype(str) == lot]):
-            inc[(str(r["plate"]), str(r["reference_lot"]))] = (truthy(r["included"]), r["reason"])
-    rows = []
-    for r in records(pot):
-        p, ref = str(r["plate"]), str(r["reference_lot"])
-        q = info.get(p, {})
-        included, why = inc.get((p, ref), (False, ""))
-        if not included and (missing(why) or not str(why)):
-            why = r["reason"]  # potency.csv's reason (failed fit, …)
-        rows.append({
-            **r,
-            "campaign": camp.get(p, campaign_id(ref)),
-            "date": q.get("date"),
-            "donor": q.get("donor"),
-            "qc": q.get("status", "–"),
-            "included": included,
-            "why": "" if included or missing(why) else str(why),
-        })  # fmt: skip
-    rows.sort(key=lambda r: (date_key(r["date"]), str(r["plate"])))
-    return pd.DataFrame(rows)
+        mine = inputs[inputs["lot"].astype(str) == lot]
+        for p, ref, included, why in zip(
+            mine["plate"].tolist(), mine["reference_lot"].tolist(), mine["included"].tolist(), mine["reason"].tolist()
+        ):
+            inc[(str(p), str(ref))] = (truthy(included), why)
+    out = {c: pot[c].tolist() for c in pot.columns}
+    plates = [str(p) for p in out["plate"]]
+    refs = [str(r) for r in out["reference_lot"]]
+    out["campaign"] = [camp.get(p, campaign_id(ref)) for p, ref in zip(plates, refs)]
+    out["date"] = [q_date.get(p) for p in plates]
+    out["donor"] = [q_donor.get(p) for p in plates]
+    out["qc"] = [q_status.get(p, "–") for p in plates]
+    included, whys = [], []
+    for p, ref, reason in zip(plates, refs, out["reason"]):
+        ok, why = inc.get((p, ref), (False, ""))
+        if not ok and (missing(why) or not str(why)):
+            why = reason  # potency.csv's reason (failed fit, …)
+        included.append(ok)
+        whys.append("" if ok or missing(why) else str(why))
+    out["included"], out["why"] = included, whys
+    order = sorted(range(len(plates)), key=lambda i: (date_key(out["date"][i]), plates[i]))
+    return pd.DataFrame({c: [v[i] for i in order] for c, v in out.items()}) if plates else pd.DataFrame()
 
 
 def _estimates(lot: str, t: Mapping[str, pd.DataFrame], ci: str) -> str:
@@ -300,7 +306,7 @@ def time_svg(lot: str, ref: str, plates: pd.DataFrame, combined: tuple[float, fl
     """
     pts = [
         (d, float(r["rp"]), float(r["rp_lo"]), float(r["rp_hi"]), bool(r["included"]))
-        for r in records(plates)
+        for r in records(plates[["date", "rp", "rp_lo", "rp_hi", "included"]])
         if not missing(r["rp"]) and r["rp"] > 0 and (d := _iso("" if missing(r["date"]) else str(r["date"])))
     ]
     w, h = 780, 250
@@ -345,19 +351,21 @@ def time_svg(lot: str, ref: str, plates: pd.DataFrame, combined: tuple[float, fl
             if math.isfinite(r_lo) and math.isfinite(r_hi) and r_lo > 0:
                 x = xs.at(d.toordinal())
                 out.append(svg.line(x, ys.at(max(r_lo, lo)), x, ys.at(min(r_hi, hi)), f'{attrs} stroke-width="1" opacity="0.6"'))  # fmt: skip
+
+    def positions(sel: list[tuple]) -> tuple[list[float], list[float]]:
+        """Pixel positions of the points, one vectorised scale each (thousands of points a page)."""
+        days = np.array([p[0].toordinal() for p in sel], dtype=float)
+        rps = np.array([min(max(p[1], lo), hi) for p in sel], dtype=float)
+        return xs(days).tolist(), ys(rps).tolist()
+
     inc = [p for p in pts if p[4]]
     exc = [p for p in pts if not p[4]]
     size = 6 if whiskers else 4
-    out.append(
-        svg.dots([xs.at(p[0].toordinal()) for p in inc], [ys.at(min(max(p[1], lo), hi)) for p in inc], size, attrs)
-    )
+    out.append(svg.dots(*positions(inc), size, attrs))
     if exc:
-        out.append(svg.dots([xs.at(p[0].toordinal()) for p in exc], [ys.at(min(max(p[1], lo), hi)) for p in exc],
-                            size, 'stroke="#fff"'))  # fmt: skip
-        d = "".join(
-            f'<circle cx="{svg.num(xs.at(p[0].toordinal()))}" cy="{svg.num(ys.at(min(max(p[1], lo), hi)))}" r="3"/>'
-            for p in exc
-        )
+        ex, ey = positions(exc)
+        out.append(svg.dots(ex, ey, size, 'stroke="#fff"'))
+        d = "".join(f'<circle cx="{svg.num(x)}" cy="{svg.num(y)}" r="3"/>' for x, y in zip(ex, ey))
         out.append(f'<g fill="none" {attrs} stroke-width="1.2">{d}</g>')
     return "".join(out) + "</svg>"
 
