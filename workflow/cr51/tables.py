@@ -13,6 +13,7 @@ anything else that comes from outside.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from . import store
@@ -89,14 +91,25 @@ def _as_kind(values: pd.Series, kind: str) -> pd.Series:
 
 
 def _prints_as_kind(dtype: Any, kind: str) -> bool:
-    """Whether a column of ``dtype`` already prints as ``kind`` does (then it is left as it is)."""
+    """Whether a column of ``dtype`` already prints as ``kind`` does (then it is left as it is): text as
+    ``object`` or a string dtype, float as ``float64``, int as ``int64`` or ``Int64``, bool and boolean as
+    ``bool`` or ``boolean``. (Type checks, not ``dtype == "float64"``: comparing an extension dtype with a
+    string parses the string, the largest cost of conforming a plate's rows.)"""
+    if isinstance(dtype, np.dtype):
+        if kind == "text":
+            return dtype.kind == "O"
+        if kind == "float":
+            return dtype == np.float64
+        if kind == "int":
+            return dtype == np.int64
+        return dtype.kind == "b"
     if kind == "text":
-        return dtype == object or isinstance(dtype, pd.StringDtype)  # noqa: E721 - numpy dtype equality
+        return isinstance(dtype, pd.StringDtype)
     if kind == "float":
-        return dtype == "float64"
+        return False
     if kind == "int":
-        return dtype == "int64" or isinstance(dtype, pd.Int64Dtype)
-    return dtype == "bool" or isinstance(dtype, pd.BooleanDtype)
+        return isinstance(dtype, pd.Int64Dtype)
+    return isinstance(dtype, pd.BooleanDtype)
 
 
 def conform(df: pd.DataFrame, table: Table) -> pd.DataFrame:
@@ -172,12 +185,62 @@ class Rows:
     text: str
 
 
+def _csv_cells(values: pd.Series, kind: str) -> list[object]:
+    """A column's cells as ``DataFrame.to_csv`` hands them to the csv writer once :func:`conform` has
+    made the column print as ``kind``: a float64 as its ``repr`` (numpy's ``astype(str)``: the same
+    text), a numpy int or bool as ``str``, any other value (text, ``Int64``, ``boolean``) as it is;
+    missing values (NaN, ``None``, ``pd.NA``) as "".
+
+    The column is converted (:func:`_as_kind`) only where its dtype would print otherwise, and an
+    ``object`` column of Python floats (a merge's columns) for a float or int kind is read directly:
+    the text ``float64`` and ``Int64`` would print (a fraction or a huge number in an int column still
+    goes through ``_as_kind``, which refuses it)."""
+    dtype = values.dtype
+    if not _prints_as_kind(dtype, kind):
+        if kind in ("float", "int") and isinstance(dtype, np.dtype) and dtype.kind == "O":
+            floats = values.tolist()
+            if all(type(v) is float for v in floats):
+                if kind == "float":
+                    return ["" if v != v else repr(v) for v in floats]
+                if all(v != v or (v.is_integer() and abs(v) < 2.0**53) for v in floats):
+                    return ["" if v != v else str(int(v)) for v in floats]
+        values = _as_kind(values, kind)
+        dtype = values.dtype
+    if isinstance(dtype, np.dtype):
+        if dtype == np.float64:
+            return ["" if v != v else repr(v) for v in values.tolist()]
+        if dtype.kind in "iub":  # never missing
+            return [str(v) for v in values.tolist()]
+    cells = values.to_numpy(dtype=object)
+    missing = pd.isna(cells).tolist()
+    cells = ["" if gap else v for v, gap in zip(cells.tolist(), missing)]
+    if dtype == np.object_ or isinstance(dtype, pd.StringDtype):  # as neutralised() does
+        return [neutralise(v) for v in cells]
+    return cells
+
+
 def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
-    """``df``'s rows as :func:`write_table` writes them (``None`` for an empty table)."""
+    """``df``'s rows as :func:`write_table` writes them (``None`` for an empty table).
+
+    The same text as ``neutralised(conform(df, table)).to_csv(index=False, header=False)`` (what
+    :func:`write_table` writes under the header), made without ``to_csv``'s per-call set-up: each
+    column's cells are made as ``to_csv`` makes them from the conformed column (:func:`_csv_cells`,
+    text cells :func:`neutralise`-d; a column ``df`` lacks is empty, whatever its kind) and the rows
+    are written by the csv writer ``to_csv`` uses (the default dialect: ``QUOTE_MINIMAL``, ``"``
+    doubled), with newline line ends.
+    """
     if df.empty:
         return None
-    text = neutralised(conform(df, table)).to_csv(index=False, header=False, lineterminator="\n")
-    return Rows(table.name, text)
+    if not df.columns.is_unique:  # conform's reindex refuses it, as before
+        df = conform(df, table)
+    present = dict(df.items())
+    columns = [
+        _csv_cells(present[col.name], col.kind) if col.name in present else [""] * len(df)  # missing: empty
+        for col in table.columns
+    ]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(zip(*columns))
+    return Rows(table.name, out.getvalue())
 
 
 def write_rows(path: str | os.PathLike, table: Table, parts: list[Rows]) -> None:
