@@ -341,3 +341,18 @@ def test_a_damaged_audit_log_is_named_first_on_the_index(run):
     assert 'id="audit-damaged"' in html and problem in html
     assert html.index('id="audit-damaged"') < html.index('id="summary"')
     assert 'id="audit-damaged"' not in build_report(ReportInputs(tables, CONFIG)).html
+
+
+def test_largest_cv_by_plate_is_pandas_groupby_max():
+    from cr51.report.plate import _largest_by_plate
+
+    lysis = pd.DataFrame(
+        {
+            "plate": ["a", "b", "a", "c", "a", "b", "d", "d"],
+            "cv_pct": [3.5, np.nan, 9.25, np.nan, 1.0, -0.0, 0.0, -0.0],
+        }
+    )
+    want = lysis.groupby("plate")["cv_pct"].max().to_dict()
+    got = _largest_by_plate(lysis["plate"].tolist(), lysis["cv_pct"].tolist())
+    assert {p: v for p, v in want.items() if not np.isnan(v)} == got and "c" not in got
+    assert [np.copysign(1, got[p]) for p in ("b", "d")] == [np.copysign(1, want[p]) for p in ("b", "d")]

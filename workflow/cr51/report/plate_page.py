@@ -35,8 +35,8 @@ def plate_files(plate: str) -> tuple[str, str]:
 
 
 def _reference(qc: pd.DataFrame, plate: str) -> str:
-    row = qc[qc["plate"].astype(str) == plate]
-    ref = row["reference_lot"].iloc[0] if len(row) else None
+    """The reference lot of the first qc.csv row of ``plate`` ("" without a row or a reference lot)."""
+    ref = next((r for p, r in zip(qc["plate"].tolist(), qc["reference_lot"].tolist()) if str(p) == plate), None)
     return "" if _missing(ref) else str(ref)
 
 
