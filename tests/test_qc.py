@@ -91,3 +91,32 @@ def test_no_untreated_wells_flagged():
     w = wells_table([("A1", "sample", "L", 1.0, 50, 30.0)])
     row = plate_qc(w, summary(), {}, 400.0, 4000.0, QC_DEFAULTS)
     assert "NO_UNTREATED" in row["flags"] and math.isnan(row["untreated_lysis_pct"])
+
+
+#: CV columns a lysis table may bring: gaps (NaN, None, pd.NA), ties of signed zeros, a role with no
+#: value, one with none at all.
+CV_CASES = [
+    ([("spontaneous", 4.0), ("spontaneous", np.nan), ("maximum", 7.5), ("spontaneous", 12.25), ("sample", 99.0)]),
+    ([("spontaneous", np.nan), ("maximum", np.nan)]),
+    ([("spontaneous", 0.0), ("spontaneous", -0.0), ("maximum", -0.0), ("maximum", 0.0)]),
+    ([("maximum", 3.0), ("maximum", 3.0), ("sample", 1.0)]),
+    ([("sample", 5.0)]),
+]
+
+
+@pytest.mark.parametrize("rows", CV_CASES)
+@pytest.mark.parametrize("dtype", ["float64", "object", "Float64"])
+def test_control_cv_is_pandas_largest_cv_of_the_role(rows, dtype):
+    from cr51.qc import _control_cv
+
+    lysis = pd.DataFrame(rows, columns=["role", "cv_pct"]).astype({"cv_pct": dtype})
+    if dtype == "object":
+        lysis.loc[lysis["cv_pct"].isna(), "cv_pct"] = None
+    for role in ("spontaneous", "maximum"):
+        cv = lysis.loc[lysis["role"] == role, "cv_pct"].astype(float)  # what qc.csv held before
+        want = float(cv.max()) if cv.notna().any() else math.nan
+        got = _control_cv(lysis, role)
+        assert (math.isnan(got) and math.isnan(want)) or (
+            got == want and math.copysign(1, got) == math.copysign(1, want)
+        )
+    assert math.isnan(_control_cv(lysis.drop(columns="role"), "maximum"))

@@ -32,10 +32,17 @@ LU_PCT = 20.0
 CONTROLS = ("spontaneous", "maximum")
 
 
-def untreated(wells: pd.DataFrame) -> pd.DataFrame:
-    """Usable untreated sample wells (conc 0)."""
+def is_untreated(wells: pd.DataFrame) -> pd.Series:
+    """Which wells are usable untreated sample wells (conc 0): not excluded, with a % lysis."""
     ok = ~wells["excluded"] & wells["lysis_pct"].notna()
-    return wells[ok & (wells["role"] == "sample") & (wells["conc"] == 0)]
+    return ok & (wells["role"] == "sample") & (wells["conc"] == 0)
+
+
+def untreated(wells: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Usable untreated sample wells (:func:`is_untreated`), with only ``columns`` when given (a
+    96-well frame's every column is not copied for the two or three that are read)."""
+    mask = is_untreated(wells)
+    return wells[mask] if columns is None else wells.loc[mask, list(columns)]
 
 
 def counter_flagged(wells: pd.DataFrame) -> pd.Series:
@@ -92,12 +99,14 @@ def vehicle_suppression(wells: pd.DataFrame) -> pd.DataFrame:
 
     suppression = 100 · (1 − mean vehicle lysis / mean untreated lysis at the same E:T).
     """
+    cols = ["plate", "lot", "conc", "et_ratio", "vehicle_suppression_pct"]
+    if "vehicle" not in set(wells["role"].tolist()):  # most layouts: no vehicle wells, nothing to filter
+        return pd.DataFrame(columns=cols)
     ok = ~wells["excluded"] & wells["lysis_pct"].notna()
     veh = wells[ok & (wells["role"] == "vehicle")]
-    cols = ["plate", "lot", "conc", "et_ratio", "vehicle_suppression_pct"]
     if veh.empty:
         return pd.DataFrame(columns=cols)
-    top = untreated(wells).groupby("et_ratio")["lysis_pct"].mean()
+    top = untreated(wells, ["et_ratio", "lysis_pct"]).groupby("et_ratio")["lysis_pct"].mean()
     g = veh.groupby(["plate", "lot", "conc", "et_ratio"], as_index=False)["lysis_pct"].mean()
     ref = g["et_ratio"].map(top)
     g["vehicle_suppression_pct"] = 100.0 * (1.0 - g["lysis_pct"] / ref)
@@ -164,7 +173,7 @@ def plate_qc(
     if counter_flagged(wells).any():
         flags.append("COUNTER_INFO")
 
-    unt = untreated(wells)
+    unt = untreated(wells, ["et_ratio", "lysis_pct"])
     untreated_pct = math.nan
     lu = math.nan
     a = k = math.nan
@@ -218,6 +227,12 @@ def plate_qc(
 
 
 def _control_cv(lysis: pd.DataFrame, role: str) -> float:
-    """The largest replicate CV (%) of a control's conditions (NaN with fewer than two wells)."""
-    cv = lysis.loc[lysis["role"] == role, "cv_pct"].astype(float) if "role" in lysis else pd.Series(dtype=float)
-    return float(cv.max()) if cv.notna().any() else math.nan
+    """The largest replicate CV (%) of a control's conditions (NaN with fewer than two wells): the
+    role's CVs reduced as pandas' ``Series.max`` reduces them (NaN as -inf, numpy's ``max``), without
+    filtering the frame."""
+    if "role" not in lysis:
+        return math.nan
+    cvs = [cv for r, cv in zip(lysis["role"].tolist(), lysis["cv_pct"].tolist()) if r == role]
+    values = np.array([math.nan if cv is None or cv is pd.NA else cv for cv in cvs], dtype=float)
+    gaps = np.isnan(values)
+    return math.nan if gaps.all() else float(np.where(gaps, -np.inf, values).max())
