@@ -120,3 +120,37 @@ def test_control_cv_is_pandas_largest_cv_of_the_role(rows, dtype):
             got == want and math.copysign(1, got) == math.copysign(1, want)
         )
     assert math.isnan(_control_cv(lysis.drop(columns="role"), "maximum"))
+
+
+def well_flags(changes: dict[int, dict]) -> tuple[list[str], str]:
+    """plate_qc's flags and reason for the titration plate plus two controls, rows changed by ``changes``."""
+    rows = titration() + [("G1", "spontaneous", None, 0.0, 0.0, math.nan), ("G5", "maximum", None, 0.0, 0.0, math.nan)]
+    w = wells_table(rows).astype({"exclusion_reason": object})
+    for i, values in changes.items():
+        for col, v in values.items():
+            w.loc[w.index[i], col] = v
+    row = plate_qc(w, summary(), {"targets_per_well": 10_000.0}, 400.0, 4000.0, QC_DEFAULTS)
+    return row["flags"].split(";"), row["reason"]
+
+
+def test_well_flags_from_exclusions_roles_and_outliers():
+    control_spont, control_max = len(titration()), len(titration()) + 1
+    assert well_flags({}) == ([""], "")
+    for reason in ("excluded in the layout: bubble", "Dixon Q outlier"):
+        assert "EXCLUDED_WELLS" in well_flags({0: {"excluded": True, "exclusion_reason": reason}})[0]
+    flags = well_flags({0: {"excluded": True, "exclusion_reason": "no count in the export"}})[0]
+    assert "MISSING_WELLS" in flags and "EXCLUDED_WELLS" not in flags
+    # a reason on a well that is not excluded, or a missing reason, is no exclusion
+    assert well_flags(
+        {0: {"exclusion_reason": "excluded in the layout"}, 1: {"excluded": True, "exclusion_reason": None}}
+    ) == ([""], "")
+    assert well_flags({2: {"role": ""}})[0] == ["EXTRA_WELLS"]
+    flags, reason = well_flags({control_max: {"outlier": True, "cpm": 5123.4}, 3: {"outlier": True}})
+    assert flags == ["CONTROL_OUTLIER", "OUTLIER"]
+    assert (
+        reason == "maximum well G5 (5123 CPM) is an outlier and stays in the control mean (outliers.exclude is false)"
+    )
+    flags, reason = well_flags(
+        {control_spont: {"outlier": True, "excluded": True, "exclusion_reason": "Dixon Q outlier"}}
+    )
+    assert flags == ["OUTLIER", "EXCLUDED_WELLS"] and reason == ""  # an excluded outlier leaves the mean

@@ -154,21 +154,24 @@ def plate_qc(
             f"maximum release is only {ratio:.2f} × spontaneous (at least {cfg.min_max_over_spontaneous:g} × needed "
             "for a usable lysis range)"
         )
-    bad = wells[wells["outlier"] & ~wells["excluded"] & wells["role"].isin(CONTROLS)]
-    if not bad.empty:
+    # the flags below read a few columns once, as Python values (a 96-well frame: no pandas filtering)
+    roles, outlier, excluded = wells["role"].tolist(), wells["outlier"].tolist(), wells["excluded"].tolist()
+    bad = [i for i, (r, o, x) in enumerate(zip(roles, outlier, excluded)) if o and not x and r in CONTROLS]
+    if bad:
         flags.append("CONTROL_OUTLIER")
-        wells_text = ", ".join(f"{r.role} well {r.well} ({r.cpm:.0f} CPM)" for r in bad.itertuples())
+        well, cpm = wells["well"].tolist(), wells["cpm"].tolist()
+        wells_text = ", ".join(f"{roles[i]} well {well[i]} ({cpm[i]:.0f} CPM)" for i in bad)
         why.append(f"{wells_text} is an outlier and stays in the control mean (outliers.exclude is false)")
-    if (lysis["cv_pct"] > cfg.max_cv_pct).any():
+    if (lysis["cv_pct"].to_numpy(dtype=float) > cfg.max_cv_pct).any():
         flags.append("CV_HIGH")
-    if wells["outlier"].any():
+    if any(outlier):
         flags.append("OUTLIER")
-    reasons = wells.loc[wells["excluded"], "exclusion_reason"]
-    if reasons.str.startswith(("excluded in the layout", "Dixon")).any():
+    reasons = [r for r, x in zip(wells["exclusion_reason"].tolist(), excluded) if x and isinstance(r, str)]
+    if any(r.startswith(("excluded in the layout", "Dixon")) for r in reasons):
         flags.append("EXCLUDED_WELLS")
-    if (reasons == "no count in the export").any():
+    if "no count in the export" in reasons:
         flags.append("MISSING_WELLS")
-    if (wells["role"] == "").any():
+    if "" in roles:
         flags.append("EXTRA_WELLS")
     if counter_flagged(wells).any():
         flags.append("COUNTER_INFO")
