@@ -269,3 +269,24 @@ def test_this_run_compares_with_the_previous_run(tmp_path):
     assert [(r["file"], r["change"]) for r in fourth.files] == [("c.toml", "removed")] and fourth.plates == {}
     (tmp_path / ".run-state.json").write_text("{damaged")
     assert not run_changes(tmp_path, files([a2]), {"A": 2}).previous
+
+
+def test_analyse_batch_of_several_plates_is_each_plate_analysed_alone(tmp_path):
+    from cr51.plate import _by_plate
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    plates = [add(raw, "p1", 1), add(raw, "p0", 2)]
+    one = {p.name: ingest_batch([p], SETTINGS) for p in plates}
+    both = ingest_batch(plates, SETTINGS)
+    pairs = list(_by_plate(both["wells"]))
+    assert [name for name, _ in pairs] == ["p0", "p1"]  # groupby's order, each plate's rows as they were
+    for name, wells in pairs:
+        pd.testing.assert_frame_equal(wells.reset_index(drop=True), one[name]["wells"])
+    [(name, wells)] = _by_plate(one["p1"]["wells"])
+    assert name == "p1" and wells is one["p1"]["wells"]  # one plate: the frame itself, not a copy
+    together = analyse_batch(both["wells"], both["qc"], SETTINGS)
+    alone = [analyse_batch(one[n]["wells"], one[n]["qc"], SETTINGS) for n in ("p0", "p1")]
+    for table in ("fits", "potency", "lots_differ"):
+        expect = concat_frames([a[table] for a in alone], TABLES_BY_NAME[table].names)
+        pd.testing.assert_frame_equal(together[table], expect, check_exact=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +226,16 @@ def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -
     return out
 
 
+def _by_plate(wells: pd.DataFrame) -> Iterable[tuple[object, pd.DataFrame]]:
+    """``wells.groupby("plate", sort=True)``'s (plate, wells) pairs; a frame of one plate (what a batch
+    job's plates are, one at a time) as itself, not as a copy of its rows: the same rows, index and
+    values."""
+    plates = wells["plate"].unique()
+    if len(plates) == 1 and isinstance(plates[0], str):
+        return [(plates[0], wells)]
+    return wells.groupby("plate", sort=True)
+
+
 def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Analysis) -> dict[str, pd.DataFrame]:
     """fits, potency and lots_differ tables for every plate of a batch."""
     cfg = PotencyConfig.from_settings(settings)
@@ -232,7 +243,7 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Analysis) -> 
     veh_limit = settings.qc.max_vehicle_suppression_pct
     refs = dict(zip(qc["plate"], qc["reference_lot"]))
     fits, potency, differ = [], [], []
-    for plate, grp in wells.groupby("plate", sort=True):
+    for plate, grp in _by_plate(wells):
         points, _ = fit_points(grp, et_cfg)
         ref = refs.get(plate)
         if points["lot"].notna().sum() == 0:
