@@ -40,6 +40,18 @@ def neutralise(text: object) -> object:
     return text
 
 
+def _neutralised_cells(cells: list[object]) -> list[object]:
+    """A text column's cells with formula-like text neutralised (``cells`` itself when none is: a
+    plate's text columns repeat a few values, looked at once each)."""
+    try:
+        distinct: set[object] | list[object] = set(cells)
+    except TypeError:  # an unhashable cell: look at every one
+        distinct = cells
+    if not any(isinstance(v, str) and v.startswith(_FORMULA_START) for v in distinct):
+        return cells
+    return [neutralise(v) for v in cells]
+
+
 def neutralised(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every formula-like text cell neutralised (``df`` itself when none is)."""
     out = df
@@ -185,25 +197,34 @@ class Rows:
     text: str
 
 
+def _object_floats(values: list[object], kind: str) -> list[str] | None:
+    """The cells of an ``object`` column holding only Python floats (a merge's columns) for a float or
+    int kind: the text ``float64`` and ``Int64`` would print. ``None`` for any other column, and for a
+    fraction or a huge number in an int column (:func:`_as_kind` refuses those)."""
+    if kind not in ("float", "int") or not all(type(v) is float for v in values):
+        return None
+    floats: list[float] = values  # type: ignore[assignment]
+    if kind == "float":
+        return ["" if v != v else repr(v) for v in floats]
+    if all(v != v or (v.is_integer() and abs(v) < 2.0**53) for v in floats):
+        return ["" if v != v else str(int(v)) for v in floats]
+    return None
+
+
 def _csv_cells(values: pd.Series, kind: str) -> list[object]:
     """A column's cells as ``DataFrame.to_csv`` hands them to the csv writer once :func:`conform` has
     made the column print as ``kind``: a float64 as its ``repr`` (numpy's ``astype(str)``: the same
     text), a numpy int or bool as ``str``, any other value (text, ``Int64``, ``boolean``) as it is;
     missing values (NaN, ``None``, ``pd.NA``) as "".
 
-    The column is converted (:func:`_as_kind`) only where its dtype would print otherwise, and an
-    ``object`` column of Python floats (a merge's columns) for a float or int kind is read directly:
-    the text ``float64`` and ``Int64`` would print (a fraction or a huge number in an int column still
-    goes through ``_as_kind``, which refuses it)."""
+    The column is converted (:func:`_as_kind`) only where its dtype would print otherwise (an
+    ``object`` column of Python floats is read directly, :func:`_object_floats`)."""
     dtype = values.dtype
     if not _prints_as_kind(dtype, kind):
-        if kind in ("float", "int") and isinstance(dtype, np.dtype) and dtype.kind == "O":
-            floats = values.tolist()
-            if all(type(v) is float for v in floats):
-                if kind == "float":
-                    return ["" if v != v else repr(v) for v in floats]
-                if all(v != v or (v.is_integer() and abs(v) < 2.0**53) for v in floats):
-                    return ["" if v != v else str(int(v)) for v in floats]
+        if isinstance(dtype, np.dtype) and dtype.kind == "O":
+            cells = _object_floats(values.tolist(), kind)
+            if cells is not None:
+                return cells
         values = _as_kind(values, kind)
         dtype = values.dtype
     if isinstance(dtype, np.dtype):
@@ -215,7 +236,7 @@ def _csv_cells(values: pd.Series, kind: str) -> list[object]:
     missing = pd.isna(cells).tolist()
     cells = ["" if gap else v for v, gap in zip(cells.tolist(), missing)]
     if dtype == np.object_ or isinstance(dtype, pd.StringDtype):  # as neutralised() does
-        return [neutralise(v) for v in cells]
+        return _neutralised_cells(cells)
     return cells
 
 
@@ -223,21 +244,38 @@ def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
     """``df``'s rows as :func:`write_table` writes them (``None`` for an empty table).
 
     The same text as ``neutralised(conform(df, table)).to_csv(index=False, header=False)`` (what
-    :func:`write_table` writes under the header), made without ``to_csv``'s per-call set-up: each
-    column's cells are made as ``to_csv`` makes them from the conformed column (:func:`_csv_cells`,
-    text cells :func:`neutralise`-d; a column ``df`` lacks is empty, whatever its kind) and the rows
-    are written by the csv writer ``to_csv`` uses (the default dialect: ``QUOTE_MINIMAL``, ``"``
-    doubled), with newline line ends.
+    :func:`write_table` writes under the header), made without ``to_csv``'s per-call set-up and
+    without a pandas Series per column: every cell is read once as a Python value
+    (``to_numpy(dtype=object)``: floats, ints, bools, text, missing values), missing ones made "", and
+    a column that already prints as its kind written from those values (text ones
+    :func:`neutralise`-d; the csv writer writes a float as its ``repr``, the text ``to_csv`` gives a
+    float64, and an int or bool as ``str``); any other column as :func:`_csv_cells` makes it; a column
+    ``df`` lacks is empty, whatever its kind. The rows are written by the csv writer ``to_csv`` uses
+    (the default dialect: ``QUOTE_MINIMAL``, ``"`` doubled), with newline line ends.
     """
     if df.empty:
         return None
     if not df.columns.is_unique:  # conform's reindex refuses it, as before
         df = conform(df, table)
-    present = dict(df.items())
-    columns = [
-        _csv_cells(present[col.name], col.kind) if col.name in present else [""] * len(df)  # missing: empty
-        for col in table.columns
-    ]
+    raw = df.to_numpy(dtype=object)
+    cells = raw.copy()
+    cells[pd.isna(raw)] = ""
+    at = {name: j for j, name in enumerate(df.columns)}
+    dtypes = list(df.dtypes)
+    columns: list[list[object]] = []
+    for col in table.columns:
+        j = at.get(col.name)
+        if j is None:  # a missing column: empty cells, whatever its kind
+            columns.append([""] * len(df))
+            continue
+        dtype = dtypes[j]
+        text = dtype == np.object_ or isinstance(dtype, pd.StringDtype)  # noqa: E721 - as neutralised()
+        if _prints_as_kind(dtype, col.kind):
+            values = cells[:, j].tolist()
+            columns.append(_neutralised_cells(values) if text else values)
+            continue
+        floats = _object_floats(raw[:, j].tolist(), col.kind) if text and isinstance(dtype, np.dtype) else None
+        columns.append(floats if floats is not None else _csv_cells(df.iloc[:, j], col.kind))
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(zip(*columns))
     return Rows(table.name, out.getvalue())
