@@ -15,7 +15,7 @@ from cr51.plate import PlateInput, analyse_batch, ingest_batch
 from cr51.schema import PLATE_TABLES, Column, Table
 from cr51.schema import TABLES as TABLES_BY_NAME
 from cr51.simulate import simulate_plate, write_plate
-from cr51.tables import Rows, concat_frames, conform, read_table, render_rows, write_rows, write_table
+from cr51.tables import Rows, concat_frames, conform, read_table, records, render_rows, write_rows, write_table
 
 SETTINGS = BATCH_SETTINGS
 TABLES = list(PLATE_TABLES)
@@ -290,3 +290,17 @@ def test_analyse_batch_of_several_plates_is_each_plate_analysed_alone(tmp_path):
     for table in ("fits", "potency", "lots_differ"):
         expect = concat_frames([a[table] for a in alone], TABLES_BY_NAME[table].names)
         pd.testing.assert_frame_equal(together[table], expect, check_exact=True)
+
+
+def test_records_are_each_columns_tolist_values():
+    df = hostile_frame().assign(when=pd.Timestamp("2026-12-02"), cat=pd.Categorical(["x"] * len(NASTY_TEXT)))
+    rows = records(df)
+    columns = {c: df[c].tolist() for c in df.columns}
+    assert len(rows) == len(df) and all(list(r) == list(df.columns) for r in rows)
+    for i, row in enumerate(rows):
+        for c, v in row.items():
+            want = columns[c][i]
+            assert type(v) is type(want) and (v is want or v == want or (v != v and want != want)), (c, v, want)
+    assert records(df.iloc[:0]) == [] and records(df[[]]) == []
+    numbers = records(df[["n", "x"]])  # ints stay ints beside floats
+    assert [type(r["n"]) for r in numbers] == [int] * len(df) and numbers[0]["n"] == columns["n"][0]

@@ -73,9 +73,12 @@ def neutralised(df: pd.DataFrame) -> pd.DataFrame:
 
 def records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The rows of ``df`` as dicts of Python values, like ``DataFrame.to_dict("records")`` but
-    several times faster (one ``tolist`` per column)."""
+    several times faster: the values each column's ``tolist`` gives (Python floats, ints, bools,
+    text, ``pd.NA``), read in one ``to_numpy(dtype=object)`` rather than a Series per column."""
     cols = list(df.columns)
-    return [dict(zip(cols, row)) for row in zip(*(s.tolist() for _, s in df.items()))] if len(df) else []
+    if not len(df) or not cols:
+        return []
+    return [dict(zip(cols, row)) for row in df.to_numpy(dtype=object).tolist()]
 
 
 def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
