@@ -32,17 +32,19 @@ LU_PCT = 20.0
 CONTROLS = ("spontaneous", "maximum")
 
 
-def is_untreated(wells: pd.DataFrame) -> pd.Series:
-    """Which wells are usable untreated sample wells (conc 0): not excluded, with a % lysis."""
-    ok = ~wells["excluded"] & wells["lysis_pct"].notna()
-    return ok & (wells["role"] == "sample") & (wells["conc"] == 0)
+def is_untreated(wells: pd.DataFrame) -> np.ndarray:
+    """Which wells are usable untreated sample wells (conc 0): not excluded, with a % lysis (one
+    boolean per well, from the columns as arrays: no pandas mask per condition)."""
+    role = wells["role"].to_numpy(dtype=object) == "sample"  # a missing role is no sample
+    conc = wells["conc"].to_numpy(dtype=float, na_value=np.nan)
+    return ~wells["excluded"].to_numpy(dtype=bool) & wells["lysis_pct"].notna().to_numpy() & role & (conc == 0)
 
 
 def untreated(wells: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Usable untreated sample wells (:func:`is_untreated`), with only ``columns`` when given (a
     96-well frame's every column is not copied for the two or three that are read)."""
-    mask = is_untreated(wells)
-    return wells[mask] if columns is None else wells.loc[mask, list(columns)]
+    rows = np.flatnonzero(is_untreated(wells))
+    return (wells if columns is None else wells[list(columns)]).iloc[rows]
 
 
 def counter_flagged(wells: pd.DataFrame) -> pd.Series:
@@ -55,8 +57,15 @@ def counter_flagged(wells: pd.DataFrame) -> pd.Series:
     """
     if "counter_info" not in wells:  # a wells table without the counter's columns
         return pd.Series(False, index=wells.index)
-    used = ~wells["excluded"] & wells["cpm"].notna() & ~wells["role"].isin(["", "background"])
-    return used & (wells["counter_info"].fillna("").astype(str) != "")
+    info = wells["counter_info"]
+    flagged = [  # the columns read once as Python values (a 96-well frame: no pandas mask per condition)
+        not excluded and counted and role not in ("", "background") and not gap and str(text) != ""
+        for excluded, counted, role, gap, text in zip(
+            wells["excluded"].tolist(), wells["cpm"].notna().tolist(), wells["role"].tolist(),
+            info.isna().tolist(), info.tolist(),
+        )
+    ]  # fmt: skip
+    return pd.Series(flagged, index=wells.index, dtype=bool)
 
 
 def fit_lytic_units(et: np.ndarray, lysis: np.ndarray) -> tuple[float, float] | None:
