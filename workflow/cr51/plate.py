@@ -216,14 +216,13 @@ def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -
     (config ``qc.max_vehicle_suppression_pct``), else empty. Lots without vehicle wells get NaN.
     """
     veh = vehicle_suppression(wells)
-    out = potency.copy()
     if veh.empty:  # no vehicle wells (most layouts)
-        out["vehicle_suppression_pct"] = np.nan
+        pct = pd.Series(np.nan, index=potency.index)
     else:
         per_lot = veh.groupby("lot")["vehicle_suppression_pct"].max()
-        out["vehicle_suppression_pct"] = out["lot"].map(per_lot).astype(float)
-    out["vehicle_flag"] = (out["vehicle_suppression_pct"] > limit_pct).map({True: "VEHICLE_SUPPRESSION", False: ""})
-    return out
+        pct = potency["lot"].map(per_lot).astype(float)
+    flag = ["VEHICLE_SUPPRESSION" if v > limit_pct else "" for v in pct.tolist()]  # NaN: no flag
+    return potency.assign(vehicle_suppression_pct=pct, vehicle_flag=pd.Series(flag, index=potency.index, dtype="str"))
 
 
 def _by_plate(wells: pd.DataFrame) -> Iterable[tuple[object, pd.DataFrame]]:
