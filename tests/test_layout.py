@@ -209,3 +209,15 @@ def test_wellmap_reasons_name_the_layout_never_the_staging_folder(tmp_path, layo
         load_layout(make(tmp_path, bad, name="run_7.toml", export="e.csv"), layouts_dir=layouts_dir)
     assert str(err.value).startswith("wellmap could not read the layout: run_7.toml: Unknown [block] size 'AxB'")
     assert "cr51-layout" not in str(err.value) and "/" not in str(err.value)
+
+
+def test_rack_and_pos_on_every_well_or_on_none(tmp_path, layouts_dir):
+    head = '[meta]\npath = "e.csv"\n[block.2x1.A1]\nrole = "spontaneous"\n'
+    both = head + "[well.A1]\nrack = 1\npos = 1\n[well.A2]\nrack = 1\npos = 2\n"
+    lay = load_layout(make(tmp_path, both, export="e.csv"), layouts_dir=layouts_dir)
+    tubes = lay.wells.set_index("well")[["rack", "pos"]].to_dict("index")
+    assert tubes == {"A1": {"rack": 1.0, "pos": 1.0}, "A2": {"rack": 1.0, "pos": 2.0}}
+    for partial in ("[well.A1]\nrack = 1\npos = 1\n", "[well.A1]\npos = 1\n", "[well.A1]\nrack = 2\n"):
+        with pytest.raises(LayoutError, match="either every well or no well may give rack and pos"):
+            load_layout(make(tmp_path, head + partial, export="e.csv"), layouts_dir=layouts_dir)
+    assert load_layout(make(tmp_path, head, export="e.csv"), layouts_dir=layouts_dir).wells["rack"].isna().all()

@@ -259,7 +259,7 @@ def _free_text(text: str, what: str) -> str:
 
 
 def _assign_tubes(wells: pd.DataFrame, expt: dict[str, object]) -> pd.DataFrame:
-    explicit = wells["rack"].notna() | wells["pos"].notna()
+    explicit = ~(np.isnan(wells["rack"].to_numpy(dtype=float)) & np.isnan(wells["pos"].to_numpy(dtype=float)))
     order = expt.get("tubes")
     if explicit.any():
         if not explicit.all():
