@@ -74,7 +74,7 @@ def plate_page(
     plate = section.plate
     ref = _reference(qc, plate)
     colours = lot_colours(set(section.lots) | ({ref} if ref else set()), [ref] if ref else [])
-    paged = set(potency["lot"].dropna().astype(str)) | ({ref} if ref else set())  # lots with a lot page
+    paged = {str(lot) for lot in potency["lot"].tolist() if not _missing(lot)} | ({ref} if ref else set())  # lot pages
 
     def lot_link(lot: str) -> str:
         name = f'<a href="../{esc(lot_page(lot))}">{esc(lot)}</a>' if lot in paged else esc(lot)
