@@ -15,7 +15,7 @@ from cr51.plate import PlateInput, analyse_batch, ingest_batch
 from cr51.schema import PLATE_TABLES, Column, Table
 from cr51.schema import TABLES as TABLES_BY_NAME
 from cr51.simulate import simulate_plate, write_plate
-from cr51.tables import Rows, concat_frames, conform, read_table, render_rows, write_rows, write_table
+from cr51.tables import Rows, concat_frames, conform, read_table, records, render_rows, write_rows, write_table
 
 SETTINGS = BATCH_SETTINGS
 TABLES = list(PLATE_TABLES)
@@ -128,6 +128,73 @@ def test_render_rows_neutralises_and_writes_each_kind_alike_whatever_the_dtype()
     assert render_rows(df.iloc[:0], SMALL) is None
 
 
+#: Every kind, each column in the dtypes a plate's frames bring (and some they might): the text of
+#: ``render_rows`` must be what ``write_table`` (pandas' ``to_csv``) writes, cell for cell.
+HOSTILE = Table(
+    "hostile",
+    (Column("name", "text"), Column("name_str", "text"), Column("mixed", "text"), Column("x", "float"),
+     Column("x_int", "float"), Column("x_obj", "float"), Column("x_gappy", "float"), Column("x_ea", "float"),
+     Column("x32", "float"), Column("n", "int"), Column("n_float", "int"), Column("n_obj", "int"),
+     Column("n_ea", "int"), Column("flag", "bool"), Column("flag_gap", "bool"), Column("verdict", "boolean"),
+     Column("verdict_obj", "boolean"), Column("absent_text", "text"), Column("absent_int", "int"),
+     Column("absent_bool", "bool")),
+)  # fmt: skip
+NASTY_TEXT = ["a,b", 'say "hi"', "two\nlines", "cr\rhere", "=1+1", "+cmd", "-2", "-x", "@SUM(A1)", "\tlead",
+              "", "café ✓", " padded ", "'quoted'", "-1.5e3", "a;b", "last"]  # fmt: skip
+
+
+def hostile_frame() -> pd.DataFrame:
+    n = len(NASTY_TEXT)
+    floats = [0.1 + 0.2, -0.0, float("inf"), float("-inf"), 1e-05, 1e16, 5e-324, 1.7976931348623157e308,
+              123456789.123, float("nan"), 2.5, 1 / 3, -7.0, 1e22, 0.0001, 100.0, float("nan")]  # fmt: skip
+    ints = [0, -1, 2**40, 7, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    gap_ints = [None if i % 4 == 1 else v for i, v in enumerate(ints)]
+    return pd.DataFrame(
+        {
+            "extra": range(n),  # not in the table: left out
+            "name": pd.Series([None if i == 3 else v for i, v in enumerate(NASTY_TEXT)], dtype=object),
+            "name_str": pd.Series([pd.NA if i == 5 else v for i, v in enumerate(NASTY_TEXT)], dtype="string"),
+            "mixed": pd.Series([7, 2.5, True, None, float("nan"), pd.NA, "=x", *NASTY_TEXT[:10]], dtype=object),
+            "x": floats,
+            "x_int": ints,
+            "x_obj": pd.Series(floats, dtype=object),  # a merge's column: Python floats in an object column
+            "x_gappy": pd.Series([None if i % 3 == 0 else v for i, v in enumerate(floats)], dtype=object),
+            "x_ea": pd.array([None if i % 5 == 0 else v for i, v in enumerate(floats)], dtype="Float64"),
+            "x32": np.array([0.1 * i for i in range(n)], dtype=np.float32),
+            "n": ints,
+            "n_float": [float("nan") if v is None else float(v) for v in gap_ints],
+            "n_obj": pd.Series([float("nan") if v is None else float(v) for v in gap_ints], dtype=object),
+            "n_ea": pd.array(gap_ints, dtype="Int64"),
+            "flag": [i % 2 == 0 for i in range(n)],
+            "flag_gap": pd.Series([None if i == 2 else i % 2 == 0 for i in range(n)], dtype=object),
+            "verdict": pd.array([None if i % 3 == 0 else i % 2 == 0 for i in range(n)], dtype="boolean"),
+            "verdict_obj": pd.Series([None if i % 3 == 0 else i % 2 == 0 for i in range(n)], dtype=object),
+        }
+    ).iloc[::-1]  # a frame's index need not be 0..n-1
+
+
+def test_render_rows_writes_what_write_table_writes_for_hostile_cells(tmp_path):
+    df = hostile_frame()
+    write_table(df, tmp_path / "hostile.csv", HOSTILE)
+    written = (tmp_path / "hostile.csv").read_bytes().decode("utf-8")  # no newline translation
+    rows = render_rows(df, HOSTILE)
+    assert written == ",".join(HOSTILE.names) + "\n" + rows.text
+    # and each table alone, one column at a time, in any column order
+    for col in HOSTILE.columns:
+        one = Table("one", (col,))
+        write_table(df.iloc[:, ::-1], tmp_path / "one.csv", one)
+        assert (tmp_path / "one.csv").read_bytes().decode("utf-8") == col.name + "\n" + render_rows(df, one).text
+    for cell in ('"a,b"', '"say ""hi"""', '"two\nlines"', "'=1+1", "'-x", ",-2,", "1e-05",
+                 "1e+16", "5e-324", "-0.0", "inf", "-inf", "0.30000000000000004", "1099511627776"):  # fmt: skip
+        assert cell in rows.text, cell
+
+
+def test_render_rows_refuses_what_a_kind_cannot_hold_whatever_the_dtype():
+    for values in (pd.Series([2.0, 2.5], dtype=object), pd.Series([2.0, 2.5])):
+        with pytest.raises((TypeError, ValueError)):
+            render_rows(pd.DataFrame({"n": values}), SMALL)
+
+
 def test_conform_refuses_what_a_kind_cannot_hold():
     import pandas as pd
 
@@ -188,3 +255,38 @@ def test_this_run_compares_with_the_previous_run(tmp_path):
     assert [(r["file"], r["change"]) for r in fourth.files] == [("c.toml", "removed")] and fourth.plates == {}
     (tmp_path / ".run-state.json").write_text("{damaged")
     assert not run_changes(tmp_path, files([a2]), {"A": 2}).previous
+
+
+def test_analyse_batch_of_several_plates_is_each_plate_analysed_alone(tmp_path):
+    from cr51.plate import _by_plate
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    plates = [add(raw, "p1", 1), add(raw, "p0", 2)]
+    one = {p.name: ingest_batch([p], SETTINGS) for p in plates}
+    both = ingest_batch(plates, SETTINGS)
+    pairs = list(_by_plate(both["wells"]))
+    assert [name for name, _ in pairs] == ["p0", "p1"]  # groupby's order, each plate's rows as they were
+    for name, wells in pairs:
+        pd.testing.assert_frame_equal(wells.reset_index(drop=True), one[name]["wells"])
+    [(name, wells)] = _by_plate(one["p1"]["wells"])
+    assert name == "p1" and wells is one["p1"]["wells"]  # one plate: the frame itself, not a copy
+    together = analyse_batch(both["wells"], both["qc"], SETTINGS)
+    alone = [analyse_batch(one[n]["wells"], one[n]["qc"], SETTINGS) for n in ("p0", "p1")]
+    for table in ("fits", "potency", "lots_differ"):
+        expect = concat_frames([a[table] for a in alone], TABLES_BY_NAME[table].names)
+        pd.testing.assert_frame_equal(together[table], expect, check_exact=True)
+
+
+def test_records_are_each_columns_tolist_values():
+    df = hostile_frame().assign(when=pd.Timestamp("2026-12-02"), cat=pd.Categorical(["x"] * len(NASTY_TEXT)))
+    rows = records(df)
+    columns = {c: df[c].tolist() for c in df.columns}
+    assert len(rows) == len(df) and all(list(r) == list(df.columns) for r in rows)
+    for i, row in enumerate(rows):
+        for c, v in row.items():
+            want = columns[c][i]
+            assert type(v) is type(want) and (v is want or v == want or (v != v and want != want)), (c, v, want)
+    assert records(df.iloc[:0]) == [] and records(df[[]]) == []
+    numbers = records(df[["n", "x"]])  # ints stay ints beside floats
+    assert [type(r["n"]) for r in numbers] == [int] * len(df) and numbers[0]["n"] == columns["n"][0]

@@ -1,8 +1,12 @@
 """Layouts: the issue's example loads; fields are validated; includes stay inside allowed folders."""
 
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
+from cr51 import layout as layout_mod
 from cr51.layout import LayoutError, load_layout
 
 EXAMPLE = """
@@ -153,3 +157,67 @@ def test_tube_mapping_rows_and_columns(tmp_path, layouts_dir):
     assert (w.loc["A2", "rack"], w.loc["A2", "pos"]) == (1, 3)
     with pytest.raises(LayoutError, match="tubes"):
         load_layout(make(tmp_path, base.format(order="diagonal"), export="e.csv"), layouts_dir=layouts_dir)
+
+
+@pytest.fixture
+def ram_folder(tmp_path, monkeypatch):
+    """A folder standing in for the RAM file system wellmap's copy of a layout is staged in."""
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    monkeypatch.setattr(layout_mod, "RAM_FOLDER", str(ram))
+    return ram
+
+
+def staged_export(tmp_path, layouts_dir) -> Path:
+    """Where wellmap saw the export of the issue's example (the staging folder), after loading it."""
+    path = make(tmp_path, EXAMPLE.format(rows=ROWS))
+    raw = layout_mod._load_wellmap(path, path.read_bytes(), {}, "run_0423.csv")
+    return Path(raw["path"].iloc[0])
+
+
+def test_layouts_are_staged_in_the_ram_folder_and_removed(tmp_path, layouts_dir, ram_folder):
+    export = staged_export(tmp_path, layouts_dir)
+    assert export.name == "run_0423.csv" and export.parent.parent == ram_folder.resolve()
+    assert not export.parent.exists() and list(ram_folder.iterdir()) == []
+
+
+def test_staging_falls_back_to_the_temporary_folder(tmp_path, layouts_dir, ram_folder, monkeypatch):
+    monkeypatch.setattr(layout_mod, "RAM_FOLDER", str(tmp_path / "no such folder"))
+    export = staged_export(tmp_path, layouts_dir)
+    assert export.parent.parent == Path(tempfile.gettempdir()).resolve() and not export.parent.exists()
+    refuse = layout_mod._stage_in
+
+    def full(root, *args):  # a RAM folder that takes no more files (ENOSPC)
+        if root is not None:
+            raise OSError(28, "No space left on device")
+        return refuse(root, *args)
+
+    monkeypatch.setattr(layout_mod, "RAM_FOLDER", str(ram_folder))
+    monkeypatch.setattr(layout_mod, "_stage_in", full)
+    export = staged_export(tmp_path, layouts_dir)
+    assert export.parent.parent == Path(tempfile.gettempdir()).resolve() and list(ram_folder.iterdir()) == []
+    lay = load_layout(make(tmp_path, EXAMPLE.format(rows=ROWS)), layouts_dir=layouts_dir)
+    assert len(lay.wells) == 96
+
+
+@pytest.mark.parametrize("ram", [True, False])
+def test_wellmap_reasons_name_the_layout_never_the_staging_folder(tmp_path, layouts_dir, ram_folder, monkeypatch, ram):
+    if not ram:
+        monkeypatch.setattr(layout_mod, "RAM_FOLDER", str(tmp_path / "no such folder"))
+    bad = '[meta]\npath = "e.csv"\n[block.AxB.A1]\nrole = "sample"\n'
+    with pytest.raises(LayoutError) as err:
+        load_layout(make(tmp_path, bad, name="run_7.toml", export="e.csv"), layouts_dir=layouts_dir)
+    assert str(err.value).startswith("wellmap could not read the layout: run_7.toml: Unknown [block] size 'AxB'")
+    assert "cr51-layout" not in str(err.value) and "/" not in str(err.value)
+
+
+def test_rack_and_pos_on_every_well_or_on_none(tmp_path, layouts_dir):
+    head = '[meta]\npath = "e.csv"\n[block.2x1.A1]\nrole = "spontaneous"\n'
+    both = head + "[well.A1]\nrack = 1\npos = 1\n[well.A2]\nrack = 1\npos = 2\n"
+    lay = load_layout(make(tmp_path, both, export="e.csv"), layouts_dir=layouts_dir)
+    tubes = lay.wells.set_index("well")[["rack", "pos"]].to_dict("index")
+    assert tubes == {"A1": {"rack": 1.0, "pos": 1.0}, "A2": {"rack": 1.0, "pos": 2.0}}
+    for partial in ("[well.A1]\nrack = 1\npos = 1\n", "[well.A1]\npos = 1\n", "[well.A1]\nrack = 2\n"):
+        with pytest.raises(LayoutError, match="either every well or no well may give rack and pos"):
+            load_layout(make(tmp_path, head + partial, export="e.csv"), layouts_dir=layouts_dir)
+    assert load_layout(make(tmp_path, head, export="e.csv"), layouts_dir=layouts_dir).wells["rack"].isna().all()

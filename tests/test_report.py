@@ -341,3 +341,35 @@ def test_a_damaged_audit_log_is_named_first_on_the_index(run):
     assert 'id="audit-damaged"' in html and problem in html
     assert html.index('id="audit-damaged"') < html.index('id="summary"')
     assert 'id="audit-damaged"' not in build_report(ReportInputs(tables, CONFIG)).html
+
+
+def test_largest_cv_by_plate_is_pandas_groupby_max():
+    from cr51.report.plate import _largest_by_plate
+
+    lysis = pd.DataFrame(
+        {
+            "plate": ["a", "b", "a", "c", "a", "b", "d", "d"],
+            "cv_pct": [3.5, np.nan, 9.25, np.nan, 1.0, -0.0, 0.0, -0.0],
+        }
+    )
+    want = lysis.groupby("plate")["cv_pct"].max().to_dict()
+    got = _largest_by_plate(lysis["plate"].tolist(), lysis["cv_pct"].tolist())
+    assert {p: v for p, v in want.items() if not np.isnan(v)} == got and "c" not in got
+    assert [np.copysign(1, got[p]) for p in ("b", "d")] == [np.copysign(1, want[p]) for p in ("b", "d")]
+
+
+def test_plate_page_links_the_lots_with_a_lot_page():
+    from cr51.report.names import lot_page
+    from cr51.report.plate_page import plate_page
+    from cr51.report.section import Section
+    from cr51.settings import Analysis
+
+    section = Section("P1", ("A", "B", "None", "REF", "nan"), "<details></details>")  # lots may be called so
+    qc = pd.DataFrame({"plate": ["P0", "P1"], "reference_lot": ["X", "REF"]})
+    potency = pd.DataFrame({"lot": pd.Series(["A", None, np.nan], dtype=object)})
+    files = pd.DataFrame({"file": ["P1.toml"], "status": ["ok"], "bytes": [10], "sha256": ["0" * 64]})
+    page = plate_page(section, qc, potency, files, 1, Analysis.from_config(CONFIG))
+    nav = page[page.index("<nav>") : page.index("</nav>")]
+    assert f'href="../{lot_page("A")}"' in nav and f'href="../{lot_page("REF")}"' in nav  # a potency row; the reference
+    assert all(f'href="../{lot_page(lot)}"' not in nav for lot in ("B", "None", "nan", "X"))  # no potency row
+    assert nav.count('<a href="../lots/') == 2

@@ -7,8 +7,12 @@ plus N simulated plates of the benchmark's kind, and either saves the sha256 of 
     git stash; .venv/bin/python tools/golden_run.py save /tmp/golden.json; git stash pop
     .venv/bin/python tools/golden_run.py check /tmp/golden.json      # exit 1 on any difference
 
-The report's generation time is blanked before hashing; logs, the audit log, the plate cache and
-the batch files (internal formats, not results) are not compared.
+What differs between any two runs of the same code is blanked before hashing: the pages' and the
+workbook's generation times (``2026-12-02 09:14 UTC``, in the text and in the lot and campaign pages'
+print header), plate_history.csv's admission and acceptance times, the workbook's creation and
+modification times (``docProps/core.xml``; a workbook is hashed member by member), and the software
+digest a plate page prints (it changes with any change of the code, by design). Logs, the audit log,
+the plate cache and the batch files (internal formats, not results) are not compared.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +36,23 @@ from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 
 #: Folders and files of results/ that are internal state, not results.
 INTERNAL = ("logs/", "cache/", "batches/", "archive/", "audit.jsonl", ".scan-cache.json", ".snakemake/")
-_GENERATED = re.compile(rb"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+_GENERATED = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC")  # pages' and the workbook's generation time
 _STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")  # plate_history.csv's admitted/accepted times
+_XLSX_TIME = re.compile(rb"(<dcterms:(?:created|modified)[^>]*>)[^<]*")  # the workbook's own times
+_SOFTWARE = re.compile(rb"software <code>[0-9a-f]{12}</code>")  # a plate page's software (code) digest
+
+
+def _blanked(data: bytes) -> bytes:
+    data = _STAMP.sub(b"-", _GENERATED.sub(b"-", data))
+    return _SOFTWARE.sub(b"software -", _XLSX_TIME.sub(rb"\1-", data))
+
+
+def _content(path: Path) -> bytes:
+    """The file's bytes, a workbook's as its members' names and bytes, run-dependent times blanked."""
+    if path.suffix != ".xlsx":
+        return _blanked(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        return b"".join(n.encode() + b"\0" + _blanked(zf.read(n)) + b"\0" for n in sorted(zf.namelist()))
 
 
 def digests(results: Path) -> dict[str, str]:
@@ -42,8 +62,7 @@ def digests(results: Path) -> dict[str, str]:
         rel = path.relative_to(results).as_posix()
         if not path.is_file() or rel.startswith(INTERNAL) or "/." in f"/{rel}":
             continue
-        data = _STAMP.sub(b"-", _GENERATED.sub(b"generated -", path.read_bytes()))
-        out[rel] = hashlib.sha256(data).hexdigest()
+        out[rel] = hashlib.sha256(_content(path)).hexdigest()
     return out
 
 

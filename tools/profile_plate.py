@@ -2,7 +2,9 @@
 
 Writes N simulated plates (the benchmark's kind: 96 wells, 6 lots, ``well_list``) to a temporary
 folder and runs :func:`cr51.batch.process_plate`'s steps on each, in one process, printing the mean
-milliseconds per plate of every step. ``--cprofile`` adds a cProfile listing of the whole loop.
+milliseconds per plate of every step (the steps together are what ``process_plate`` does: ingest,
+analysis, the report section, every table's rendered rows, the plate's page and curves figure, and
+the plate's products). ``--cprofile`` adds a cProfile listing of the whole loop.
 
     .venv/bin/python tools/profile_plate.py --plates 60 [--cprofile 30]
 """
@@ -27,6 +29,8 @@ from bench import write_plates  # noqa: E402  (tools/bench.py, beside this file)
 
 from cr51 import plate as plate_mod  # noqa: E402
 from cr51 import report  # noqa: E402
+from cr51.campaign import products_of  # noqa: E402
+from cr51.report.plate_page import plate_figures, plate_files, plate_page  # noqa: E402
 from cr51.schema import PLATE_TABLES, TABLES  # noqa: E402
 from cr51.settings import Analysis  # noqa: E402
 from cr51.tables import render_rows  # noqa: E402
@@ -69,15 +73,26 @@ def profile(inputs: list[plate_mod.PlateInput], cfg: dict, cprofile: int) -> int
         t1 = time.perf_counter()
         tables.update(plate_mod.analyse_batch(tables["wells"], tables["qc"], cfg))
         t2 = time.perf_counter()
-        report.plate_sections(tables, cfg)
+        sections = report.plate_sections(tables, cfg)
         t3 = time.perf_counter()
         for name in PLATE_TABLES:  # every table, as a batch job renders it
             render_rows(tables[name], TABLES[name])
         t4 = time.perf_counter()
+        files = {}
+        for name, section in sections.items():  # the plate's page and curves figure, as process_plate draws them
+            files[plate_files(name)[0]] = plate_page(
+                section, tables["qc"], tables["potency"], tables["files"], inp.version, cfg
+            )
+            files.update(plate_figures(section, tables["qc"]))
+        t5 = time.perf_counter()
+        products_of(tables["wells"])
+        t6 = time.perf_counter()
         times["ingest"] += t1 - t0
         times["analysis"] += t2 - t1
         times["report section"] += t3 - t2
         times["rendered rows"] += t4 - t3
+        times["page, figure"] += t5 - t4
+        times["products"] += t6 - t5
     if prof:
         prof.disable()
     n = len(inputs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,14 +216,23 @@ def with_vehicle(potency: pd.DataFrame, wells: pd.DataFrame, limit_pct: float) -
     (config ``qc.max_vehicle_suppression_pct``), else empty. Lots without vehicle wells get NaN.
     """
     veh = vehicle_suppression(wells)
-    out = potency.copy()
     if veh.empty:  # no vehicle wells (most layouts)
-        out["vehicle_suppression_pct"] = np.nan
+        pct = pd.Series(np.nan, index=potency.index)
     else:
         per_lot = veh.groupby("lot")["vehicle_suppression_pct"].max()
-        out["vehicle_suppression_pct"] = out["lot"].map(per_lot).astype(float)
-    out["vehicle_flag"] = (out["vehicle_suppression_pct"] > limit_pct).map({True: "VEHICLE_SUPPRESSION", False: ""})
-    return out
+        pct = potency["lot"].map(per_lot).astype(float)
+    flag = ["VEHICLE_SUPPRESSION" if v > limit_pct else "" for v in pct.tolist()]  # NaN: no flag
+    return potency.assign(vehicle_suppression_pct=pct, vehicle_flag=pd.Series(flag, index=potency.index, dtype="str"))
+
+
+def _by_plate(wells: pd.DataFrame) -> Iterable[tuple[object, pd.DataFrame]]:
+    """``wells.groupby("plate", sort=True)``'s (plate, wells) pairs; a frame of one plate (what a batch
+    job's plates are, one at a time) as itself, not as a copy of its rows: the same rows, index and
+    values."""
+    plates = wells["plate"].unique()
+    if len(plates) == 1 and isinstance(plates[0], str):
+        return [(plates[0], wells)]
+    return wells.groupby("plate", sort=True)
 
 
 def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Analysis) -> dict[str, pd.DataFrame]:
@@ -232,7 +242,7 @@ def analyse_batch(wells: pd.DataFrame, qc: pd.DataFrame, settings: Analysis) -> 
     veh_limit = settings.qc.max_vehicle_suppression_pct
     refs = dict(zip(qc["plate"], qc["reference_lot"]))
     fits, potency, differ = [], [], []
-    for plate, grp in wells.groupby("plate", sort=True):
+    for plate, grp in _by_plate(wells):
         points, _ = fit_points(grp, et_cfg)
         ref = refs.get(plate)
         if points["lot"].notna().sum() == 0:

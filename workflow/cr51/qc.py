@@ -32,10 +32,19 @@ LU_PCT = 20.0
 CONTROLS = ("spontaneous", "maximum")
 
 
-def untreated(wells: pd.DataFrame) -> pd.DataFrame:
-    """Usable untreated sample wells (conc 0)."""
-    ok = ~wells["excluded"] & wells["lysis_pct"].notna()
-    return wells[ok & (wells["role"] == "sample") & (wells["conc"] == 0)]
+def is_untreated(wells: pd.DataFrame) -> np.ndarray:
+    """Which wells are usable untreated sample wells (conc 0): not excluded, with a % lysis (one
+    boolean per well, from the columns as arrays: no pandas mask per condition)."""
+    role = wells["role"].to_numpy(dtype=object) == "sample"  # a missing role is no sample
+    conc = wells["conc"].to_numpy(dtype=float, na_value=np.nan)
+    return ~wells["excluded"].to_numpy(dtype=bool) & wells["lysis_pct"].notna().to_numpy() & role & (conc == 0)
+
+
+def untreated(wells: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Usable untreated sample wells (:func:`is_untreated`), with only ``columns`` when given (a
+    96-well frame's every column is not copied for the two or three that are read)."""
+    rows = np.flatnonzero(is_untreated(wells))
+    return (wells if columns is None else wells[list(columns)]).iloc[rows]
 
 
 def counter_flagged(wells: pd.DataFrame) -> pd.Series:
@@ -48,8 +57,15 @@ def counter_flagged(wells: pd.DataFrame) -> pd.Series:
     """
     if "counter_info" not in wells:  # a wells table without the counter's columns
         return pd.Series(False, index=wells.index)
-    used = ~wells["excluded"] & wells["cpm"].notna() & ~wells["role"].isin(["", "background"])
-    return used & (wells["counter_info"].fillna("").astype(str) != "")
+    info = wells["counter_info"]
+    flagged = [  # the columns read once as Python values (a 96-well frame: no pandas mask per condition)
+        not excluded and counted and role not in ("", "background") and not gap and str(text) != ""
+        for excluded, counted, role, gap, text in zip(
+            wells["excluded"].tolist(), wells["cpm"].notna().tolist(), wells["role"].tolist(),
+            info.isna().tolist(), info.tolist(),
+        )
+    ]  # fmt: skip
+    return pd.Series(flagged, index=wells.index, dtype=bool)
 
 
 def fit_lytic_units(et: np.ndarray, lysis: np.ndarray) -> tuple[float, float] | None:
@@ -92,12 +108,14 @@ def vehicle_suppression(wells: pd.DataFrame) -> pd.DataFrame:
 
     suppression = 100 · (1 − mean vehicle lysis / mean untreated lysis at the same E:T).
     """
+    cols = ["plate", "lot", "conc", "et_ratio", "vehicle_suppression_pct"]
+    if "vehicle" not in set(wells["role"].tolist()):  # most layouts: no vehicle wells, nothing to filter
+        return pd.DataFrame(columns=cols)
     ok = ~wells["excluded"] & wells["lysis_pct"].notna()
     veh = wells[ok & (wells["role"] == "vehicle")]
-    cols = ["plate", "lot", "conc", "et_ratio", "vehicle_suppression_pct"]
     if veh.empty:
         return pd.DataFrame(columns=cols)
-    top = untreated(wells).groupby("et_ratio")["lysis_pct"].mean()
+    top = untreated(wells, ["et_ratio", "lysis_pct"]).groupby("et_ratio")["lysis_pct"].mean()
     g = veh.groupby(["plate", "lot", "conc", "et_ratio"], as_index=False)["lysis_pct"].mean()
     ref = g["et_ratio"].map(top)
     g["vehicle_suppression_pct"] = 100.0 * (1.0 - g["lysis_pct"] / ref)
@@ -145,26 +163,29 @@ def plate_qc(
             f"maximum release is only {ratio:.2f} × spontaneous (at least {cfg.min_max_over_spontaneous:g} × needed "
             "for a usable lysis range)"
         )
-    bad = wells[wells["outlier"] & ~wells["excluded"] & wells["role"].isin(CONTROLS)]
-    if not bad.empty:
+    # the flags below read a few columns once, as Python values (a 96-well frame: no pandas filtering)
+    roles, outlier, excluded = wells["role"].tolist(), wells["outlier"].tolist(), wells["excluded"].tolist()
+    bad = [i for i, (r, o, x) in enumerate(zip(roles, outlier, excluded)) if o and not x and r in CONTROLS]
+    if bad:
         flags.append("CONTROL_OUTLIER")
-        wells_text = ", ".join(f"{r.role} well {r.well} ({r.cpm:.0f} CPM)" for r in bad.itertuples())
+        well, cpm = wells["well"].tolist(), wells["cpm"].tolist()
+        wells_text = ", ".join(f"{roles[i]} well {well[i]} ({cpm[i]:.0f} CPM)" for i in bad)
         why.append(f"{wells_text} is an outlier and stays in the control mean (outliers.exclude is false)")
-    if (lysis["cv_pct"] > cfg.max_cv_pct).any():
+    if (lysis["cv_pct"].to_numpy(dtype=float) > cfg.max_cv_pct).any():
         flags.append("CV_HIGH")
-    if wells["outlier"].any():
+    if any(outlier):
         flags.append("OUTLIER")
-    reasons = wells.loc[wells["excluded"], "exclusion_reason"]
-    if reasons.str.startswith(("excluded in the layout", "Dixon")).any():
+    reasons = [r for r, x in zip(wells["exclusion_reason"].tolist(), excluded) if x and isinstance(r, str)]
+    if any(r.startswith(("excluded in the layout", "Dixon")) for r in reasons):
         flags.append("EXCLUDED_WELLS")
-    if (reasons == "no count in the export").any():
+    if "no count in the export" in reasons:
         flags.append("MISSING_WELLS")
-    if (wells["role"] == "").any():
+    if "" in roles:
         flags.append("EXTRA_WELLS")
     if counter_flagged(wells).any():
         flags.append("COUNTER_INFO")
 
-    unt = untreated(wells)
+    unt = untreated(wells, ["et_ratio", "lysis_pct"])
     untreated_pct = math.nan
     lu = math.nan
     a = k = math.nan
@@ -218,6 +239,12 @@ def plate_qc(
 
 
 def _control_cv(lysis: pd.DataFrame, role: str) -> float:
-    """The largest replicate CV (%) of a control's conditions (NaN with fewer than two wells)."""
-    cv = lysis.loc[lysis["role"] == role, "cv_pct"].astype(float) if "role" in lysis else pd.Series(dtype=float)
-    return float(cv.max()) if cv.notna().any() else math.nan
+    """The largest replicate CV (%) of a control's conditions (NaN with fewer than two wells): the
+    role's CVs reduced as pandas' ``Series.max`` reduces them (NaN as -inf, numpy's ``max``), without
+    filtering the frame."""
+    if "role" not in lysis:
+        return math.nan
+    cvs = [cv for r, cv in zip(lysis["role"].tolist(), lysis["cv_pct"].tolist()) if r == role]
+    values = np.array([math.nan if cv is None or cv is pd.NA else cv for cv in cvs], dtype=float)
+    gaps = np.isnan(values)
+    return math.nan if gaps.all() else float(np.where(gaps, -np.inf, values).max())

@@ -103,20 +103,28 @@ def rect(x: float, y: float, w: float, h: float, attrs: str) -> str:
     return f'<rect x="{num(x)}" y="{num(y)}" width="{num(w)}" height="{num(h)}" {attrs}/>'
 
 
+def _floats(values: Iterable[float] | np.ndarray) -> list[float]:
+    """Coordinates as Python floats (an array's by one ``tolist``: formatting and testing numpy
+    scalars one by one costs several times more, for the same text)."""
+    return np.asarray(values, dtype=float).tolist() if isinstance(values, np.ndarray) else list(values)
+
+
 def path_points(xs: Iterable[float], ys: Iterable[float]) -> str:
     """``x,y x,y …`` for a polyline."""
-    return " ".join(f"{num(x)},{num(y)}" for x, y in zip(xs, ys))
+    return " ".join(f"{num(x)},{num(y)}" for x, y in zip(_floats(xs), _floats(ys)))
 
 
 def polyline(xs: Sequence[float], ys: Sequence[float], attrs: str) -> str:
     """An open polyline through the points (NaN points are dropped)."""
-    pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    pts = [(x, y) for x, y in zip(_floats(xs), _floats(ys)) if math.isfinite(x) and math.isfinite(y)]
     return f'<polyline fill="none" points="{path_points(*zip(*pts))}" {attrs}/>' if pts else ""
 
 
 def dots(xs: Sequence[float], ys: Sequence[float], size: float, attrs: str) -> str:
     """Round dots of diameter ``size`` as one path (zero-length segments with round caps: small files)."""
-    d = "".join(f"M{num(x)} {num(y)}h0" for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y))
+    d = "".join(
+        f"M{num(x)} {num(y)}h0" for x, y in zip(_floats(xs), _floats(ys)) if math.isfinite(x) and math.isfinite(y)
+    )
     return f'<path d="{d}" stroke-width="{size}" stroke-linecap="round" {attrs}/>' if d else ""
 
 

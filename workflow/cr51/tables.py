@@ -13,6 +13,7 @@ anything else that comes from outside.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from . import store
@@ -36,6 +38,18 @@ def neutralise(text: object) -> object:
     if isinstance(text, str) and text.startswith(_FORMULA_START) and not _NUMBER.match(text):
         return "'" + text
     return text
+
+
+def _neutralised_cells(cells: list[object]) -> list[object]:
+    """A text column's cells with formula-like text neutralised (``cells`` itself when none is: a
+    plate's text columns repeat a few values, looked at once each)."""
+    try:
+        distinct: set[object] | list[object] = set(cells)
+    except TypeError:  # an unhashable cell: look at every one
+        distinct = cells
+    if not any(isinstance(v, str) and v.startswith(_FORMULA_START) for v in distinct):
+        return cells
+    return [neutralise(v) for v in cells]
 
 
 def neutralised(df: pd.DataFrame) -> pd.DataFrame:
@@ -59,9 +73,12 @@ def neutralised(df: pd.DataFrame) -> pd.DataFrame:
 
 def records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The rows of ``df`` as dicts of Python values, like ``DataFrame.to_dict("records")`` but
-    several times faster (one ``tolist`` per column)."""
+    several times faster: the values each column's ``tolist`` gives (Python floats, ints, bools,
+    text, ``pd.NA``), read in one ``to_numpy(dtype=object)`` rather than a Series per column."""
     cols = list(df.columns)
-    return [dict(zip(cols, row)) for row in zip(*(s.tolist() for _, s in df.items()))] if len(df) else []
+    if not len(df) or not cols:
+        return []
+    return [dict(zip(cols, row)) for row in df.to_numpy(dtype=object).tolist()]
 
 
 def concat_frames(parts: list[pd.DataFrame], columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
@@ -89,14 +106,25 @@ def _as_kind(values: pd.Series, kind: str) -> pd.Series:
 
 
 def _prints_as_kind(dtype: Any, kind: str) -> bool:
-    """Whether a column of ``dtype`` already prints as ``kind`` does (then it is left as it is)."""
+    """Whether a column of ``dtype`` already prints as ``kind`` does (then it is left as it is): text as
+    ``object`` or a string dtype, float as ``float64``, int as ``int64`` or ``Int64``, bool and boolean as
+    ``bool`` or ``boolean``. (Type checks, not ``dtype == "float64"``: comparing an extension dtype with a
+    string parses the string, the largest cost of conforming a plate's rows.)"""
+    if isinstance(dtype, np.dtype):
+        if kind == "text":
+            return dtype.kind == "O"
+        if kind == "float":
+            return dtype == np.float64
+        if kind == "int":
+            return dtype == np.int64
+        return dtype.kind == "b"
     if kind == "text":
-        return dtype == object or isinstance(dtype, pd.StringDtype)  # noqa: E721 - numpy dtype equality
+        return isinstance(dtype, pd.StringDtype)
     if kind == "float":
-        return dtype == "float64"
+        return False
     if kind == "int":
-        return dtype == "int64" or isinstance(dtype, pd.Int64Dtype)
-    return dtype == "bool" or isinstance(dtype, pd.BooleanDtype)
+        return isinstance(dtype, pd.Int64Dtype)
+    return isinstance(dtype, pd.BooleanDtype)
 
 
 def conform(df: pd.DataFrame, table: Table) -> pd.DataFrame:
@@ -172,12 +200,88 @@ class Rows:
     text: str
 
 
+def _object_floats(values: list[object], kind: str) -> list[str] | None:
+    """The cells of an ``object`` column holding only Python floats (a merge's columns) for a float or
+    int kind: the text ``float64`` and ``Int64`` would print. ``None`` for any other column, and for a
+    fraction or a huge number in an int column (:func:`_as_kind` refuses those)."""
+    if kind not in ("float", "int") or not all(type(v) is float for v in values):
+        return None
+    floats: list[float] = values  # type: ignore[assignment]
+    if kind == "float":
+        return ["" if v != v else repr(v) for v in floats]
+    if all(v != v or (v.is_integer() and abs(v) < 2.0**53) for v in floats):
+        return ["" if v != v else str(int(v)) for v in floats]
+    return None
+
+
+def _csv_cells(values: pd.Series, kind: str) -> list[object]:
+    """A column's cells as ``DataFrame.to_csv`` hands them to the csv writer once :func:`conform` has
+    made the column print as ``kind``: a float64 as its ``repr`` (numpy's ``astype(str)``: the same
+    text), a numpy int or bool as ``str``, any other value (text, ``Int64``, ``boolean``) as it is;
+    missing values (NaN, ``None``, ``pd.NA``) as "".
+
+    The column is converted (:func:`_as_kind`) only where its dtype would print otherwise (an
+    ``object`` column of Python floats is read directly, :func:`_object_floats`)."""
+    dtype = values.dtype
+    if not _prints_as_kind(dtype, kind):
+        if isinstance(dtype, np.dtype) and dtype.kind == "O":
+            cells = _object_floats(values.tolist(), kind)
+            if cells is not None:
+                return cells
+        values = _as_kind(values, kind)
+        dtype = values.dtype
+    if isinstance(dtype, np.dtype):
+        if dtype == np.float64:
+            return ["" if v != v else repr(v) for v in values.tolist()]
+        if dtype.kind in "iub":  # never missing
+            return [str(v) for v in values.tolist()]
+    cells = values.to_numpy(dtype=object)
+    missing = pd.isna(cells).tolist()
+    cells = ["" if gap else v for v, gap in zip(cells.tolist(), missing)]
+    if dtype == np.object_ or isinstance(dtype, pd.StringDtype):  # as neutralised() does
+        return _neutralised_cells(cells)
+    return cells
+
+
 def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
-    """``df``'s rows as :func:`write_table` writes them (``None`` for an empty table)."""
+    """``df``'s rows as :func:`write_table` writes them (``None`` for an empty table).
+
+    The same text as ``neutralised(conform(df, table)).to_csv(index=False, header=False)`` (what
+    :func:`write_table` writes under the header), made without ``to_csv``'s per-call set-up and
+    without a pandas Series per column: every cell is read once as a Python value
+    (``to_numpy(dtype=object)``: floats, ints, bools, text, missing values), missing ones made "", and
+    a column that already prints as its kind written from those values (text ones
+    :func:`neutralise`-d; the csv writer writes a float as its ``repr``, the text ``to_csv`` gives a
+    float64, and an int or bool as ``str``); any other column as :func:`_csv_cells` makes it; a column
+    ``df`` lacks is empty, whatever its kind. The rows are written by the csv writer ``to_csv`` uses
+    (the default dialect: ``QUOTE_MINIMAL``, ``"`` doubled), with newline line ends.
+    """
     if df.empty:
         return None
-    text = neutralised(conform(df, table)).to_csv(index=False, header=False, lineterminator="\n")
-    return Rows(table.name, text)
+    if not df.columns.is_unique:  # conform's reindex refuses it, as before
+        df = conform(df, table)
+    raw = df.to_numpy(dtype=object)
+    cells = raw.copy()
+    cells[pd.isna(raw)] = ""
+    at = {name: j for j, name in enumerate(df.columns)}
+    dtypes = list(df.dtypes)
+    columns: list[list[object]] = []
+    for col in table.columns:
+        j = at.get(col.name)
+        if j is None:  # a missing column: empty cells, whatever its kind
+            columns.append([""] * len(df))
+            continue
+        dtype = dtypes[j]
+        text = dtype == np.object_ or isinstance(dtype, pd.StringDtype)  # noqa: E721 - as neutralised()
+        if _prints_as_kind(dtype, col.kind):
+            values = cells[:, j].tolist()
+            columns.append(_neutralised_cells(values) if text else values)
+            continue
+        floats = _object_floats(raw[:, j].tolist(), col.kind) if text and isinstance(dtype, np.dtype) else None
+        columns.append(floats if floats is not None else _csv_cells(df.iloc[:, j], col.kind))
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(zip(*columns))
+    return Rows(table.name, out.getvalue())
 
 
 def write_rows(path: str | os.PathLike, table: Table, parts: list[Rows]) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..figures import CurvePoints, JointCurve, lot_class, titration_svg
 from ..points import plates_fit_points
-from ..qc import untreated
+from ..qc import is_untreated
 from ..schema import FLAGS, POTENCY_JOINT
 from ..settings import QC, Analysis
 from ..tables import records
@@ -80,9 +80,14 @@ def plate_sections(tables: Mapping[str, pd.DataFrame], settings: Analysis | Mapp
     wells = tables["wells"]
     pts, ets = plates_fit_points(wells, limits.et_ratio)
     points = by_plate(records(pts.assign(lot=pts["lot"].fillna(""))))
-    unt = by_plate(records(untreated(wells)[["plate", "et_ratio", "lysis_pct"]]))
+    unt = by_plate(
+        {"plate": p, "et_ratio": et, "lysis_pct": y}
+        for p, et, y, use in zip(wells["plate"].tolist(), wells["et_ratio"].tolist(), wells["lysis_pct"].tolist(),
+                                 is_untreated(wells).tolist())
+        if use
+    )  # fmt: skip
     grouped = {name: by_plate(records(tables[name])) for name in ("wells", "potency", "lots_differ")}
-    max_cv = tables["lysis"].groupby("plate")["cv_pct"].max().to_dict()
+    max_cv = _largest_by_plate(tables["lysis"]["plate"].tolist(), tables["lysis"]["cv_pct"].tolist())
     sections = {}
     for q in sorted(records(qc), key=lambda r: str(r["plate"])):
         plate = str(q["plate"])
@@ -97,6 +102,16 @@ def plate_sections(tables: Mapping[str, pd.DataFrame], settings: Analysis | Mapp
                                         grouped["potency"].get(plate, []), differ, max_cv.get(plate, math.nan),
                                         limits)  # fmt: skip
     return sections
+
+
+def _largest_by_plate(plates: Sequence[object], values: Sequence[float]) -> dict[object, float]:
+    """{plate: its largest value}, NaN skipped (a plate with none is left out), as pandas' groupby
+    ``max`` gives it (the first of equal values kept)."""
+    out: dict[object, float] = {}
+    for plate, v in zip(plates, values):
+        if v == v and (plate not in out or v > out[plate]):
+            out[plate] = v
+    return out
 
 
 def plate_section(

@@ -35,8 +35,8 @@ def plate_files(plate: str) -> tuple[str, str]:
 
 
 def _reference(qc: pd.DataFrame, plate: str) -> str:
-    row = qc[qc["plate"].astype(str) == plate]
-    ref = row["reference_lot"].iloc[0] if len(row) else None
+    """The reference lot of the first qc.csv row of ``plate`` ("" without a row or a reference lot)."""
+    ref = next((r for p, r in zip(qc["plate"].tolist(), qc["reference_lot"].tolist()) if str(p) == plate), None)
     return "" if _missing(ref) else str(ref)
 
 
@@ -74,7 +74,7 @@ def plate_page(
     plate = section.plate
     ref = _reference(qc, plate)
     colours = lot_colours(set(section.lots) | ({ref} if ref else set()), [ref] if ref else [])
-    paged = set(potency["lot"].dropna().astype(str)) | ({ref} if ref else set())  # lots with a lot page
+    paged = {str(lot) for lot in potency["lot"].tolist() if not _missing(lot)} | ({ref} if ref else set())  # lot pages
 
     def lot_link(lot: str) -> str:
         name = f'<a href="../{esc(lot_page(lot))}">{esc(lot)}</a>' if lot in paged else esc(lot)
