@@ -12,7 +12,9 @@ from cr51 import archive, metacache, statcache
 from cr51.simulate import simulate_plate, write_plate
 from cr51.statcache import StatCache
 
-LATER = time.time_ns() + 10 * statcache.MARGIN_NS  # "hashed" long after the files were written
+def later() -> int:
+    """A hashing time long after the files were written just now."""
+    return time.time_ns() + 10 * statcache.MARGIN_NS
 
 
 def test_an_unchanged_file_is_known_across_runs(tmp_path):
@@ -20,7 +22,7 @@ def test_an_unchanged_file_is_known_across_runs(tmp_path):
     f.write_bytes(b"x" * 100)
     cache = StatCache(tmp_path / "c.json")
     assert cache.known(str(f), os.stat(f)) is None
-    cache.record(str(f), os.stat(f), "a" * 64, LATER)
+    cache.record(str(f), os.stat(f), "a" * 64, later())
     cache.save()
     again = StatCache(tmp_path / "c.json")
     assert again.known(str(f), os.stat(f)) == "a" * 64
@@ -41,7 +43,7 @@ def test_any_write_is_a_miss(tmp_path, change):
     f.write_bytes(b"x" * 100)
     st = os.stat(f)
     cache = StatCache(tmp_path / "c.json")
-    cache.record(str(f), st, "a" * 64, LATER)
+    cache.record(str(f), st, "a" * 64, later())
     cache.save()
     if change.startswith("rewritten"):
         time.sleep(0.01)
