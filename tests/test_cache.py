@@ -315,3 +315,27 @@ def test_the_previous_output_is_kept_by_a_hard_link_and_checked(tmp_path, plates
     link = keep / batch.PREVIOUS
     link.write_bytes(link.read_bytes()[:-5])
     assert batch.load_previous(keep, path) is None  # damaged: the plates come from the cache
+
+
+def test_a_batch_output_round_trips_with_hostile_text_and_refuses_bad_offsets(tmp_path):
+    from cr51 import store
+    from cr51.batch import BATCH_KIND, STORE_FORMAT, BatchOutput, batch_to_payload, load_batch, save_batch
+    from cr51.store import StaleFile
+    from cr51.tables import Rows
+
+    rows = {
+        "qc": [("p\n1", Rows("qc", 'p\n1,"a ""b""\nc",é✓\n')), ("p2", Rows("qc", "p2,x\n"))],
+        "wells": [("p2", Rows("wells", "p2,\u202eevil\n"))],
+    }
+    out = BatchOutput(rows, {"p\n1": 1, "p2": 2}, {"p2": {"A": "Ω"}}, {"p2": ["plates/x.html"]}, {"p2": "s"}, {})
+    save_batch(out, tmp_path / "b000.jsonl")
+    again = load_batch(tmp_path / "b000.jsonl")
+    assert (again.rows, again.versions, again.products, again.files, again.sources) == (
+        out.rows, out.versions, out.products, out.files, out.sources,
+    )  # fmt: skip
+    payload = batch_to_payload(out)
+    head, _, body = payload.partition(b"\n")
+    for bad in (head + b"\n" + body[:-1], head.replace(b'"chars":', b'"chars":1') + b"\n" + body, head):
+        store.write(tmp_path / "b001.jsonl", BATCH_KIND, STORE_FORMAT, bad)
+        with pytest.raises(StaleFile, match="does not hold a batch output"):
+            load_batch(tmp_path / "b001.jsonl")

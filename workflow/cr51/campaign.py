@@ -51,13 +51,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy import special, stats
+from scipy import special
 
 from .schema import CAMPAIGN_INPUTS, CAMPAIGN_LOTS, CAMPAIGN_PAIRS, CAMPAIGN_SIMILARITY, CAMPAIGN_TESTS
 from .settings import Analysis
 from .tables import records
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def _studentized_range() -> Any:
+    """``scipy.stats.studentized_range``, imported when a campaign compares three or more lots:
+    ``scipy.stats`` costs ~0.7 s to import, and every batch job imports this module (lot products)."""
+    from scipy import stats
+
+    return stats.studentized_range
 
 
 @dataclass(frozen=True)
@@ -266,7 +274,7 @@ def tukey_pairs(fit: BlockFit, level: float = 0.95) -> pd.DataFrame:
         for b in range(a + 1, k):
             est, se = fit.contrast(a, b)
             t = est / se
-            p = float(stats.studentized_range.sf(np.sqrt(2.0) * abs(t), k, fit.df)) if k > 2 else _p2(t, fit.df)
+            p = float(_studentized_range().sf(np.sqrt(2.0) * abs(t), k, fit.df)) if k > 2 else _p2(t, fit.df)
             half = (q / np.sqrt(2.0)) * se
             rows.append([fit.lots[a], fit.lots[b], est, se, fit.df, t, p, est - half, est + half])
     cols = ["lot_a", "lot_b", "estimate", "se", "df", "t_ratio", "p_adj", "lo", "hi"]
@@ -276,7 +284,7 @@ def tukey_pairs(fit: BlockFit, level: float = 0.95) -> pd.DataFrame:
 @lru_cache(maxsize=256)
 def _q_tukey(level: float, k: int, df: int) -> float:
     """Studentized-range quantile (scipy integrates numerically: ~0.2 s, so kept per (level, k, df))."""
-    return float(stats.studentized_range.ppf(level, k, df))
+    return float(_studentized_range().ppf(level, k, df))
 
 
 def _p2(t: float, df: int) -> float:
