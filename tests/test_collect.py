@@ -15,7 +15,17 @@ from cr51.plate import PlateInput, analyse_batch, ingest_batch
 from cr51.schema import PLATE_TABLES, Column, Table
 from cr51.schema import TABLES as TABLES_BY_NAME
 from cr51.simulate import simulate_plate, write_plate
-from cr51.tables import Rows, concat_frames, conform, read_table, records, render_rows, write_rows, write_table
+from cr51.tables import (
+    Rows,
+    concat_frames,
+    conform,
+    neutralised,
+    read_table,
+    records,
+    render_rows,
+    write_rows,
+    write_table,
+)
 
 SETTINGS = BATCH_SETTINGS
 TABLES = list(PLATE_TABLES)
@@ -62,7 +72,7 @@ def written(batches: list[BatchOutput], raw: Path, out: Path) -> dict[str, bytes
 def in_memory(plates: list[PlateInput], out: Path, dropped: set[str]) -> dict[str, bytes]:
     """The tables computed again as frames, plate by plate (after the batches: a plate computed twice in
     one process gives the same numbers, tests/test_determinism.py), concatenated in plate order
-    (``dropped`` plates left out) and written by write_table: what writing frames gives, without any
+    (``dropped`` plates left out) and written by pandas' to_csv: what writing frames gives, without any
     rendered rows."""
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for plate in sorted(plates, key=lambda p: p.name):
@@ -75,7 +85,7 @@ def in_memory(plates: list[PlateInput], out: Path, dropped: set[str]) -> dict[st
         frame = concat_frames(parts[name], TABLES_BY_NAME[name].names)
         if name == "files":
             frame = frame.sort_values("file", kind="stable")
-        write_table(frame, out / f"{name}.csv", TABLES_BY_NAME[name])
+        (out / f"{name}.csv").write_bytes(pandas_csv(frame, TABLES_BY_NAME[name]).encode("utf-8"))
     return {name: (out / f"{name}.csv").read_bytes() for name in TABLES}
 
 
@@ -173,17 +183,26 @@ def hostile_frame() -> pd.DataFrame:
     ).iloc[::-1]  # a frame's index need not be 0..n-1
 
 
-def test_render_rows_writes_what_write_table_writes_for_hostile_cells(tmp_path):
+def pandas_csv(df: pd.DataFrame, table: Table) -> str:
+    """The reference: what pandas' ``to_csv`` writes for the conformed, neutralised frame (what
+    ``write_table`` wrote before it was made of ``render_rows``)."""
+    return neutralised(conform(df, table)).to_csv(index=False, lineterminator="\n")
+
+
+def test_render_rows_and_write_table_write_what_to_csv_writes_for_hostile_cells(tmp_path):
     df = hostile_frame()
     write_table(df, tmp_path / "hostile.csv", HOSTILE)
     written = (tmp_path / "hostile.csv").read_bytes().decode("utf-8")  # no newline translation
     rows = render_rows(df, HOSTILE)
-    assert written == ",".join(HOSTILE.names) + "\n" + rows.text
+    assert written == pandas_csv(df, HOSTILE) == ",".join(HOSTILE.names) + "\n" + rows.text
+    write_table(df.iloc[:0], tmp_path / "empty.csv", HOSTILE)
+    assert (tmp_path / "empty.csv").read_text() == pandas_csv(df.iloc[:0], HOSTILE)
     # and each table alone, one column at a time, in any column order
     for col in HOSTILE.columns:
         one = Table("one", (col,))
         write_table(df.iloc[:, ::-1], tmp_path / "one.csv", one)
-        assert (tmp_path / "one.csv").read_bytes().decode("utf-8") == col.name + "\n" + render_rows(df, one).text
+        assert (tmp_path / "one.csv").read_bytes().decode("utf-8") == pandas_csv(df.iloc[:, ::-1], one)
+        assert pandas_csv(df, one) == col.name + "\n" + render_rows(df, one).text
     for cell in ('"a,b"', '"say ""hi"""', '"two\nlines"', "'=1+1", "'-x", ",-2,", "1e-05",
                  "1e+16", "5e-324", "-0.0", "inf", "-inf", "0.30000000000000004", "1099511627776"):  # fmt: skip
         assert cell in rows.text, cell
