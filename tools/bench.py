@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+from cr51.statcache import MARGIN_NS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TARGETS = {"full": 40.0, "one_new": 8.0, "nothing_new": 3.0}
@@ -162,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     write_plates(raw, 0, args.plates, args.seed)
     gen = time.perf_counter() - t
+    # A scheduled run admits files that are settle_seconds (60 s) old; the plates' modification times
+    # are set an hour back, but their change time is now, and the stat cache (cr51.statcache) records
+    # only files whose times are MARGIN_NS in the past: wait that long, as a real drop folder would.
+    time.sleep(MARGIN_NS / 1e9 + 0.1)
     extra = ["settle_seconds=0", *args.config]
     figures: dict[str, object] = {
         "plates": args.plates,
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         full, rss_full = run(raw, results, args.cores, extra)
         figures.update(report_figures(results))
         write_plates(raw, args.plates, 1, args.seed)
+        time.sleep(MARGIN_NS / 1e9 + 0.1)
         one, rss_one = run(raw, results, args.cores, extra)
         none, rss_none = run(raw, results, args.cores, extra)
     finally:
