@@ -12,6 +12,7 @@ from cr51 import archive, metacache, statcache
 from cr51.simulate import simulate_plate, write_plate
 from cr51.statcache import StatCache
 
+
 def later() -> int:
     """A hashing time long after the files were written just now."""
     return time.time_ns() + 10 * statcache.MARGIN_NS

@@ -32,6 +32,9 @@ from .schema import POTENCY_COMBINED, POTENCY_COMBINED_INPUTS
 from .settings import Analysis
 from .tables import records
 
+#: The potency.csv columns :func:`exclusion_reason` reads (and the plate).
+EXCLUSION_USES = ("plate", "status", "reason", "rp_lo", "rp_hi", "parallel_f_p", "equivalent", "slope_ratio_ci")
+
 
 def exclusion_reason(row: Mapping[str, Any], qc_status: str | None, gate: str, alpha: float) -> str:
     """Why a plate's potency row stays out of the combination ('' when it enters)."""
@@ -62,7 +65,8 @@ def select(potency: pd.DataFrame, qc: pd.DataFrame, gate: str, alpha: float) -> 
     """potency_combined_inputs.csv: every plate × lot with ``included`` and the reason."""
     status = dict(zip(qc["plate"], qc["status"]))
     out = potency.copy()
-    out["reason"] = [exclusion_reason(r, status.get(r["plate"]), gate, alpha) for r in records(potency)]
+    used = [c for c in EXCLUSION_USES if c in potency.columns]  # potency.csv has ~30 columns
+    out["reason"] = [exclusion_reason(r, status.get(r["plate"]), gate, alpha) for r in records(potency[used])]
     out["included"] = out["reason"] == ""
     return out.reindex(columns=[*POTENCY_COMBINED_INPUTS.names, "df"])
 
