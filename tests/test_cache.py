@@ -339,3 +339,45 @@ def test_a_batch_output_round_trips_with_hostile_text_and_refuses_bad_offsets(tm
         store.write(tmp_path / "b001.jsonl", BATCH_KIND, STORE_FORMAT, bad)
         with pytest.raises(StaleFile, match="does not hold a batch output"):
             load_batch(tmp_path / "b001.jsonl")
+
+
+def test_a_plate_that_takes_too_long_is_stopped_rejected_with_the_reason_and_the_batch_goes_on(
+    tmp_path, plates, monkeypatch
+):
+    import signal
+    import time
+
+    from cr51 import plate as plate_mod
+
+    real = plate_mod.load_layout
+
+    def slow(path, **kwargs):
+        if Path(path).name == "p1.toml":
+            time.sleep(60)  # a layout whose reading hangs, inside a stage with its own except Exception
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(plate_mod, "load_layout", slow)
+    cache = PlateCache(tmp_path / "cache", SETTINGS)
+    out = process_batch(plates, SETTINGS, cache, max_plate_seconds=2.0)
+    files = out.tables["files"]
+    p1 = files[files["plate"] == "p1"]
+    assert set(p1["status"]) == {"rejected"}
+    assert p1["reason"].str.contains("longer than max_plate_seconds = 2 s").all()
+    assert set(out.tables["qc"]["plate"]) == {"p0", "p2"}  # the others went on
+    assert "p1" not in out.sources and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.default_int_handler, None)
+    # not cached: with the limit lifted the plate is computed
+    monkeypatch.setattr(plate_mod, "load_layout", real)
+    again = process_batch(plates, SETTINGS, PlateCache(tmp_path / "cache", SETTINGS))
+    assert "p1" in set(again.tables["qc"]["plate"])
+
+
+def test_the_time_limit_is_a_setting_that_reaches_the_batch_jobs():
+    from cr51.settings import Settings
+
+    assert Settings.from_config({}).max_plate_seconds == 300
+    assert Settings.from_config({"max_plate_seconds": 2.5}).max_plate_seconds == 2.5
+    with pytest.raises(Exception, match="max_plate_seconds"):
+        Settings.from_config({"max_plate_seconds": 0})
+    smk = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "plates.smk").read_text()
+    assert "max_plate_seconds=SETTINGS.max_plate_seconds" in smk

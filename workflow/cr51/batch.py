@@ -13,12 +13,15 @@ read back instead of recomputed, and a page whose bytes are already on disk is n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -317,9 +320,55 @@ def _with_files(out: PlateOutput, files: pd.DataFrame) -> PlateOutput:
     return replace(out, rows={**out.rows, "files": render_rows(files, TABLES["files"])})
 
 
+class PlateTimeout(BaseException):
+    """A plate's processing took longer than its time limit (:func:`time_limit`). A ``BaseException``
+    (as ``KeyboardInterrupt``), so that the stages' own ``except Exception`` do not take it for that
+    stage's error: :func:`process_batch` catches it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"longer than {seconds:g} s")
+        self.seconds = seconds
+
+
+def _import_stages() -> None:
+    """Import the libraries the stages import when first used (lmfit, wellmap: ~2 s together)."""
+    import lmfit  # noqa: F401
+    import wellmap  # noqa: F401
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`PlateTimeout` in the block when it runs longer than ``seconds`` (a real-time
+    interval timer: SIGALRM, handled when the interpreter next runs Python code, which every fit does
+    at each step). No limit for ``None``, off the main thread or without ``setitimer``."""
+    usable = (
+        seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise PlateTimeout(seconds)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def guarded(plate: PlateInput, settings: Analysis, err: BaseException) -> PlateOutput:
     """The output of a plate whose processing raised ``err``: both files ``rejected`` with the reason."""
-    reason = f"internal error while processing this plate ({type(err).__name__}); see the batch log"
+    if isinstance(err, PlateTimeout):
+        reason = (
+            f"processing this plate took longer than max_plate_seconds = {err.seconds:g} s and was stopped "
+            "(not cached: the next run tries again); see the batch log"
+        )
+    else:
+        reason = f"internal error while processing this plate ({type(err).__name__}); see the batch log"
     tables = rejected_tables(plate, reason, settings.max_export_bytes)
     return PlateOutput({name: render_rows(tables[name], TABLES[name]) for name in PLATE_TABLES})
 
@@ -403,6 +452,7 @@ def process_batch(
     cache: PlateCache | None = None,
     results_dir: str | os.PathLike | None = None,
     previous: BatchOutput | None = None,
+    max_plate_seconds: float | None = None,
 ) -> BatchOutput:
     """Every plate of a batch (in the given order), from ``cache`` where it holds the plate.
 
@@ -415,6 +465,9 @@ def process_batch(
     (:func:`sources_of`) are unchanged and whose page and figure are on disk as that job left them
     (size and modification time) is taken over from it without reading its cache entry or its files:
     adding one plate to a batch of thousands reads one output, not thousands of entries and pages.
+
+    ``max_plate_seconds``: a plate computed for longer is stopped (:func:`time_limit`) and rejected
+    with that reason (:func:`guarded`), not cached; the other plates go on.
     """
     settings = Analysis.of(settings)
     max_bytes = settings.max_export_bytes
@@ -431,9 +484,12 @@ def process_batch(
         if out is not None:
             hits += 1
             return out, True
+        if max_plate_seconds is not None:
+            _import_stages()  # outside the limit: an import cut short would break every later plate
         try:
-            out = process_plate(plate, settings)
-        except Exception as err:  # noqa: BLE001 - one plate never takes the batch down (not cached: retried)
+            with time_limit(max_plate_seconds):
+                out = process_plate(plate, settings)
+        except (Exception, PlateTimeout) as err:  # noqa: BLE001 - one plate never takes the batch down (not cached: retried)
             log.exception("plate %r: unexpected error", plate.name)
             return guarded(plate, settings, err), False
         if cache:

@@ -201,6 +201,7 @@ class Settings:
     inbox_min_share: float
     confirm_cleanout: bool
     stale_after_hours: float
+    max_plate_seconds: float
     trends: Trends
     analysis: Analysis
 

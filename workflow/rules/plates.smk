@@ -21,6 +21,7 @@ rule process_batch:
     params:
         plates=batch_plates,
         settings=batch_settings(),
+        max_plate_seconds=SETTINGS.max_plate_seconds,
         software=SOFTWARE_DIGEST,
         cache=lambda wildcards: f"{RESULTS}/cache/{wildcards.batch}",
         results=lambda wildcards, output: str(Path(output.batch).parent.parent),

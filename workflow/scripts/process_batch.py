@@ -22,7 +22,7 @@ def main(smk):
     cache = PlateCache(smk.params.cache, settings)
     # the plates whose sources and pages did not change are taken over from the batch's last output
     previous = load_previous(smk.params.cache, smk.output.batch)
-    out = process_batch(plates, settings, cache, smk.params.results, previous)
+    out = process_batch(plates, settings, cache, smk.params.results, previous, smk.params.max_plate_seconds)
     save_batch(out, smk.output.batch, keep_in=smk.params.cache)
 
 
