@@ -19,7 +19,7 @@ from cr51.tables import (
     Rows,
     concat_frames,
     conform,
-    neutralised,
+    neutralise,
     read_table,
     records,
     render_rows,
@@ -181,6 +181,15 @@ def hostile_frame() -> pd.DataFrame:
             "verdict_obj": pd.Series([None if i % 3 == 0 else i % 2 == 0 for i in range(n)], dtype=object),
         }
     ).iloc[::-1]  # a frame's index need not be 0..n-1
+
+
+def neutralised(df: pd.DataFrame) -> pd.DataFrame:
+    """The reference neutralising: every text column's cells through ``neutralise``."""
+    out = df.copy()
+    for col, dtype in zip(df.columns, df.dtypes):
+        if dtype == object or isinstance(dtype, pd.StringDtype):  # noqa: E721 - numpy dtype equality
+            out[col] = df[col].map(neutralise)
+    return out
 
 
 def pandas_csv(df: pd.DataFrame, table: Table) -> str:

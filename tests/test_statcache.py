@@ -126,8 +126,8 @@ def test_result_files_are_hashed_only_when_their_stat_changed(tmp_path, monkeypa
     manifest = tmp_path / "manifest.json"
     store.write_results_manifest(manifest, tables, [])
     hashed = []
-    real = store._sha256
-    monkeypatch.setattr(store, "_sha256", lambda p: hashed.append(os.path.basename(p)) or real(p))
+    real = store.result_digest
+    monkeypatch.setattr(store, "result_digest", lambda p: hashed.append(os.path.basename(p)) or real(p))
     assert store.check_results(manifest, tables, []) == ([], [])
     assert hashed == []  # nothing read
     st = os.stat(tables[0])

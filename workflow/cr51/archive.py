@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .digests import content_digest
+from .digests import content_digest, stat_identity
 from .includes import MAX_LAYOUT_BYTES
 from .scan import FileStatus, PlateFiles, Retraction, Scan, batch_of, scan
 from .statcache import StatCache
@@ -213,20 +213,15 @@ class Archive:
         """
         path = os.fspath(path)
         before = os.stat(path) if self.stats is not None else None
-        if before is not None and self.stats is not None:
+        if self.stats is not None and before is not None:
             sha = self.stats.known(path, before)
             if sha is not None and self._blob_size(sha) == before.st_size:
                 return Stored(os.path.basename(path), sha)
         with open(path, "rb") as fh:
             data = fh.read()
         sha = hashlib.sha256(data).hexdigest()
-        if before is not None and self.stats is not None:
-            after = os.stat(path)
-            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
-                len(data),
-                before.st_mtime_ns,
-                before.st_ctime_ns,
-            ) and before.st_size == len(data):
+        if self.stats is not None and before is not None and before.st_size == len(data):
+            if stat_identity(os.stat(path)) == stat_identity(before):  # not changed while it was read
                 self.stats.record(path, before, sha)
         blob = self.blob(sha)
         if self._blob_size(sha) != len(data):

@@ -405,21 +405,12 @@ def refused(out: PlateOutput) -> bool:
     return out.rows["qc"] is None and bool((out.frame("files")["status"] == "rejected").any())
 
 
-def sources_of(plate: PlateInput, keys: list[str]) -> str:
+def sources_of(plate: PlateInput, fallback: PlateInput | None, keys: list[str]) -> str:
     """What a plate's output in a batch is computed from: the cache keys of its version and of the
-    accepted version it falls back to (each covers the files' contents, settings and software), its
-    version numbers and the scan's notes on its files. Equal sources: equal output."""
-    fallback = plate.fallback_input()
+    accepted version it falls back to (``fallback``; each key covers the files' contents, settings and
+    software), its version numbers and the scan's notes on its files. Equal sources: equal output."""
     data = [keys, plate.version, fallback.version if fallback else None, [list(n) for n in plate.notes]]
     return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _file_stat(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 class _Carried:
@@ -440,7 +431,7 @@ class _Carried:
         if prev is None or self.results_dir is None or prev.sources.get(name) != sources:
             return None
         files = prev.files.get(name, [])
-        if any(_file_stat(self.results_dir / f) != prev.stats.get(f) for f in files):
+        if any(store.size_mtime(self.results_dir / f) != prev.stats.get(f) for f in files):
             return None
         rows = {t: self.rows.get(name, {}).get(t) for t in PLATE_TABLES}
         return PlateOutput(rows, prev.products.get(name, {}), dict.fromkeys(files, "")), prev.versions[name]
@@ -476,10 +467,10 @@ def process_batch(
     outs, versions, sources, stats = [], {}, {}, {}
     hits = taken = written = 0
 
-    def get(plate: PlateInput) -> tuple[PlateOutput, bool]:
-        """The plate's output and whether it is cached (a guarded failure is not: retried next time)."""
+    def get(plate: PlateInput, key: str) -> tuple[PlateOutput, bool]:
+        """The plate's output (``key``: its cache key) and whether it is cached (a guarded failure is
+        not: retried next time)."""
         nonlocal hits
-        key = cache.key(plate, max_bytes) if cache else ""
         out = cache.get(key) if cache else None
         if out is not None:
             hits += 1
@@ -498,9 +489,9 @@ def process_batch(
 
     for plate in plates:
         fallback = plate.fallback_input()
-        keys = [cache.key(p, max_bytes) for p in (plate, fallback) if p is not None] if cache else []
-        source = sources_of(plate, keys) if cache else ""
-        kept = carried.take(plate.name, source) if cache else None
+        keys = [cache.key(p, max_bytes) for p in (plate, fallback) if p is not None] if cache else ["", ""]
+        source = sources_of(plate, fallback, keys)
+        kept = carried.take(plate.name, source)  # None without a cache: nothing was carried
         if kept is not None:
             out, version = kept
             cache.used.update(keys)
@@ -509,15 +500,15 @@ def process_batch(
             versions[plate.name], sources[plate.name] = version, source
             stats.update({f: previous.stats[f] for f in out.files})
             continue
-        (out, ok), version = get(plate), plate.version
+        (out, ok), version = get(plate, keys[0]), plate.version
         if fallback is not None and refused(out):
-            older, ok_fallback = get(fallback)
+            older, ok_fallback = get(fallback, keys[1])
             out, version, ok = kept_version(out, older, fallback.version), fallback.version, ok and ok_fallback
         out = with_notes(out, dict(plate.notes))
         if root is not None:
             for rel, text in out.files.items():
                 written += write_if_changed(root / rel, text)
-                if ok and (st := _file_stat(root / rel)) is not None:
+                if ok and (st := store.size_mtime(root / rel)) is not None:
                     stats[rel] = st
         # the texts are on disk (or were not asked for): a batch of 2,500 plates held ~100 MB of them
         outs.append(replace(out, files=dict.fromkeys(out.files, "")))

@@ -33,8 +33,15 @@ def file_digest(path: str | os.PathLike) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def stat_identity(st: os.stat_result) -> list[int]:
+    """Device, inode, size, modification and change time (ns) of a file: any write changes one of them
+    (the change time moves with every write and cannot be set back by a user: ``touch``, ``cp -p`` and
+    ``rsync -t`` set the modification time only)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 #: {path: (stat identity, sha256)} of the files :func:`result_digest` hashed in this process.
-_RESULT_DIGESTS: dict[str, tuple[tuple[int, ...], str]] = {}
+_RESULT_DIGESTS: dict[str, tuple[list[int], str]] = {}
 
 
 def result_digest(path: str | os.PathLike) -> str | None:
@@ -43,8 +50,7 @@ def result_digest(path: str | os.PathLike) -> str | None:
     results manifest and the audit record of a run hash its 250 MB of tables (10,000 plates) once."""
     key = os.fspath(path)
     try:
-        st = os.stat(key)
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        identity = stat_identity(os.stat(key))
         known = _RESULT_DIGESTS.get(key)
         if known is not None and known[0] == identity:
             return known[1]

@@ -18,13 +18,11 @@ import json
 import os
 import time
 
+from .digests import stat_identity
+
 #: A file is recorded only if it was last modified (and changed) this long before it was hashed.
 MARGIN_NS = 3_000_000_000
 FORMAT = 1
-
-
-def _identity(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 class StatCache:
@@ -48,7 +46,7 @@ class StatCache:
     def known(self, path: str, st: os.stat_result) -> str | None:
         """The sha256 recorded for ``path`` if ``st`` (its stat now) is what it was then, else ``None``."""
         entry = self._old.get(path)
-        if not isinstance(entry, list) or len(entry) != 6 or entry[:5] != _identity(st):
+        if not isinstance(entry, list) or len(entry) != 6 or entry[:5] != stat_identity(st):
             return None
         sha = entry[5]
         if not (isinstance(sha, str) and len(sha) == 64):
@@ -61,7 +59,7 @@ class StatCache:
         (at ``hashed_at_ns``, now by default); a file modified within :data:`MARGIN_NS` is not kept."""
         now = time.time_ns() if hashed_at_ns is None else hashed_at_ns
         if max(st.st_mtime_ns, st.st_ctime_ns) <= now - MARGIN_NS:
-            self._new[path] = [*_identity(st), sha256]
+            self._new[path] = [*stat_identity(st), sha256]
         else:
             self._new.pop(path, None)
 

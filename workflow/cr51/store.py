@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from .digests import result_digest, software
+from .digests import result_digest, software, stat_identity
 
 #: The longest header read (a header is a few hundred bytes; a file without a newline soon is not ours).
 MAX_HEADER = 1 << 16
@@ -186,11 +186,8 @@ def verify(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _sha256(path: str | os.PathLike) -> str | None:
-    return result_digest(path)
-
-
-def _stat(path: str | os.PathLike) -> list[int] | None:
+def size_mtime(path: str | os.PathLike) -> list[int] | None:
+    """``[size, mtime_ns]`` of a file, ``None`` if there is none."""
     try:
         st = os.stat(path)
     except OSError:
@@ -199,13 +196,11 @@ def _stat(path: str | os.PathLike) -> list[int] | None:
 
 
 def _identity(path: str | os.PathLike) -> list[int] | None:
-    """Device, inode, size, modification and change time (ns): any write changes one of them (the
-    change time cannot be set back by a user; cf. :mod:`cr51.statcache`)."""
+    """:func:`cr51.digests.stat_identity` of the file, ``None`` if there is none."""
     try:
-        st = os.stat(path)
+        return stat_identity(os.stat(path))
     except OSError:
         return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def write_results_manifest(path: str | os.PathLike, tables: list[str], batches: list[str]) -> None:
@@ -214,8 +209,8 @@ def write_results_manifest(path: str | os.PathLike, tables: list[str], batches: 
     :func:`check_results` when the next run is parsed)."""
     data = {
         "format": 2,
-        "tables": {t: [_sha256(t), _identity(t)] for t in tables},
-        "batches": {b: _stat(b) for b in batches},
+        "tables": {t: [result_digest(t), _identity(t)] for t in tables},
+        "batches": {b: size_mtime(b) for b in batches},
     }
     write_if_changed(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
@@ -245,12 +240,12 @@ def check_results(path: str | os.PathLike, tables: list[str], batches: list[str]
             return False
         if (now := _identity(t)) is not None and now == recorded[1]:
             return True
-        return (sha := _sha256(t)) is not None and sha == recorded[0]
+        return (sha := result_digest(t)) is not None and sha == recorded[0]
 
     bad_tables = [t for t in tables if not intact(t)]
     bad_batches = list(old)
     for b in (b for b in batches if b not in old):
-        now = _stat(b)
+        now = size_mtime(b)
         if now is None:
             if recorded_batches.get(b) is not None:
                 bad_batches.append(b)

@@ -52,25 +52,6 @@ def _neutralised_cells(cells: list[object]) -> list[object]:
     return [neutralise(v) for v in cells]
 
 
-def neutralised(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with every formula-like text cell neutralised (``df`` itself when none is)."""
-    out = df
-    for col, dtype in zip(df.columns, df.dtypes):
-        if not (dtype == object or isinstance(dtype, pd.StringDtype)):  # noqa: E721 - numpy dtype equality
-            continue
-        values = df[col].to_numpy().tolist()
-        try:
-            values = set(values)  # a plate's text columns repeat a few values
-        except TypeError:  # an unhashable cell: look at every one
-            pass
-        if not any(isinstance(v, str) and v.startswith(_FORMULA_START) for v in values):
-            continue  # the common case: nothing to change, no copy
-        if out is df:
-            out = df.copy()
-        out[col] = df[col].map(neutralise)
-    return out
-
-
 def records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The rows of ``df`` as dicts of Python values, like ``DataFrame.to_dict("records")`` but
     several times faster: the values each column's ``tolist`` gives (Python floats, ints, bools,
@@ -241,7 +222,7 @@ def _csv_cells(values: pd.Series, kind: str) -> list[object]:
     cells = values.to_numpy(dtype=object)
     missing = pd.isna(cells).tolist()
     cells = ["" if gap else v for v, gap in zip(cells.tolist(), missing)]
-    if dtype == np.object_ or isinstance(dtype, pd.StringDtype):  # as neutralised() does
+    if dtype == np.object_ or isinstance(dtype, pd.StringDtype):  # a text column: neutralised
         return _neutralised_cells(cells)
     return cells
 
@@ -249,7 +230,8 @@ def _csv_cells(values: pd.Series, kind: str) -> list[object]:
 def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
     """``df``'s rows as :func:`write_table` writes them (``None`` for an empty table).
 
-    The same text as ``neutralised(conform(df, table)).to_csv(index=False, header=False)`` (what
+    The same text as ``conform(df, table).to_csv(index=False, header=False)`` with every text cell
+    :func:`neutralise`-d first (what
     :func:`write_table` writes under the header), made without ``to_csv``'s per-call set-up and
     without a pandas Series per column: every cell is read once as a Python value
     (``to_numpy(dtype=object)``: floats, ints, bools, text, missing values), missing ones made "", and
@@ -275,7 +257,7 @@ def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
             columns.append([""] * len(df))
             continue
         dtype = dtypes[j]
-        text = dtype == np.object_ or isinstance(dtype, pd.StringDtype)  # noqa: E721 - as neutralised()
+        text = dtype == np.object_ or isinstance(dtype, pd.StringDtype)  # noqa: E721 - numpy dtype equality
         if _prints_as_kind(dtype, col.kind):
             values = cells[:, j].tolist()
             columns.append(_neutralised_cells(values) if text else values)
