@@ -1,5 +1,6 @@
 """The per-plate cache of the batch jobs: identical results, reuse only on identical content."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -324,8 +325,8 @@ def test_a_batch_output_round_trips_with_hostile_text_and_refuses_bad_offsets(tm
     from cr51.tables import Rows
 
     rows = {
-        "qc": [("p\n1", Rows("qc", 'p\n1,"a ""b""\nc",é✓\n')), ("p2", Rows("qc", "p2,x\n"))],
-        "wells": [("p2", Rows("wells", "p2,\u202eevil\n"))],
+        "qc": [("p\n1", Rows.of_text("qc", 'p\n1,"a ""b""\nc",é✓\n')), ("p2", Rows.of_text("qc", "p2,x\n"))],
+        "wells": [("p2", Rows.of_text("wells", "p2,\u202eevil\n"))],
     }
     out = BatchOutput(rows, {"p\n1": 1, "p2": 2}, {"p2": {"A": "Ω"}}, {"p2": ["plates/x.html"]}, {"p2": "s"}, {})
     save_batch(out, tmp_path / "b000.jsonl")
@@ -335,10 +336,27 @@ def test_a_batch_output_round_trips_with_hostile_text_and_refuses_bad_offsets(tm
     )  # fmt: skip
     payload = batch_to_payload(out)
     head, _, body = payload.partition(b"\n")
-    for bad in (head + b"\n" + body[:-1], head.replace(b'"chars":', b'"chars":1') + b"\n" + body, head):
+
+    def edited(change) -> bytes:
+        meta = json.loads(head)
+        change(meta)
+        return json.dumps(meta).encode() + b"\n" + body
+
+    bads = {
+        "truncated rows": head + b"\n" + body[:-1],
+        "another total": head.replace(b'"bytes":', b'"bytes":1') + b"\n" + body,
+        "no rows section": head,
+        "a size too many": edited(lambda m: m["index"]["wells"]["sizes"].append(1)),
+        "sizes past the end": edited(lambda m: m["index"]["wells"].update(sizes=[10**6])),
+        "a plate outside the list": edited(lambda m: m["index"]["wells"].update(at=[7])),
+        "a negative position": edited(lambda m: m["index"]["wells"].update(at=[-1])),
+        "a zero size": edited(lambda m: m["index"]["qc"].update(sizes=[0, m["index"]["qc"]["sizes"][1]])),
+    }
+    for what, bad in bads.items():
         store.write(tmp_path / "b001.jsonl", BATCH_KIND, STORE_FORMAT, bad)
         with pytest.raises(StaleFile, match="does not hold a batch output"):
             load_batch(tmp_path / "b001.jsonl")
+            pytest.fail(what)
 
 
 def test_a_plate_that_takes_too_long_is_stopped_rejected_with_the_reason_and_the_batch_goes_on(

@@ -99,7 +99,7 @@ class BatchOutput:
 
 
 #: Stored-file kinds and formats (:mod:`cr51.store`); a change of what is stored bumps the format.
-BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 7
+BATCH_KIND, PLATE_KIND, STORE_FORMAT = "cr51-batch", "cr51-plate", 8
 
 
 def _rows_to_data(rows: Rows | None) -> str | None:
@@ -112,7 +112,7 @@ def plate_to_data(out: PlateOutput) -> dict[str, Any]:
 
 
 def plate_from_data(data: dict[str, Any]) -> PlateOutput:
-    rows = {str(k): None if v is None else Rows(str(k), str(v)) for k, v in data["rows"].items()}
+    rows = {str(k): None if v is None else Rows.of_text(str(k), str(v)) for k, v in data["rows"].items()}
     if set(rows) != set(PLATE_TABLES):
         raise ValueError("not every table's rows")
     return PlateOutput(
@@ -123,52 +123,63 @@ def plate_from_data(data: dict[str, Any]) -> PlateOutput:
 
 
 def batch_to_payload(out: BatchOutput) -> bytes:
-    """A batch output as stored: one line of JSON (per table each plate's ``[plate, offset, length]``
-    into the text that follows; versions, products, files, sources, stats), then the rows' text itself,
-    UTF-8, every plate's rows one after another. Never code.
+    """A batch output as stored: one line of JSON, then the rows themselves (UTF-8 bytes, each table's
+    plates one after another). The JSON holds the batch's plate names once (``plates``) and per table
+    (``index``) which plates have rows (``at``: positions in ``plates``) and how many bytes each
+    (``sizes``, in bytes): the rows follow in that order, table after table; then versions, products, files,
+    sources, stats. Never code.
 
-    The rows are not JSON strings: decoding ~65 MB of escaped CSV text per 2,500-plate batch was most
-    of reading a batch file (four of them in every ``collect`` at 10,000 plates).
+    The rows are not JSON strings (decoding ~65 MB of escaped CSV text per 2,500-plate batch was most
+    of reading a batch file), nor decoded when read: ``collect`` writes them as they are.
     """
-    texts: list[str] = []
-    index: dict[str, list[list[Any]]] = {}
-    pos = 0
+    chunks: list[bytes] = []
+    plates: dict[str, int] = {}
+    index: dict[str, dict[str, list[int]]] = {}
     for name, parts in out.rows.items():
-        entries = index.setdefault(name, [])
+        entry = index.setdefault(name, {"at": [], "sizes": []})
         for plate, rows in parts:
-            entries.append([plate, pos, len(rows.text)])
-            texts.append(rows.text)
-            pos += len(rows.text)
+            entry["at"].append(plates.setdefault(plate, len(plates)))
+            entry["sizes"].append(len(rows.data))
+            chunks.append(rows.data)
+    body = b"".join(chunks)
     meta = {
+        "plates": list(plates),
         "index": index,
-        "chars": pos,
+        "bytes": len(body),
         "versions": out.versions,
         "products": out.products,
         "files": out.files,
         "sources": out.sources,
         "stats": out.stats,
     }
-    return _encode(meta) + b"\n" + "".join(texts).encode("utf-8")
+    return _encode(meta) + b"\n" + body
 
 
 def batch_from_payload(payload: bytes) -> BatchOutput:
     """The :class:`BatchOutput` of :func:`batch_to_payload`'s bytes; ``ValueError`` (or another
     exception) for anything else."""
-    head, sep, body = payload.partition(b"\n")
-    if not sep:
+    end = payload.find(b"\n")
+    if end < 0:
         raise ValueError("no rows section")
-    data = json.loads(head.decode("utf-8"))
-    text = body.decode("utf-8")
-    if len(text) != int(data["chars"]):
+    data = json.loads(payload[:end].decode("utf-8"))
+    body = memoryview(payload)[end + 1 :]  # not copied: each plate's rows are
+    if len(body) != int(data["bytes"]):
         raise ValueError("rows section of another length")
+    plates = [str(p) for p in data["plates"]]
     rows: dict[str, list[tuple[str, Rows]]] = {}
-    for name, entries in data["index"].items():
+    pos = 0
+    for name, entry in data["index"].items():
+        at, sizes = entry["at"], entry["sizes"]
+        if len(at) != len(sizes):
+            raise ValueError("an index of rows without their sizes")
         parts = rows.setdefault(str(name), [])
-        for plate, start, length in entries:
-            start, length = int(start), int(length)
-            if start < 0 or length < 0 or start + length > len(text):
-                raise ValueError("row offsets outside the rows section")
-            parts.append((str(plate), Rows(str(name), text[start : start + length])))
+        for i, size in zip(at, sizes):
+            if not (isinstance(i, int) and isinstance(size, int)) or i < 0 or size <= 0:
+                raise ValueError("a bad row index")
+            parts.append((plates[i], Rows(str(name), bytes(body[pos : pos + size]))))
+            pos += size
+    if pos != len(body):
+        raise ValueError("row sizes that do not add up to the rows section")
     return BatchOutput(
         rows,
         {str(k): int(v) for k, v in data["versions"].items()},

@@ -62,14 +62,24 @@ def read(path: str | os.PathLike, kind: str, fmt: int, name: str | None = None) 
     ``name``: the name the file was written under, when ``path`` is a hard link to it by another name."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            head = _header(fh.readline(MAX_HEADER), path, kind, fmt, name)
+            size = head.get("bytes")
+            left = os.fstat(fh.fileno()).st_size - fh.tell()
+            # the rest read into one buffer (not sliced out of the whole file: a batch file is ~65 MB)
+            payload = fh.read() if size == left else b""
     except OSError as err:
         raise StaleFile(f"cannot be read ({err.strerror or err})") from None
-    end = data.find(b"\n", 0, MAX_HEADER)
-    if end < 0:
+    if size != len(payload) or head.get("sha256") != hashlib.sha256(payload).hexdigest():
+        raise StaleFile("is damaged or truncated (checksum mismatch)")
+    return payload
+
+
+def _header(line: bytes, path: str | os.PathLike, kind: str, fmt: int, name: str | None) -> dict:
+    """The checked header line of a stored file (:func:`read`); :class:`StaleFile` otherwise."""
+    if not line.endswith(b"\n"):
         raise StaleFile("has no header")
     try:
-        head = json.loads(data[:end])
+        head = json.loads(line)
     except ValueError:
         raise StaleFile("has a damaged header") from None
     if not isinstance(head, dict) or head.get("kind") != kind:
@@ -80,10 +90,7 @@ def read(path: str | os.PathLike, kind: str, fmt: int, name: str | None = None) 
         raise StaleFile("was written by other software (code or library versions differ)")
     if head.get("name") != (name or Path(path).name):
         raise StaleFile(f"holds the data of another file ({str(head.get('name'))[:80]!r})")
-    payload = data[end + 1 :]
-    if head.get("bytes") != len(payload) or head.get("sha256") != hashlib.sha256(payload).hexdigest():
-        raise StaleFile("is damaged or truncated (checksum mismatch)")
-    return payload
+    return head
 
 
 def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
