@@ -242,6 +242,33 @@ def test_write_rows_refuses_rows_of_another_table(tmp_path):
     assert (tmp_path / "small.csv").read_text() == "plate,n,x,ok\np,1,,\np,1,,\n"
 
 
+def test_write_rows_writes_every_byte_in_order_through_short_writes_and_views(tmp_path, monkeypatch):
+    """write_rows hands the rows to os.writev in groups; a short write (a signal, a pipe, NFS) resumes
+    where it stopped, inside a buffer too; rows that are views into a batch file are written as bytes."""
+    import os
+
+    from cr51 import tables
+
+    body = memoryview("".join(f"p{i},{i},é{i},\n" for i in range(1200)).encode())
+    parts, pos = [], 0
+    for i in range(1200):
+        n = len(f"p{i},{i},é{i},\n".encode())
+        parts.append(Rows("small", body[pos : pos + n]))
+        pos += n
+    real = os.writev
+    calls = []
+
+    def short(fd, buffers):
+        calls.append(len(buffers))
+        joined = b"".join(bytes(b) for b in buffers)[:7]  # at most 7 bytes a call
+        return real(fd, [joined])
+
+    monkeypatch.setattr(tables.os, "writev", short)
+    write_rows(tmp_path / "small.csv", SMALL, parts)
+    assert (tmp_path / "small.csv").read_bytes() == b"plate,n,x,ok\n" + bytes(body)
+    assert max(calls) <= tables.WRITEV_PARTS
+
+
 @pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
 def test_result_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
     """Colleagues read the tables: a result file's mode follows the umask, as an ordinary file's does."""

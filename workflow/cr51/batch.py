@@ -172,11 +172,12 @@ def batch_from_payload(payload: bytes) -> BatchOutput:
         at, sizes = entry["at"], entry["sizes"]
         if len(at) != len(sizes):
             raise ValueError("an index of rows without their sizes")
-        parts = rows.setdefault(str(name), [])
+        name = str(name)
+        parts = rows.setdefault(name, [])
         for i, size in zip(at, sizes):
             if not (isinstance(i, int) and isinstance(size, int)) or i < 0 or size <= 0:
                 raise ValueError("a bad row index")
-            parts.append((plates[i], Rows(str(name), bytes(body[pos : pos + size]))))
+            parts.append((plates[i], Rows(name, body[pos : pos + size])))  # a view, not a copy
             pos += size
     if pos != len(body):
         raise ValueError("row sizes that do not add up to the rows section")
