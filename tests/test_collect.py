@@ -345,3 +345,28 @@ def test_records_are_each_columns_tolist_values():
     assert records(df.iloc[:0]) == [] and records(df[[]]) == []
     numbers = records(df[["n", "x"]])  # ints stay ints beside floats
     assert [type(r["n"]) for r in numbers] == [int] * len(df) and numbers[0]["n"] == columns["n"][0]
+
+
+def test_rows_are_joined_exactly_as_the_csv_writer_writes_them():
+    """render_rows joins the cells itself (_csv_text); whatever the cells, the text is the csv
+    writer's: quoting of commas, quotes and line ends (as this Python's csv decides: \\r is not
+    quoted by 3.11's), floats as repr, numpy scalars, None, one-column tables."""
+    import csv
+    import io
+    import random
+
+    from cr51.tables import _csv_text
+
+    class Text(str):
+        pass
+
+    pool = ["", "a", "a,b", 'say "hi"', "two\nlines", "cr\rhere", "nul\x00x", " lead", "é✓", "'=1", "\t", '"', ",",
+            "\n", "\r", "\r\n", Text("x,y"), "\\", ";", 0.1, 1e-5, float("inf"), float("nan"), -0.0, 5e-324, 1 / 3, 3,
+            -7, True, False, np.float64(0.1), np.int64(5), np.bool_(True), 2**70, None]  # fmt: skip
+    rng = random.Random(1)
+    for _ in range(5000):
+        ncol, nrow = rng.randint(1, 5), rng.randint(1, 6)
+        cols = [[rng.choice(pool) for _ in range(nrow)] for _ in range(ncol)]
+        ref = io.StringIO()
+        csv.writer(ref, lineterminator="\n").writerows(zip(*cols))
+        assert _csv_text(cols) == ref.getvalue(), cols

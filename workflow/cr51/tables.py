@@ -248,8 +248,9 @@ def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
     a column that already prints as its kind written from those values (text ones
     :func:`neutralise`-d; the csv writer writes a float as its ``repr``, the text ``to_csv`` gives a
     float64, and an int or bool as ``str``); any other column as :func:`_csv_cells` makes it; a column
-    ``df`` lacks is empty, whatever its kind. The rows are written by the csv writer ``to_csv`` uses
-    (the default dialect: ``QUOTE_MINIMAL``, ``"`` doubled), with newline line ends.
+    ``df`` lacks is empty, whatever its kind. The rows are what the csv writer ``to_csv`` uses writes
+    (the default dialect: ``QUOTE_MINIMAL``, ``"`` doubled), with newline line ends, joined by
+    :func:`_csv_text`.
     """
     if df.empty:
         return None
@@ -274,9 +275,42 @@ def render_rows(df: pd.DataFrame, table: Table) -> Rows | None:
             continue
         floats = _object_floats(raw[:, j].tolist(), col.kind) if text and isinstance(dtype, np.dtype) else None
         columns.append(floats if floats is not None else _csv_cells(df.iloc[:, j], col.kind))
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(zip(*columns))
-    return Rows.of_text(table.name, out.getvalue())
+    return Rows.of_text(table.name, _csv_text(columns))
+
+
+def _quoted_characters() -> str:
+    """The characters that make the csv writer (``QUOTE_MINIMAL``, ``lineterminator="\\n"``) quote
+    a cell, asked of this Python's ``csv`` (``\\r`` is one in some versions, not in 3.11)."""
+    probe = io.StringIO()
+    candidates = ",\"\r\n\t\x00 '\\;"
+    csv.writer(probe, lineterminator="\n").writerow([f"a{c}b" for c in candidates])
+    written = probe.getvalue()
+    return "".join(c for c in candidates if f'"a{c}b' in written or f'"a{c}{c}b' in written)
+
+
+#: A cell the csv writer quotes.
+_NEEDS_QUOTES = re.compile("[" + re.escape(_quoted_characters()) + "]")
+
+
+def _cell_texts(values: list[object]) -> list[str]:
+    """A column's cells as the csv writer writes them in a row of several: anything not text as
+    ``str`` (a float: its ``repr``); text holding a comma, a quote or a line end quoted (``"``
+    doubled). Each distinct text is looked at once (a column repeats a few values)."""
+    texts = [v if type(v) is str else "" if v is None else str(v) for v in values]
+    quoted = {v: '"' + v.replace('"', '""') + '"' for v in set(texts) if _NEEDS_QUOTES.search(v)}
+    return [quoted.get(v, v) for v in texts] if quoted else texts
+
+
+def _csv_text(columns: list[list[object]]) -> str:
+    """The rows of ``columns`` as ``csv.writer(lineterminator="\\n").writerows`` writes them, joined
+    column by column (about twice as fast: the plate history and trends of 10,000 plates are
+    rendered in every ``collect``). A one-column table goes through the csv writer itself (it
+    writes an empty cell alone on its row as ``""``)."""
+    if len(columns) < 2 or not columns[0]:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(zip(*columns))
+        return out.getvalue()
+    return "\n".join(map(",".join, zip(*map(_cell_texts, columns)))) + "\n"
 
 
 def write_rows(path: str | os.PathLike, table: Table, parts: list[Rows]) -> None:
