@@ -184,19 +184,7 @@ def corruption_trials(
         t = time.perf_counter()
         reruns, codes = rerun_until_ok(work, raw, results, args.batch_count, args.max_reruns)
         bad = differs(tables(results), want)
-        trial = {
-            "trial": f"corruption {n + 1}",
-            "kind": kind,
-            "damage": damage,
-            "file": str(path.relative_to(results)),
-            "reruns": reruns,
-            "exit_codes": codes,
-            "seconds": round(time.perf_counter() - t, 1),
-            "differ": bad,
-            "ok": codes[-1] == 0 and not bad,
-        }
-        out.append(trial)
-        report(trial)
+        out.append(record(f"corruption {n + 1}", kind, damage, str(path.relative_to(results)), reruns, codes, t, bad))
         # back to the clean run's folder: every trial starts from the same state
         shutil.rmtree(results)
         shutil.copytree(clean, results, symlinks=True)
@@ -233,22 +221,30 @@ def kill_trials(
         t = time.perf_counter()
         reruns, codes = rerun_until_ok(work, raw, results, args.batch_count, args.max_reruns)
         bad = differs(tables(results, times=False), want)
-        trial = {
-            "trial": f"kill {n + 1}",
-            "kind": "kill -9",
-            "damage": "finished before the kill" if finished else f"killed after {delay:.1f} s",
-            "file": "",
-            "reruns": reruns,
-            "exit_codes": codes,
-            "seconds": round(time.perf_counter() - t, 1),
-            "differ": bad,
-            "ok": codes[-1] == 0 and not bad,
-        }
-        out.append(trial)
-        report(trial)
+        damage = "finished before the kill" if finished else f"killed after {delay:.1f} s"
+        out.append(record(f"kill {n + 1}", "kill -9", damage, "", reruns, codes, t, bad))
         if not args.keep:
             shutil.rmtree(results, ignore_errors=True)
     return out
+
+
+def record(
+    name: str, kind: str, damage: str, file: str, reruns: int, codes: list[int], started: float, differ: list[str]
+) -> dict:
+    """One trial's figures (``started``: ``perf_counter`` when its reruns began), printed as it ends."""
+    trial = {
+        "trial": name,
+        "kind": kind,
+        "damage": damage,
+        "file": file,
+        "reruns": reruns,
+        "exit_codes": codes,
+        "seconds": round(time.perf_counter() - started, 1),
+        "differ": differ,
+        "ok": codes[-1] == 0 and not differ,
+    }
+    report(trial)
+    return trial
 
 
 def report(trial: dict) -> None:

@@ -44,6 +44,7 @@ def main(smk):
         result.write(name, smk.output[name])
     # everything after the plate tables reads them back: the numbers shown are the numbers written
     qc, potency = read_table(smk.output.qc), read_table(smk.output.potency)
+    read_back = {"qc": qc.copy(), "potency": potency.copy()}  # shown below as read (not re-read: 21 MB)
     settings = Analysis.from_config(smk.params.settings)
     combined = combine_plates(potency, qc, settings)
     write_table(combined[0], smk.output.combined, POTENCY_COMBINED)
@@ -63,7 +64,10 @@ def main(smk):
     if removed:
         print(f"removed {len(removed)} page/figure file(s) of plates no longer in the results", file=sys.stderr)
     names = {"potency_combined": "combined", "potency_combined_inputs": "combined_inputs", "plate_history": "history"}
-    shown = {name: read_table(smk.output[names.get(name, name)]) for name in REPORTED + CAMPAIGN}
+    shown = {
+        name: read_back[name] if name in read_back else read_table(smk.output[names.get(name, name)])
+        for name in REPORTED + CAMPAIGN
+    }
     # a damaged audit log (this run's record says so too); the job cannot tell a first run from a log
     # deleted with its head, so that case is left to the summary line (since: no plate admitted before)
     problems = check_chain(smk.params.results, since="0000").problems
