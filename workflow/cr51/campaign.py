@@ -43,6 +43,7 @@ construction (the untreated wells are every lot's dose 0).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -96,7 +97,7 @@ def campaign_id(reference_lot: Any, study: Any = None) -> str:
 
 
 def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA  # not np.isnan: 10x slower on a float
 
 
 def _float(v: Any) -> float:

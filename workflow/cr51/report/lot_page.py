@@ -25,8 +25,9 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,8 @@ from ..tables import records, write_if_changed
 from . import names
 from .html import esc, fmt, missing, table, td, truthy
 from .page import CSS, JS
+
+T = TypeVar("T")
 
 #: The report's stylesheet and script (package data of :mod:`cr51.report`), inline in every page.
 #: Plates listed per campaign (the most recent; older ones are summarised per year).
@@ -124,7 +127,8 @@ def now_text() -> str:
 def _campaign_of(qc: pd.DataFrame) -> dict[str, str]:
     """{plate: campaign} from qc.csv (reference lot and study, :func:`cr51.campaign.campaign_id`)."""
     study = qc["study"] if "study" in qc.columns else pd.Series([None] * len(qc), index=qc.index)
-    return {str(p): campaign_id(r, s) for p, r, s in zip(qc["plate"], qc["reference_lot"], study)}
+    columns = (qc["plate"].tolist(), qc["reference_lot"].tolist(), study.tolist())
+    return {str(p): campaign_id(r, s) for p, r, s in zip(*columns)}
 
 
 def product_of(lot: str, t: Mapping[str, pd.DataFrame]) -> str:
@@ -156,10 +160,12 @@ def plate_rows(lot: str, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The lot's plates: potency.csv rows with qc.csv's date, donor, QC status and campaign and
     potency_combined_inputs.csv's ``included`` and reason; oldest first.
 
-    Built column by column (at 10,000 plates of one lot, a frame from 10,000 row dicts was most of
-    the lot page)."""
+    The potency rows are taken as they are (one ``iloc``, in date order), the added columns are built
+    as lists (at 10,000 plates of one lot, a frame from 10,000 row dicts was most of the lot page)."""
     pot = t["potency"]
     pot = pot[pot["lot"].astype(str) == lot]
+    if pot.empty:
+        return pd.DataFrame()
     qc = t["qc"]
     qc = qc[qc["plate"].isin(set(pot["plate"]))]
     camp = _campaign_of(qc)
@@ -173,23 +179,46 @@ def plate_rows(lot: str, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             mine["plate"].tolist(), mine["reference_lot"].tolist(), mine["included"].tolist(), mine["reason"].tolist()
         ):
             inc[(str(p), str(ref))] = (truthy(included), why)
-    out = {c: pot[c].tolist() for c in pot.columns}
-    plates = [str(p) for p in out["plate"]]
-    refs = [str(r) for r in out["reference_lot"]]
+    plates = [str(p) for p in pot["plate"].tolist()]
+    refs = [str(r) for r in pot["reference_lot"].tolist()]
+    out: dict[str, list] = {}
     out["campaign"] = [camp.get(p, campaign_id(ref)) for p, ref in zip(plates, refs)]
     out["date"] = [q_date.get(p) for p in plates]
     out["donor"] = [q_donor.get(p) for p in plates]
     out["qc"] = [q_status.get(p, "–") for p in plates]
     included, whys = [], []
-    for p, ref, reason in zip(plates, refs, out["reason"]):
+    for p, ref, reason in zip(plates, refs, pot["reason"].tolist()):
         ok, why = inc.get((p, ref), (False, ""))
         if not ok and (missing(why) or not str(why)):
             why = reason  # potency.csv's reason (failed fit, …)
         included.append(ok)
         whys.append("" if ok or missing(why) else str(why))
     out["included"], out["why"] = included, whys
-    order = sorted(range(len(plates)), key=lambda i: (date_key(out["date"][i]), plates[i]))
-    return pd.DataFrame({c: [v[i] for i in order] for c, v in out.items()}) if plates else pd.DataFrame()
+    keys = _distinct_map(date_key, out["date"])
+    rank = {k: i for i, k in enumerate(sorted(set(keys)))}
+    order = sorted(range(len(plates)), key=plates.__getitem__)  # by (date_key, plate): two stable sorts
+    order.sort(key=[rank[k] for k in keys].__getitem__)
+    rows = pot.iloc[order].reset_index(drop=True)
+    return rows.assign(**{c: [v[i] for i in order] for c, v in out.items()})
+
+
+def _distinct_map(f: Callable[[object], T], values: Sequence[object]) -> list[T]:
+    """``[f(v) for v in values]``, calling ``f`` once per distinct value (10,000 plates have a few
+    hundred dates). Values are told apart by type as well as by value (``1``, ``1.0`` and ``True``
+    are equal keys of a dict but not equal texts)."""
+    seen: dict[tuple[type, object], T] = {}
+    out = []
+    for v in values:
+        key = (type(v), v)
+        if key not in seen:
+            seen[key] = f(v)
+        out.append(seen[key])
+    return out
+
+
+def _iso_date(d: object) -> _dt.date | None:
+    """The ISO date a table value starts with, or None (missing, not a date)."""
+    return _iso("" if missing(d) else str(d))
 
 
 def _estimates(lot: str, t: Mapping[str, pd.DataFrame], ci: str) -> str:
@@ -304,10 +333,11 @@ def time_svg(lot: str, ref: str, plates: pd.DataFrame, combined: tuple[float, fl
     combined
         The combined RP and its CI (a line and a band), or None.
     """
+    cols = (plates[c].tolist() for c in ("rp", "rp_lo", "rp_hi", "included"))
     pts = [
-        (d, float(r["rp"]), float(r["rp_lo"]), float(r["rp_hi"]), bool(r["included"]))
-        for r in records(plates[["date", "rp", "rp_lo", "rp_hi", "included"]])
-        if not missing(r["rp"]) and r["rp"] > 0 and (d := _iso("" if missing(r["date"]) else str(r["date"])))
+        (d, float(rp), float(rp_lo), float(rp_hi), bool(inc))
+        for d, rp, rp_lo, rp_hi, inc in zip(_distinct_map(_iso_date, plates["date"].tolist()), *cols)
+        if not missing(rp) and rp > 0 and d
     ]
     w, h = 780, 250
     frame = svg.Frame(left=70, top=24, right=w - 24, bottom=h - 44)
@@ -409,7 +439,8 @@ def _plates_table(plates: pd.DataFrame) -> str:
 
 
 def _per_year(older: pd.DataFrame) -> str:
-    year = older["date"].map(lambda d: (_iso("" if missing(d) else str(d)) or _dt.date.min).year)
+    dates = _distinct_map(_iso_date, older["date"].tolist())
+    year = pd.Series([(d or _dt.date.min).year for d in dates], index=older.index)
     rows = []
     for y, g in older.groupby(year, sort=False):
         rp = g["rp"].astype(float)
