@@ -194,18 +194,25 @@ def plate_rows(lot: str, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         included.append(ok)
         whys.append("" if ok or missing(why) else str(why))
     out["included"], out["why"] = included, whys
-    keys = _distinct_map(date_key, out["date"])
-    rank = {k: i for i, k in enumerate(sorted(set(keys)))}
-    order = sorted(range(len(plates)), key=plates.__getitem__)  # by (date_key, plate): two stable sorts
-    order.sort(key=[rank[k] for k in keys].__getitem__)
+    order = date_order(out["date"], plates)
     rows = pot.iloc[order].reset_index(drop=True)
     return rows.assign(**{c: [v[i] for i in order] for c, v in out.items()})
 
 
-def _distinct_map(f: Callable[[object], T], values: Sequence[object]) -> list[T]:
+def date_order(dates: Sequence[object], labels: Sequence[str]) -> list[int]:
+    """The positions of ``dates`` in the order of ``(date_key(date), label)``, ties in position order."""
+    keys = map_distinct(date_key, dates)
+    rank = {k: i for i, k in enumerate(sorted(set(keys)))}
+    order = sorted(range(len(labels)), key=labels.__getitem__)  # two stable sorts: by label, then by date
+    order.sort(key=[rank[k] for k in keys].__getitem__)
+    return order
+
+
+def map_distinct(f: Callable[[object], T], values: Sequence[object]) -> list[T]:
     """``[f(v) for v in values]``, calling ``f`` once per distinct value (10,000 plates have a few
-    hundred dates). Values are told apart by type as well as by value (``1``, ``1.0`` and ``True``
-    are equal keys of a dict but not equal texts)."""
+    hundred dates), for an ``f`` that gives equal values of one type equal results (the date keys here).
+    Values are told apart by type as well as by value (``1``, ``1.0`` and ``True`` are equal keys of a
+    dict but not equal texts)."""
     seen: dict[tuple[type, object], T] = {}
     out = []
     for v in values:
@@ -336,7 +343,7 @@ def time_svg(lot: str, ref: str, plates: pd.DataFrame, combined: tuple[float, fl
     cols = (plates[c].tolist() for c in ("rp", "rp_lo", "rp_hi", "included"))
     pts = [
         (d, float(rp), float(rp_lo), float(rp_hi), bool(inc))
-        for d, rp, rp_lo, rp_hi, inc in zip(_distinct_map(_iso_date, plates["date"].tolist()), *cols)
+        for d, rp, rp_lo, rp_hi, inc in zip(map_distinct(_iso_date, plates["date"].tolist()), *cols)
         if not missing(rp) and rp > 0 and d
     ]
     w, h = 780, 250
@@ -439,7 +446,7 @@ def _plates_table(plates: pd.DataFrame) -> str:
 
 
 def _per_year(older: pd.DataFrame) -> str:
-    dates = _distinct_map(_iso_date, older["date"].tolist())
+    dates = map_distinct(_iso_date, older["date"].tolist())
     year = pd.Series([(d or _dt.date.min).year for d in dates], index=older.index)
     rows = []
     for y, g in older.groupby(year, sort=False):
