@@ -25,9 +25,8 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -38,10 +37,8 @@ from ..figures import REFERENCE_COLOUR, ForestGroup, ForestRow, forest_svg, lot_
 from ..settings import Analysis
 from ..tables import records, write_if_changed
 from . import names
-from .html import esc, fmt, missing, table, td, truthy
+from .html import esc, fmt, map_distinct, missing, table, td, truthy
 from .page import CSS, JS
-
-T = TypeVar("T")
 
 #: The report's stylesheet and script (package data of :mod:`cr51.report`), inline in every page.
 #: Plates listed per campaign (the most recent; older ones are summarised per year).
@@ -206,21 +203,6 @@ def date_order(dates: Sequence[object], labels: Sequence[str]) -> list[int]:
     order = sorted(range(len(labels)), key=labels.__getitem__)  # two stable sorts: by label, then by date
     order.sort(key=[rank[k] for k in keys].__getitem__)
     return order
-
-
-def map_distinct(f: Callable[[object], T], values: Sequence[object]) -> list[T]:
-    """``[f(v) for v in values]``, calling ``f`` once per distinct value (10,000 plates have a few
-    hundred dates), for an ``f`` that gives equal values of one type equal results (the date keys here).
-    Values are told apart by type as well as by value (``1``, ``1.0`` and ``True`` are equal keys of a
-    dict but not equal texts)."""
-    seen: dict[tuple[type, object], T] = {}
-    out = []
-    for v in values:
-        key = (type(v), v)
-        if key not in seen:
-            seen[key] = f(v)
-        out.append(seen[key])
-    return out
 
 
 def _iso_date(d: object) -> _dt.date | None:
