@@ -370,3 +370,100 @@ def test_rows_are_joined_exactly_as_the_csv_writer_writes_them():
         ref = io.StringIO()
         csv.writer(ref, lineterminator="\n").writerows(zip(*cols))
         assert _csv_text(cols) == ref.getvalue(), cols
+
+
+def _plate_history_reference(results_dir, batches, potency, qc, now):
+    """plate_history as it was written before it read the registry as JSON and the potency rows column by
+    column (a frame of row dicts, the registry's objects): the reference the faster code must equal."""
+    from cr51.archive import FORMAT, HISTORY, Archive, iso, read_json, write_json
+
+    path = Path(results_dir) / "archive" / HISTORY
+    data = read_json(path, "the plate history") or {"format": FORMAT, "plates": {}}
+    hist = data["plates"]
+    accepted = set(qc["plate"].astype(str))
+    versions = {p: v for b in batches for p, v in b.versions.items() if p in accepted and v}
+    cols = ["lot", "rp", "rp_lo", "rp_hi", "status"]
+    rows_of = {}
+    for r in records(potency[["plate", *cols]]):
+        rows_of.setdefault(str(r["plate"]), []).append({c: (None if pd.isna(r[c]) else r[c]) for c in cols})
+    stamp = iso(now)
+    for plate, version in sorted(versions.items()):
+        entries = hist.setdefault(plate, [])
+        current = next((e for e in reversed(entries) if e["replaced_at"] is None), None)
+        if current is not None and current["version"] == version:
+            current["potency"] = rows_of.get(plate, [])
+            continue
+        if current is not None:
+            current["replaced_at"] = stamp
+        entries.append(
+            {"version": version, "accepted_at": stamp, "replaced_at": None, "potency": rows_of.get(plate, [])}
+        )
+    if hist or path.exists():
+        write_json(path, data)
+    archive = Archive(results_dir)
+    out = []
+    for plate, entries in sorted(hist.items()):
+        record = archive.plates.get(plate)
+        known = {v.version: v for v in record.versions} if record else {}
+        for e in entries:
+            v = known.get(e["version"])
+            base = {
+                "plate": plate,
+                "version": e["version"],
+                "layout_sha256": v.layout.sha256 if v else "",
+                "export_sha256": v.export.sha256 if v else "",
+                "templates_sha256": " ".join(t.sha256 for t in v.templates) if v else "",
+                "admitted_at": v.admitted_at if v else "",
+                "accepted_at": e["accepted_at"],
+                "replaced_at": e["replaced_at"] or "",
+                "current": e["replaced_at"] is None and plate in accepted,
+            }
+            out += [{**base, **r} for r in e["potency"]] or [base]
+    return pd.DataFrame(out, columns=list(TABLES_BY_NAME["plate_history"].names))
+
+
+def test_plate_history_equals_the_reference_over_a_re_export(tmp_path):
+    """The table and archive/history.json are what the reference gives: a superseded version keeps its
+    numbers, a plate without potency rows gets one row, missing numbers stay missing, a version the
+    registry lacks has no archive facts, a plate no longer accepted is not current."""
+    import json
+    from types import SimpleNamespace
+
+    from cr51.archive import Stored, Version
+    from cr51.collect import plate_history
+
+    def version(n, name, templates=()):
+        stored = [Stored(f"{name}.{x}", f"{x}{n}" * 32) for x in ("ab", "cd")]
+        return Version(
+            n, *stored, tuple(Stored(t, "e" * 64) for t in templates), f"2026-01-0{n}T00:00:00+00:00"
+        ).to_dict()
+
+    registry = {"format": 1, "plates": {
+        "A": {"versions": [version(1, "A"), version(2, "A", ["t.toml"])], "missing_since": None, "cleanout_confirmed": False},
+        "B": {"versions": [version(1, "B")], "missing_since": None, "cleanout_confirmed": False},
+    }}  # fmt: skip
+    ours, ref = tmp_path / "ours", tmp_path / "ref"
+    for d in (ours, ref):
+        (d / "archive").mkdir(parents=True)
+        (d / "archive" / "registry.json").write_text(json.dumps(registry))
+
+    def potency(rows):
+        return pd.DataFrame(rows, columns=["plate", "lot", "rp", "rp_lo", "rp_hi", "status", "df"])
+
+    qc = pd.DataFrame({"plate": ["A", "B", "C"]})
+    runs = [
+        ({"A": 1, "B": 1, "C": 3}, potency([["A", "L1", 1.5, 1.0, 2.0, "ok", 3], ["A", "L2", np.nan, np.nan, np.nan, "failed", 3]])),
+        ({"A": 2, "B": 1, "C": 3}, potency([["A", "L1", 1.25, 0.5, 3.0, "ok", 3], ["B", np.nan, 0.9, 0.8, 1.1, "ok", 3]])),
+        ({"A": 2}, potency([["A", "L1", 1.25, 0.5, 3.0, "ok", 3]])),
+    ]  # fmt: skip
+    for i, (versions, pot) in enumerate(runs):
+        batches = [SimpleNamespace(versions=versions)]
+        now = 1.8e9 + 3600 * i
+        got = plate_history(ours, batches, pot, qc if i < 2 else qc.iloc[:1], now)
+        want = _plate_history_reference(ref, batches, pot, qc if i < 2 else qc.iloc[:1], now)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        assert [type(v) for v in got.to_numpy(dtype=object).ravel()] == [
+            type(v) for v in want.to_numpy(dtype=object).ravel()
+        ]
+        assert (ours / "archive" / "history.json").read_bytes() == (ref / "archive" / "history.json").read_bytes()
+    assert set(got["plate"]) == {"A", "B", "C"} and len(got[got["plate"] == "A"]) == 3

@@ -43,7 +43,8 @@ construction (the untreated wells are every lot's dose 0).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -55,7 +56,6 @@ from scipy import special
 
 from .schema import CAMPAIGN_INPUTS, CAMPAIGN_LOTS, CAMPAIGN_PAIRS, CAMPAIGN_SIMILARITY, CAMPAIGN_TESTS
 from .settings import Analysis
-from .tables import records
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -96,7 +96,7 @@ def campaign_id(reference_lot: Any, study: Any = None) -> str:
 
 
 def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA  # not np.isnan: 10x slower on a float
 
 
 def _float(v: Any) -> float:
@@ -105,7 +105,7 @@ def _float(v: Any) -> float:
 
 def log_ic50(e: float, b: float, f: float) -> float:
     """ln IC50 of an LL.3/4/5 curve: ``ln e + ln(2^(1/f) - 1) / b`` (``ln e`` for f = 1)."""
-    f = 1.0 if not np.isfinite(f) else f
+    f = 1.0 if not math.isfinite(f) else f
     if f == 1.0:
         return float(np.log(e))
     return float(np.log(e) + np.log(2.0 ** (1.0 / f) - 1.0) / b)
@@ -135,9 +135,9 @@ def build_inputs(potency: pd.DataFrame, qc: pd.DataFrame, products: Mapping[str,
     """Every plate × lot (reference included) of every campaign: the ln IC50 that enters, or why not."""
     products = products or {}
     rows = []
-    qc_rows = {str(r["plate"]): r for r in records(qc[[c for c in QC_USED if c in qc.columns]])}
+    qc_rows = {str(r["plate"]): r for r in _rows(qc, [c for c in QC_USED if c in qc.columns])}
     used = [c for c in POTENCY_USED if c in potency.columns]  # only these: potency.csv has ~40 columns
-    ordered = records(potency[used].sort_values(["plate", "lot"], kind="stable")) if len(potency) else []
+    ordered = _rows(potency[used].sort_values(["plate", "lot"], kind="stable"), used) if len(potency) else []
     for plate, group in itertools.groupby(ordered, key=lambda r: r["plate"]):  # one pass: no frame per plate
         grp = list(group)
         q = qc_rows.get(str(plate), {})
@@ -153,7 +153,7 @@ def build_inputs(potency: pd.DataFrame, qc: pd.DataFrame, products: Mapping[str,
             in_joint = r.get("in_joint")
             if qc_reason:
                 reason = qc_reason
-            elif not np.isfinite(y):
+            elif not math.isfinite(y):
                 reason = f"not in the plate's joint parallel fit: {r.get('reason') or 'no fit'}"
             elif in_joint is not True and str(in_joint).lower() != "true":
                 reason = "not parallel to the reference on this plate (or no parallelism test): left out of the refit"
@@ -174,6 +174,13 @@ def build_inputs(potency: pd.DataFrame, qc: pd.DataFrame, products: Mapping[str,
     out["product"] = out["lot"].map(lambda lot: products.get(lot))
     out = out.sort_values(["campaign", "plate", "lot"], kind="stable").reset_index(drop=True)
     return out.reindex(columns=list(CAMPAIGN_INPUTS.names))
+
+
+def _rows(df: pd.DataFrame, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The rows of ``df[columns]`` as dicts, the values :func:`cr51.tables.records` gives, read one
+    column at a time (``to_numpy(dtype=object)`` of the mixed columns was most of the cost)."""
+    for values in zip(*(df[c].tolist() for c in columns)):
+        yield dict(zip(columns, values))
 
 
 # --------------------------------------------------------------------------
@@ -381,6 +388,18 @@ def random_effects(est: npt.ArrayLike, se: npt.ArrayLike) -> tuple[float, float,
     return float(np.sum(ws * y) / np.sum(ws)), float(np.sqrt(1.0 / np.sum(ws))), tau2
 
 
+#: The columns of potency.csv that :func:`similarity` reads.
+SIMILARITY_USED = (
+    "plate",
+    "lot",
+    "reference_lot",
+    "log_slope_ratio",
+    "log_slope_ratio_se",
+    "bottom_diff",
+    "bottom_diff_se",
+)
+
+
 def similarity(potency: pd.DataFrame, inputs: pd.DataFrame, settings: Analysis) -> pd.DataFrame:
     """campaign_similarity.csv: combined slope ratio and bottom/top differences with 90 % CIs and verdicts."""
     pot = settings.potency
@@ -389,7 +408,7 @@ def similarity(potency: pd.DataFrame, inputs: pd.DataFrame, settings: Analysis) 
     qc_ok = inputs.drop_duplicates("plate").set_index("plate")
     ok_plates = set(inputs.loc[~inputs["reason"].isin(["plate failed QC", "plate has no QC result"]), "plate"])
     rows = []
-    pot = potency.copy()
+    pot = potency[[c for c in SIMILARITY_USED if c in potency.columns]].copy()  # not all ~30 split per group
     pot["campaign"] = pot["plate"].map(qc_ok["campaign"])
     for (camp, lot), grp in pot.groupby(["campaign", "lot"], sort=True):
         grp = grp[grp["plate"].isin(ok_plates)]
@@ -451,7 +470,8 @@ def analyse(
         inc = grp[grp["included"]]
         ref = str(grp["reference_lot"].iloc[0])
         all_lots = [ref, *sorted(set(grp["lot"]) - {ref})]
-        lots = [lot for lot in all_lots if lot in set(inc["lot"])]
+        entered = set(inc["lot"])
+        lots = [lot for lot in all_lots if lot in entered]
         n_plates = inc.groupby("lot")["plate"].nunique().to_dict()
         fit = fit_blocks(inc, lots) if len(lots) >= 2 and ref in lots else None
         if fit is None or fit.df <= 0 or not fit.connected:

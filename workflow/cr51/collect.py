@@ -27,7 +27,7 @@ from .digests import file_digest
 from .report.page import RunChanges
 from .scan import display_name
 from .schema import FILES, PLATE_TABLES, TABLES
-from .tables import Rows, concat_frames, records, write_rows, write_table
+from .tables import Rows, concat_frames, write_rows, write_table
 
 if TYPE_CHECKING:
     from .batch import BatchOutput
@@ -153,17 +153,14 @@ def plate_history(
     corrected re-export), the previous entry gets ``replaced_at`` and keeps its relative potencies,
     so that superseded numbers stay readable. The current entry's numbers follow the latest run.
     """
-    from .archive import FORMAT, HISTORY, Archive, iso, read_json, write_json
+    from .archive import FORMAT, HISTORY, iso, read_json, write_json
 
     path = Path(results_dir) / "archive" / HISTORY
     data = read_json(path, "the plate history") or {"format": FORMAT, "plates": {}}
     hist: dict[str, list[dict]] = data["plates"]
     accepted = set(qc["plate"].astype(str))
     versions = {p: v for b in batches for p, v in b.versions.items() if p in accepted and v}
-    cols = ["lot", "rp", "rp_lo", "rp_hi", "status"]
-    rows_of: dict[str, list[dict]] = {}
-    for r in records(potency[["plate", *cols]]):  # one pass (a frame per plate cost ~6 ms a plate)
-        rows_of.setdefault(str(r["plate"]), []).append({c: (None if pd.isna(r[c]) else r[c]) for c in cols})
+    rows_of = _history_potency(potency)
     stamp = iso(now)
     for plate, version in sorted(versions.items()):
         entries = hist.setdefault(plate, [])
@@ -178,26 +175,79 @@ def plate_history(
         )
     if hist or path.exists():
         write_json(path, data)
-    archive = Archive(results_dir)
-    out = []
+    return _history_table(hist, _registered(results_dir), accepted)
+
+
+#: The potency.csv columns a history entry keeps of each of its plate's rows.
+HISTORY_POTENCY = ("lot", "rp", "rp_lo", "rp_hi", "status")
+
+
+def _history_potency(potency: pd.DataFrame) -> dict[str, list[dict]]:
+    """{plate: its potency rows as history entries keep them}: :data:`HISTORY_POTENCY`, missing values
+    as None; read column by column (a frame per plate cost ~6 ms a plate, a dict per row and a
+    ``pd.isna`` per cell most of the rest)."""
+    cols = list(HISTORY_POTENCY)
+    columns = []
+    for c in cols:
+        values, gone = potency[c].tolist(), potency[c].isna().tolist()
+        columns.append([None if m else v for v, m in zip(values, gone)])
+    rows_of: dict[str, list[dict]] = {}
+    for plate, *values in zip(potency["plate"].tolist(), *columns):
+        rows_of.setdefault(str(plate), []).append(dict(zip(cols, values)))
+    return rows_of
+
+
+def _registered(results_dir: str | os.PathLike) -> dict[str, dict[int, tuple[str, str, str, str]]]:
+    """{plate: {version: (layout sha256, export sha256, templates' sha256 space-separated, admitted_at)}}
+    from the archive registry, read as JSON (the registry's objects, :class:`cr51.archive.Archive`, took
+    longer to build than the JSON to parse)."""
+    from .archive import ARCHIVE, REGISTRY, read_json
+
+    data = read_json(Path(results_dir) / ARCHIVE / REGISTRY, "the archive registry") or {"plates": {}}
+    return {
+        plate: {
+            int(v["version"]): (
+                v["layout"]["sha256"],
+                v["export"]["sha256"],
+                " ".join(t["sha256"] for t in v["templates"]),
+                str(v["admitted_at"]),
+            )
+            for v in record["versions"]
+        }
+        for plate, record in data["plates"].items()
+    }
+
+
+def _history_table(
+    hist: dict[str, list[dict]], registered: dict[str, dict[int, tuple[str, str, str, str]]], accepted: set[str]
+) -> pd.DataFrame:
+    """plate_history.csv: a row per history entry and potency row (one without potency when it has
+    none), plates in name order; the version's archive facts where the registry has the version."""
+    import numpy as np
+
+    columns = list(TABLES["plate_history"].names)
+    absent = [np.nan] * len(columns)  # a column the row lacks (as a frame from the row dicts fills it)
+    rows = []
+    nothing = ("", "", "", "")
     for plate, entries in sorted(hist.items()):
-        record = archive.plates.get(plate)
-        known = {v.version: v for v in record.versions} if record else {}
+        known = registered.get(plate, {})
         for e in entries:
-            v = known.get(e["version"])
+            layout, export, templates, admitted = known.get(e["version"], nothing)
             base = {
                 "plate": plate,
                 "version": e["version"],
-                "layout_sha256": v.layout.sha256 if v else "",
-                "export_sha256": v.export.sha256 if v else "",
-                "templates_sha256": " ".join(t.sha256 for t in v.templates) if v else "",
-                "admitted_at": v.admitted_at if v else "",
+                "layout_sha256": layout,
+                "export_sha256": export,
+                "templates_sha256": templates,
+                "admitted_at": admitted,
                 "accepted_at": e["accepted_at"],
                 "replaced_at": e["replaced_at"] or "",
                 "current": e["replaced_at"] is None and plate in accepted,
             }
-            out += [{**base, **r} for r in e["potency"]] or [base]
-    return pd.DataFrame(out, columns=list(TABLES["plate_history"].names))
+            for r in e["potency"] or [{}]:
+                row = {**base, **r}
+                rows.append(list(map(row.get, columns, absent)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def prune_pages(results_dir: str | os.PathLike, keep: set[str]) -> list[str]:
@@ -223,7 +273,7 @@ def run_changes(results_dir: str | os.PathLike, files: pd.DataFrame, versions: d
     then replace the record (written atomically; a damaged or missing record: everything is new)."""
     import json
 
-    from .tables import records, write_text_atomic
+    from .tables import write_text_atomic
 
     path = Path(results_dir) / RUN_STATE
     try:
@@ -231,16 +281,10 @@ def run_changes(results_dir: str | os.PathLike, files: pd.DataFrame, versions: d
         old_files, old_versions, previous = dict(old["files"]), dict(old["versions"]), True
     except (OSError, ValueError, KeyError, TypeError):
         old_files, old_versions, previous = {}, {}, False
-    now = {
-        str(r["file"]): [
-            "" if pd.isna(r["status"]) else str(r["status"]),
-            "" if pd.isna(r["sha256"]) else str(r["sha256"]),
-        ]
-        for r in records(files)
-    }
+    names = [str(f) for f in files["file"].tolist()]
+    now = {name: [status, sha] for name, status, sha in zip(names, _texts(files["status"]), _texts(files["sha256"]))}
     rows = []
-    for r in records(files):
-        name = str(r["file"])
+    for name, plate, reason in zip(names, files["plate"].tolist(), files["reason"].tolist()):
         before = old_files.get(name)
         if before is None:
             change = "new"
@@ -250,12 +294,16 @@ def run_changes(results_dir: str | os.PathLike, files: pd.DataFrame, versions: d
             change = f"status (was {before[0]})"
         else:
             continue
-        rows.append(
-            {"file": name, "status": now[name][0], "plate": r["plate"], "reason": r["reason"], "change": change}
-        )
+        rows.append({"file": name, "status": now[name][0], "plate": plate, "reason": reason, "change": change})
     for name in sorted(set(old_files) - set(now)):
         rows.append({"file": name, "status": "", "plate": "", "reason": "", "change": "removed"})
     plates = {p: v for p, v in sorted(versions.items()) if old_versions.get(p) != v}
     state = {"files": now, "versions": versions}
-    write_text_atomic(path, lambda fh: json.dump(state, fh, ensure_ascii=False, separators=(",", ":")))
+    text = json.dumps(state, ensure_ascii=False, separators=(",", ":"))  # json.dump: the pure-Python encoder
+    write_text_atomic(path, lambda fh: fh.write(text))
     return RunChanges(rows, plates, previous)
+
+
+def _texts(column: pd.Series) -> list[str]:
+    """A column's values as text, missing ones as ``""``."""
+    return ["" if gone else str(v) for v, gone in zip(column.tolist(), column.isna().tolist())]

@@ -22,7 +22,7 @@ from ..tables import records
 from . import names
 from .campaign_section import campaign_section
 from .html import esc, fmt, missing, table, td, truthy
-from .lot_page import FOREST_PLATES, date_key, document, href, page_header, run_colours
+from .lot_page import FOREST_PLATES, date_order, document, href, page_header, run_colours
 
 #: Plates listed in the inputs table (the most recent; every row is in campaign_inputs.csv).
 INPUT_ROWS = 200
@@ -41,27 +41,29 @@ def _mine(t: Mapping[str, pd.DataFrame], camp: str) -> dict[str, pd.DataFrame]:
 
 def _by_date(plates: set[str], qc: pd.DataFrame) -> list[str]:
     """The plates oldest first (qc.csv's date; undated first, then by name)."""
-    dates = {str(p): d for p, d in zip(qc["plate"], qc["date"]) if str(p) in plates}
-    return sorted(plates, key=lambda p: (date_key(dates.get(p)), p))
+    dates = {str(p): d for p, d in zip(qc["plate"].tolist(), qc["date"].tolist()) if str(p) in plates}
+    listed = list(plates)
+    return [listed[i] for i in date_order([dates.get(p) for p in listed], listed)]
 
 
 def _forest(camp: str, ref: str, t: Mapping[str, pd.DataFrame], level: float) -> str:
     """Per lot (the reference is the RP = 1 line): its plates' RPs and the campaign RP (diamond)."""
     inputs, lots = t["campaign_inputs"], t["campaign_lots"]
     plates = set(inputs["plate"].astype(str))
-    entered = {(str(p), str(lot)) for p, lot, i in zip(inputs["plate"], inputs["lot"], inputs["included"]) if truthy(i)}
+    recent = set(_by_date(plates, t["qc"])[-FOREST_PLATES:])
+    drawn = inputs[inputs["plate"].astype(str).isin(recent)]
+    entered = {(str(p), str(lot)) for p, lot, i in zip(drawn["plate"], drawn["lot"], drawn["included"]) if truthy(i)}
     pci = t.get("potency_combined_inputs")
     rps = pd.DataFrame(columns=["plate", "lot", "rp", "rp_lo", "rp_hi"])
     if pci is not None:
         rps = pci[pci["plate"].astype(str).isin(plates) & (pci["reference_lot"].astype(str) == ref)]
-    recent = set(_by_date(plates, t["qc"])[-FOREST_PLATES:])
     groups = []
     for r in records(lots):
         lot = str(r["lot"])
         if lot == ref:
             continue
         mine = rps[rps["lot"].astype(str) == lot]
-        mine = mine.iloc[[i for i, p in enumerate(mine["plate"].astype(str)) if p in recent]]
+        mine = mine[mine["plate"].astype(str).isin(recent)]
         rows = [
             ForestRow(str(p), float(x), float(lo), float(hi), (str(p), lot) in entered)
             for p, x, lo, hi in zip(mine["plate"], mine["rp"], mine["rp_lo"], mine["rp_hi"])
@@ -107,10 +109,12 @@ def _inputs(t: Mapping[str, pd.DataFrame], ref: str) -> str:
     inputs = t["campaign_inputs"]
     lots = [ref, *sorted(set(inputs["lot"].astype(str)) - {ref})]
     qc = t["qc"]
-    info = {str(r["plate"]): r for r in records(qc[qc["plate"].isin(set(inputs["plate"]))])}
     plates = _by_date(set(inputs["plate"].astype(str)), qc)
     listed = plates[-INPUT_ROWS:]
-    cell = {(str(r["plate"]), str(r["lot"])): r for r in records(inputs)}
+    shown = set(listed)  # only the listed plates' rows are read (records of 60,000 rows were most of the page)
+    qc = qc[qc["plate"].isin(set(inputs["plate"]))]
+    info = {str(r["plate"]): r for r in records(qc[qc["plate"].astype(str).isin(shown)])}
+    cell = {(str(r["plate"]), str(r["lot"])): r for r in records(inputs[inputs["plate"].astype(str).isin(shown)])}
     reasons: dict[str, int] = {}
     body = []
     for p in listed:
@@ -148,7 +152,14 @@ def _inputs(t: Mapping[str, pd.DataFrame], ref: str) -> str:
     )
 
 
-def build_campaign_page(camp: str, tables: Mapping[str, pd.DataFrame], settings: Analysis, *, generated: str) -> str:
+def build_campaign_page(
+    camp: str,
+    tables: Mapping[str, pd.DataFrame],
+    settings: Analysis,
+    *,
+    generated: str,
+    colours: Mapping[str, str] | None = None,
+) -> str:
     """The campaign's page (HTML).
 
     Parameters
@@ -161,6 +172,8 @@ def build_campaign_page(camp: str, tables: Mapping[str, pd.DataFrame], settings:
         The analysis settings (``potency.alpha``, ``potency.ci_level``, the fit model).
     generated
         When the page was made, as printed.
+    colours
+        {lot: colour} of the run (:func:`cr51.report.lot_page.run_colours`); default: the colours of ``tables``.
     """
     t = _mine(tables, camp)
     inputs = t["campaign_inputs"]
@@ -181,7 +194,8 @@ def build_campaign_page(camp: str, tables: Mapping[str, pd.DataFrame], settings:
         f'<section id="tests"><h2>Tests</h2>{_tests(t)}</section>',
         f'<section id="inputs"><h2>Inputs: every plate × lot</h2>{_inputs(t, ref)}</section>',
     ]
-    return document(f"Campaign {camp}", "".join(body), run_colours(tables), f"Campaign {camp}", generated)
+    colours = colours if colours is not None else run_colours(tables)
+    return document(f"Campaign {camp}", "".join(body), colours, f"Campaign {camp}", generated)
 
 
 def campaigns_of(tables: Mapping[str, pd.DataFrame]) -> list[str]:
@@ -194,8 +208,19 @@ def build_campaign_pages(
     tables: Mapping[str, pd.DataFrame], settings: Analysis, *, generated: str, campaigns: Sequence[str] | None = None
 ) -> dict[str, str]:
     """{``campaigns/<name>.html`` (relative to ``results/``, :func:`cr51.report.names.campaign_page`): html}
-    for ``campaigns`` (default: :func:`campaigns_of`). Arguments as :func:`build_campaign_page`."""
-    return {
-        names.campaign_page(c): build_campaign_page(c, tables, settings, generated=generated)
-        for c in (campaigns if campaigns is not None else campaigns_of(tables))
-    }
+    for ``campaigns`` (default: :func:`campaigns_of`). Arguments as :func:`build_campaign_page`.
+
+    Each campaign table is split by campaign once (not filtered again for every campaign)."""
+    by_camp = {}
+    for name in CAMPAIGN_TABLES:
+        df = tables.get(name)
+        if df is not None:
+            by_camp[name] = {str(k): g for k, g in df.groupby(df["campaign"].astype(str), sort=False)}
+    colours = run_colours(tables)
+    out = {}
+    for c in campaigns if campaigns is not None else campaigns_of(tables):
+        mine = dict(tables)
+        for name, groups in by_camp.items():
+            mine[name] = groups.get(c, tables[name].iloc[0:0])
+        out[names.campaign_page(c)] = build_campaign_page(c, mine, settings, generated=generated, colours=colours)
+    return out

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from html import escape
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from ..scan import BIDI
+
+T = TypeVar("T")
 
 
 def fmt(value: object) -> str:
@@ -118,4 +121,26 @@ def capped(rows: list[str], csv: str, limit: int = INDEX_ROWS) -> tuple[list[str
     """The first ``limit`` rows and a note saying how many more ``csv`` holds ("" when none are left out)."""
     if len(rows) <= limit:
         return rows, ""
-    return rows[:limit], f'<p class="muted">{len(rows) - limit} more row(s) in <code>{esc(csv)}</code>.</p>'
+    return rows[:limit], more_rows(len(rows), csv, limit)
+
+
+def more_rows(total: int, csv: str, limit: int = INDEX_ROWS) -> str:
+    """The note under a table showing the first ``limit`` of ``total`` rows: how many more ``csv`` holds
+    ("" when none are left out). For a table that renders only the rows it shows (:func:`capped` cuts
+    rendered rows)."""
+    return f'<p class="muted">{total - limit} more row(s) in <code>{esc(csv)}</code>.</p>' if total > limit else ""
+
+
+def map_distinct(f: Callable[[object], T], values: Sequence[object]) -> list[T]:
+    """``[f(v) for v in values]``, calling ``f`` once per distinct value (10,000 plates have a few
+    hundred dates), for an ``f`` that gives equal values of one type equal results (a date's sort key, a cell's text).
+    Values are told apart by type as well as by value (``1``, ``1.0`` and ``True`` are equal keys of a
+    dict but not equal texts)."""
+    seen: dict[tuple[type, object], T] = {}
+    out = []
+    for v in values:
+        key = (type(v), v)
+        if key not in seen:
+            seen[key] = f(v)
+        out.append(seen[key])
+    return out

@@ -37,7 +37,7 @@ from ..figures import REFERENCE_COLOUR, ForestGroup, ForestRow, forest_svg, lot_
 from ..settings import Analysis
 from ..tables import records, write_if_changed
 from . import names
-from .html import esc, fmt, missing, table, td, truthy
+from .html import esc, fmt, map_distinct, missing, table, td, truthy
 from .page import CSS, JS
 
 #: The report's stylesheet and script (package data of :mod:`cr51.report`), inline in every page.
@@ -124,7 +124,8 @@ def now_text() -> str:
 def _campaign_of(qc: pd.DataFrame) -> dict[str, str]:
     """{plate: campaign} from qc.csv (reference lot and study, :func:`cr51.campaign.campaign_id`)."""
     study = qc["study"] if "study" in qc.columns else pd.Series([None] * len(qc), index=qc.index)
-    return {str(p): campaign_id(r, s) for p, r, s in zip(qc["plate"], qc["reference_lot"], study)}
+    columns = (qc["plate"].tolist(), qc["reference_lot"].tolist(), study.tolist())
+    return {str(p): campaign_id(r, s) for p, r, s in zip(*columns)}
 
 
 def product_of(lot: str, t: Mapping[str, pd.DataFrame]) -> str:
@@ -156,10 +157,12 @@ def plate_rows(lot: str, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The lot's plates: potency.csv rows with qc.csv's date, donor, QC status and campaign and
     potency_combined_inputs.csv's ``included`` and reason; oldest first.
 
-    Built column by column (at 10,000 plates of one lot, a frame from 10,000 row dicts was most of
-    the lot page)."""
+    The potency rows are taken as they are (one ``iloc``, in date order), the added columns are built
+    as lists (at 10,000 plates of one lot, a frame from 10,000 row dicts was most of the lot page)."""
     pot = t["potency"]
     pot = pot[pot["lot"].astype(str) == lot]
+    if pot.empty:
+        return pd.DataFrame()
     qc = t["qc"]
     qc = qc[qc["plate"].isin(set(pot["plate"]))]
     camp = _campaign_of(qc)
@@ -173,23 +176,38 @@ def plate_rows(lot: str, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             mine["plate"].tolist(), mine["reference_lot"].tolist(), mine["included"].tolist(), mine["reason"].tolist()
         ):
             inc[(str(p), str(ref))] = (truthy(included), why)
-    out = {c: pot[c].tolist() for c in pot.columns}
-    plates = [str(p) for p in out["plate"]]
-    refs = [str(r) for r in out["reference_lot"]]
+    plates = [str(p) for p in pot["plate"].tolist()]
+    refs = [str(r) for r in pot["reference_lot"].tolist()]
+    out: dict[str, list] = {}
     out["campaign"] = [camp.get(p, campaign_id(ref)) for p, ref in zip(plates, refs)]
     out["date"] = [q_date.get(p) for p in plates]
     out["donor"] = [q_donor.get(p) for p in plates]
     out["qc"] = [q_status.get(p, "–") for p in plates]
     included, whys = [], []
-    for p, ref, reason in zip(plates, refs, out["reason"]):
+    for p, ref, reason in zip(plates, refs, pot["reason"].tolist()):
         ok, why = inc.get((p, ref), (False, ""))
         if not ok and (missing(why) or not str(why)):
             why = reason  # potency.csv's reason (failed fit, …)
         included.append(ok)
         whys.append("" if ok or missing(why) else str(why))
     out["included"], out["why"] = included, whys
-    order = sorted(range(len(plates)), key=lambda i: (date_key(out["date"][i]), plates[i]))
-    return pd.DataFrame({c: [v[i] for i in order] for c, v in out.items()}) if plates else pd.DataFrame()
+    order = date_order(out["date"], plates)
+    rows = pot.iloc[order].reset_index(drop=True)
+    return rows.assign(**{c: [v[i] for i in order] for c, v in out.items()})
+
+
+def date_order(dates: Sequence[object], labels: Sequence[str]) -> list[int]:
+    """The positions of ``dates`` in the order of ``(date_key(date), label)``, ties in position order."""
+    keys = map_distinct(date_key, dates)
+    rank = {k: i for i, k in enumerate(sorted(set(keys)))}
+    order = sorted(range(len(labels)), key=labels.__getitem__)  # two stable sorts: by label, then by date
+    order.sort(key=[rank[k] for k in keys].__getitem__)
+    return order
+
+
+def _iso_date(d: object) -> _dt.date | None:
+    """The ISO date a table value starts with, or None (missing, not a date)."""
+    return _iso("" if missing(d) else str(d))
 
 
 def _estimates(lot: str, t: Mapping[str, pd.DataFrame], ci: str) -> str:
@@ -304,10 +322,11 @@ def time_svg(lot: str, ref: str, plates: pd.DataFrame, combined: tuple[float, fl
     combined
         The combined RP and its CI (a line and a band), or None.
     """
+    cols = (plates[c].tolist() for c in ("rp", "rp_lo", "rp_hi", "included"))
     pts = [
-        (d, float(r["rp"]), float(r["rp_lo"]), float(r["rp_hi"]), bool(r["included"]))
-        for r in records(plates[["date", "rp", "rp_lo", "rp_hi", "included"]])
-        if not missing(r["rp"]) and r["rp"] > 0 and (d := _iso("" if missing(r["date"]) else str(r["date"])))
+        (d, float(rp), float(rp_lo), float(rp_hi), bool(inc))
+        for d, rp, rp_lo, rp_hi, inc in zip(map_distinct(_iso_date, plates["date"].tolist()), *cols)
+        if not missing(rp) and rp > 0 and d
     ]
     w, h = 780, 250
     frame = svg.Frame(left=70, top=24, right=w - 24, bottom=h - 44)
@@ -409,7 +428,8 @@ def _plates_table(plates: pd.DataFrame) -> str:
 
 
 def _per_year(older: pd.DataFrame) -> str:
-    year = older["date"].map(lambda d: (_iso("" if missing(d) else str(d)) or _dt.date.min).year)
+    dates = map_distinct(_iso_date, older["date"].tolist())
+    year = pd.Series([(d or _dt.date.min).year for d in dates], index=older.index)
     rows = []
     for y, g in older.groupby(year, sort=False):
         rp = g["rp"].astype(float)

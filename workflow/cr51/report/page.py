@@ -28,7 +28,7 @@ from ..schema import FILE_STATUSES, FLAGS
 from ..settings import Settings
 from ..tables import records, write_text_atomic
 from .campaign_section import campaign_section
-from .html import BIDI, capped, esc, table, td
+from .html import BIDI, INDEX_ROWS, capped, esc, map_distinct, more_rows, table, td
 from .html import missing as _missing
 from .names import campaign_page, lot_page, plate_page
 from .potency_section import combined_groups, potency_section
@@ -280,6 +280,10 @@ def pages_section(t: Mapping[str, pd.DataFrame]) -> str:
     )
 
 
+#: The qc.csv columns of the plate index besides the plate.
+INDEX_QC = ("date", "donor", "reference_lot", "status", "flags")
+
+
 def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:
     """One row per accepted plate (qc.csv order: by plate): the values of :data:`INDEX_COLUMNS` as text."""
     qc = t["qc"]
@@ -303,14 +307,16 @@ def plate_index_rows(t: Mapping[str, pd.DataFrame]) -> list[list[str]]:
         for plate, rules in counts.items():  # compact: the Trends section and trends.csv name the quantities
             broken[plate] = [f"trend {r}" + (f" ×{n}" if n > 1 else "") for r, n in sorted(rules.items())]
 
-    def flags(r: dict) -> str:
-        return ", ".join([f for f in text(r["flags"]).split(";") if f] + broken.get(str(r["plate"]), []))
+    def flags(plate: object, listed: str) -> str:
+        return ", ".join([f for f in listed.split(";") if f] + broken.get(str(plate), []))
 
+    plates = qc["plate"].tolist()
+    # each column's texts: the dates, donors, statuses and flags of 10,000 plates repeat a few hundred texts
+    date, donor, ref, status, listed = (map_distinct(text, qc[c].tolist()) for c in INDEX_QC)
     return [
-        [text(r["plate"]), plate_page(str(r["plate"])), text(r["date"]), text(r["donor"]), text(r["reference_lot"]),
-         text(r["status"]), flags(r), n_rp.get(r["plate"], "–")]
-        for r in records(qc)
-    ]  # fmt: skip
+        [text(p), plate_page(str(p)), d, dn, rf, st, flags(p, fl), n_rp.get(p, "–")]
+        for p, d, dn, rf, st, fl in zip(plates, date, donor, ref, status, listed)
+    ]
 
 
 def json_script(value: object) -> str:
@@ -349,10 +355,10 @@ def provenance_section(files: pd.DataFrame, config: Mapping[str, Any], templates
     frows = [
         f"<tr><td><code>{esc(r['file'])}</code></td><td>{esc(r['status'])}</td>{td(r['bytes'], 'bytes')}"
         f"<td><code>{esc(r['sha256'])}</code></td></tr>"
-        for r in files.to_dict("records")
+        for r in files.head(INDEX_ROWS).to_dict("records")  # only the rows shown (20,000 at 10,000 plates)
     ]
-    n_files = len(frows)
-    frows, more = capped(frows, "files.csv")
+    n_files = len(files)
+    more = more_rows(n_files, "files.csv")
     for path in templates:
         sha, size = file_digest(path)
         frows.append(

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..figures import ForestGroup, ForestRow, lot_class
 from ..settings import Analysis
-from .html import capped, esc, fmt, table, td
+from .html import INDEX_ROWS, capped, esc, fmt, more_rows, table, td
 from .html import truthy as _truthy
 from .names import lot_page, plate_page
 
@@ -141,11 +141,11 @@ def lots_differ_table(differ: pd.DataFrame, alpha: float) -> str:
         f'<tr data-plate="{esc(r["plate"])}"><td><a href="{esc(plate_page(str(r["plate"])))}">{esc(r["plate"])}</a></td>'
         f"{td(r['f'], 'f')}{td(r['df1'], 'df1')}{td(r['df2'], 'df2')}{td(r['p'], 'p')}"
         f"<td>{'differ' if r['p'] < alpha else ('–' if pd.isna(r['p']) else 'no evidence')}</td></tr>"
-        for r in differ.to_dict("records")
+        for r in differ.head(INDEX_ROWS).to_dict("records")  # only the rows shown (10,000 at 10,000 plates)
     ]
     n_differ = int((differ["p"] < alpha).sum())
-    n = len(rows)
-    rows, more = capped(rows, "lots_differ.csv")
+    n = len(differ)
+    more = more_rows(n, "lots_differ.csv")
     tab = table(["plate", "F", "df1", "df2", "p", f"at α = {fmt(alpha)}"], rows, ' data-table="lots_differ"')
     opened = " open" if n <= 20 else ""
     return (

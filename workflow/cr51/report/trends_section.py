@@ -125,9 +125,8 @@ def _series_table(t: pd.DataFrame) -> str:
 def _groups(t: pd.DataFrame):
     """(quantity, series) groups in trends.csv's order (quantities as :data:`QUANTITIES` lists them)."""
     order = {name: i for i, name in enumerate(QUANTITIES)}
-    keys = sorted(t.groupby(["quantity", "series"], sort=False).groups, key=lambda k: (order.get(k[0], 99), k))
-    grouped = t.groupby(["quantity", "series"], sort=False)
-    return [(k, grouped.get_group(k)) for k in keys]
+    grouped = dict(iter(t.groupby(["quantity", "series"], sort=False)))  # one split (not .groups, then get_group)
+    return [(k, grouped[k]) for k in sorted(grouped, key=lambda k: (order.get(k[0], 99), k))]
 
 
 def _charts(t: pd.DataFrame, cfg: Trends) -> str:
