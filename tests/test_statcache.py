@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -154,3 +155,37 @@ def test_a_result_file_is_hashed_once_a_process_until_it_changes(tmp_path, monke
     assert digests.result_digest(f) != first and len(calls) == 2
     f.unlink()
     assert digests.result_digest(f) is None
+
+
+def test_a_run_with_nothing_new_stats_each_drop_folder_file_once(tmp_path, layouts_dir, monkeypatch):
+    # the scan's own stat (the one its settling was judged by) is what the archive goes by
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        write_plate(raw, simulate_plate(f"p{i}", np.random.default_rng(i)), "well_list")
+    monkeypatch.setattr(statcache, "MARGIN_NS", -(10**12))
+    first = _scan(raw, tmp_path / "results", layouts_dir)
+    statted = []
+    real_stat = os.stat
+
+    def spy(path, *args, **kwargs):
+        if str(path).startswith(str(raw) + os.sep):  # a file of the drop folder (not the folder itself)
+            statted.append(os.path.basename(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", spy)
+    again = _scan(raw, tmp_path / "results", layouts_dir)
+    assert statted == []  # the scan's listing statted them (os.DirEntry.stat), nothing else did
+    assert again == first
+
+
+def test_bytes_changed_after_the_stat_are_kept_but_not_recorded_by_it(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"x" * 100)
+    before = os.stat(f)
+    time.sleep(0.01)
+    f.write_bytes(b"y" * 120)  # changed after the scan took its stat
+    stats = StatCache(tmp_path / "c.json")
+    kept = archive.Archive(tmp_path / "results", stats).keep(str(f), before)
+    assert kept.sha256 == hashlib.sha256(b"y" * 120).hexdigest()  # the bytes read are the bytes kept
+    assert stats.known(str(f), before) is None and stats.known(str(f), os.stat(f)) is None

@@ -49,6 +49,7 @@ SCAN = cr51_archive.scan_inbox(
     stale_after_hours=SETTINGS.stale_after_hours,
 )
 BATCHES = SCAN.batches()
+PLATES_BY_BATCH = SCAN.by_batch()  # SCAN.plates_in of every batch, sorted once
 
 
 wildcard_constraints:
@@ -80,7 +81,7 @@ def batch_plates(wildcards):
             "shas": p.shas,
             "notes": p.notes,
         }
-        for p in SCAN.plates_in(wildcards.batch)
+        for p in PLATES_BY_BATCH.get(wildcards.batch, [])
     ]
 
 
