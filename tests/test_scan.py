@@ -1,10 +1,15 @@
 """The drop-folder scan: plates, pending files, refused layouts, stable batches."""
 
+import hashlib
 import json
 import os
+import re
 import time
+from pathlib import Path
 
-from cr51.scan import batch_of, scan
+import pytest
+
+from cr51.scan import BIDI, batch_of, child_prefix, file_name, scan, unusable_name
 
 LAYOUT = '[meta]\npath = "{export}"\n[well.A1]\nrole = "spontaneous"\n'
 
@@ -175,3 +180,82 @@ def test_meta_cache_gives_the_same_scan_and_skips_parsing_unchanged_layouts(tmp_
     assert again == run(raw, layouts_dir)
     cache.write_text("{not json")  # a damaged cache is an empty one
     assert run(raw, layouts_dir, meta_cache=cache) == again
+
+
+def _unusable_reference(name):
+    """unusable_name's checks one by one, without its one-pattern shortcut."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "utf-8"
+    if re.search(r"[\x00-\x1f\x7f]", name) or "{" in name or "}" in name or BIDI.search(name):
+        return "refused"
+    return None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["plain.csv", "é.csv", "a{b.csv", "a}b.csv", "tab\there", "del\x7f", "nul\x00", "x\u202ey", "x\u2069y",
+     "x\u200ey", "x\u200fy", os.fsdecode(b"caf\xe9.csv"), "\ud800", "x\u202ay", "x\u2066y", "emoji 🧪.csv",
+     "x\u2028y", "x\u200dy"],
+)  # fmt: skip
+def test_unusable_name_refuses_exactly_what_its_checks_refuse(name):
+    assert (unusable_name(name) is None) == (_unusable_reference(name) is None)
+
+
+@pytest.mark.parametrize(
+    "path", ["/a/b.csv", "b.csv", "a/b/", "a/.", "a/..", "/", ".", "a//b", "/a/b/./", "x/.hidden", "dir/ é.toml"]
+)
+def test_file_name_is_paths_name(path):
+    assert file_name(path) == Path(path).name
+
+
+@pytest.mark.parametrize("folder", [".", "/", "//", "raw", "raw/", "./raw", "/tmp//raw/.", "a/../b", "//srv/x"])
+def test_child_prefix_joins_as_pathlib_does(folder):
+    for name in ("p1.csv", ".hidden", "a b.toml", "é", "..x", "~u"):
+        assert child_prefix(Path(folder)) + name == str(Path(folder) / name)
+
+
+def test_batch_of_is_the_sha256_as_a_number_modulo_the_count():
+    for name in ("plate0001", "é", os.fsdecode(b"caf\xe9")):
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
+        for count in (1, 4, 7, 1000):
+            assert batch_of(name, count) == f"b{int(digest, 16) % count:03d}"
+
+
+def test_two_layouts_of_one_plate_name_the_last_is_the_plate(tmp_path, layouts_dir):
+    # P.TOML sorts first; P.toml, listed after it, is the plate; P.TOML and its export wait
+    write(tmp_path, "P.TOML", LAYOUT.format(export="upper.csv"))
+    write(tmp_path, "upper.csv")
+    write(tmp_path, "P.toml", LAYOUT.format(export="lower.csv"))
+    write(tmp_path, "lower.csv")
+    seen = {}
+    s = run(tmp_path, layouts_dir, stats_out=seen)
+    assert s.plates["P"].layout == str(tmp_path / "P.toml") and s.plates["P"].export == str(tmp_path / "lower.csv")
+    f = by_file(s)
+    assert sorted(f) == ["P.TOML", "upper.csv"]
+    assert f["P.TOML"].status == "pending" and "no layout names" in f["P.TOML"].reason
+    assert (f["upper.csv"].status, f["upper.csv"].plate, f["upper.csv"].reason) == ("pending", "P", "")
+    assert sorted(seen) == sorted([s.plates["P"].layout, s.plates["P"].export])
+
+
+def test_stats_out_holds_the_stat_each_plate_file_was_judged_by(tmp_path, layouts_dir):
+    write(tmp_path, "p1.toml", LAYOUT.format(export="p1.csv"))
+    write(tmp_path, "p1.csv")
+    write(tmp_path, "orphan.csv")
+    seen = {}
+    s = run(tmp_path, layouts_dir, stats_out=seen)
+    p = s.plates["p1"]
+    assert sorted(seen) == sorted([p.layout, p.export])
+    for path, st in seen.items():
+        now = os.stat(path)
+        assert (st.st_ino, st.st_size, st.st_mtime_ns) == (now.st_ino, now.st_size, now.st_mtime_ns)
+
+
+def test_by_batch_is_plates_in_of_every_batch(tmp_path, layouts_dir):
+    for i in range(12):
+        write(tmp_path, f"p{i}.toml", LAYOUT.format(export=f"p{i}.csv"))
+        write(tmp_path, f"p{i}.csv")
+    s = run(tmp_path, layouts_dir, batch_count=3)
+    s.plates = dict(reversed(s.plates.items()))  # not in name order
+    assert s.by_batch() == {b: s.plates_in(b) for b in s.batches()}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
 import os
 import time
 
@@ -154,3 +157,68 @@ def test_a_result_file_is_hashed_once_a_process_until_it_changes(tmp_path, monke
     assert digests.result_digest(f) != first and len(calls) == 2
     f.unlink()
     assert digests.result_digest(f) is None
+
+
+def test_a_run_with_nothing_new_stats_each_drop_folder_file_once(tmp_path, layouts_dir, monkeypatch):
+    # the scan's own stat (the one its settling was judged by) is what the archive goes by
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        write_plate(raw, simulate_plate(f"p{i}", np.random.default_rng(i)), "well_list")
+    monkeypatch.setattr(statcache, "MARGIN_NS", -(10**12))
+    first = _scan(raw, tmp_path / "results", layouts_dir)
+    statted = []
+    real_stat = os.stat
+
+    def spy(path, *args, **kwargs):
+        if str(path).startswith(str(raw) + os.sep):  # a file of the drop folder (not the folder itself)
+            statted.append(os.path.basename(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", spy)
+    again = _scan(raw, tmp_path / "results", layouts_dir)
+    assert statted == []  # the scan's listing statted them (os.DirEntry.stat), nothing else did
+    assert again == first
+
+
+def test_bytes_changed_after_the_stat_are_kept_but_not_recorded_by_it(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"x" * 100)
+    before = os.stat(f)
+    time.sleep(0.01)
+    f.write_bytes(b"y" * 120)  # changed after the scan took its stat
+    stats = StatCache(tmp_path / "c.json")
+    kept = archive.Archive(tmp_path / "results", stats).keep(str(f), before)
+    assert kept.sha256 == hashlib.sha256(b"y" * 120).hexdigest()  # the bytes read are the bytes kept
+    assert stats.known(str(f), before) is None and stats.known(str(f), os.stat(f)) is None
+
+
+@pytest.mark.parametrize("caller_gc", [True, False])
+def test_the_scan_runs_with_the_garbage_collector_paused_then_restored(tmp_path, layouts_dir, monkeypatch, caller_gc):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_plate(raw, simulate_plate("p0", np.random.default_rng(0)), "well_list")
+    during = []
+    real_admit = archive.admit
+    monkeypatch.setattr(archive, "admit", lambda *a, **k: during.append(gc.isenabled()) or real_admit(*a, **k))
+    (gc.enable if caller_gc else gc.disable)()
+    try:
+        _scan(raw, tmp_path / "results", layouts_dir)
+        assert during == [False] and gc.isenabled() is caller_gc
+        for f in raw.iterdir():
+            f.unlink()  # an empty inbox: InboxShrunk, and the collector is restored all the same
+        with pytest.raises(archive.InboxShrunk):
+            _scan(raw, tmp_path / "results", layouts_dir)
+        assert gc.isenabled() is caller_gc
+    finally:
+        gc.enable()
+
+
+def test_a_version_reads_back_as_it_was_written():
+    stored = [archive.Stored(f"f{i}.toml", f"{i}" * 64) for i in range(4)]
+    for templates in ((), tuple(stored[2:])):
+        v = archive.Version(3, stored[0], stored[1], templates, "2026-01-01T00:00:00+00:00")
+        assert archive.Version.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+    damaged = {**v.to_dict(), "templates": None}
+    with pytest.raises(TypeError):  # as before: a damaged record is an error, not a plate without templates
+        archive.Version.from_dict(damaged)

@@ -23,17 +23,20 @@ accepted results, the batch job falls back to the version that was accepted.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .digests import content_digest, stat_identity
 from .includes import MAX_LAYOUT_BYTES
-from .scan import FileStatus, PlateFiles, Retraction, Scan, batch_of, scan
+from .scan import FileStatus, PlateFiles, Retraction, Scan, batch_of, file_name, scan
 from .statcache import StatCache
 
 FORMAT = 1
@@ -97,11 +100,12 @@ class Version:
 
     @classmethod
     def from_dict(cls, d: dict) -> Version:
+        templates = d["templates"]
         return cls(
             int(d["version"]),
             Stored(**d["layout"]),
             Stored(**d["export"]),
-            tuple(Stored(**t) for t in d["templates"]),
+            () if templates == [] else tuple(Stored(**t) for t in templates),  # most plates include none
             str(d["admitted_at"]),
         )
 
@@ -170,6 +174,8 @@ class Archive:
 
     def __init__(self, results_dir: str | os.PathLike, stats: StatCache | None = None) -> None:
         self.root = Path(results_dir) / ARCHIVE
+        self._blobs = os.path.join(self.root, "blobs")  # strings: a run checks every plate's blobs
+        self._plates = os.path.join(self.root, "plates")
         self.stats = stats  # the drop folder's sha256 by stat (cr51.statcache): unchanged files not read
         data = read_json(self.root / REGISTRY, "the archive registry") or {"format": FORMAT, "plates": {}}
         self.plates: dict[str, PlateRecord] = {p: PlateRecord.from_dict(r) for p, r in data["plates"].items()}
@@ -200,19 +206,23 @@ class Archive:
 
     def _blob_size(self, sha256: str) -> int | None:
         try:
-            return os.stat(os.path.join(self.root, "blobs", sha256[:2], sha256)).st_size
+            return os.stat(f"{self._blobs}/{sha256[:2]}/{sha256}").st_size
         except OSError:
             return None
 
-    def keep(self, path: str | os.PathLike) -> Stored:
+    def keep(self, path: str | os.PathLike, before: os.stat_result | None = None) -> Stored:
         """Archive the file's bytes (once) and return its name and sha256: the bytes read are the bytes kept.
 
         A file the stat cache knows (unchanged since its bytes were hashed) whose blob is in the archive
         is not read again; otherwise it is read, hashed and its stat recorded when it did not change
-        while it was read.
+        while it was read. ``before``: the file's ``stat`` as the scan took it (else it is taken here);
+        the bytes are then the ones that stat describes, or they are not recorded in the stat cache.
         """
         path = os.fspath(path)
-        before = os.stat(path) if self.stats is not None else None
+        if self.stats is None:
+            before = None
+        elif before is None:
+            before = os.stat(path)
         if self.stats is not None and before is not None:
             sha = self.stats.known(path, before)
             if sha is not None and self._blob_size(sha) == before.st_size:
@@ -243,11 +253,12 @@ class Archive:
     def lay_out(self, plate: str, v: Version) -> tuple[str, str, tuple[str, ...]]:
         """The version's files under their original names (hard links to the blobs): layout, export,
         templates. A blob whose bytes no longer match its name raises :class:`ArchiveError`."""
-        folder = self.version_dir(plate, v.version)
+        folder = f"{self._plates}/{plate_id(plate)}/v{v.version}"  # str(self.version_dir(plate, v.version))
         paths = []
         for f in v.files():
             target = os.path.join(folder, f.name)  # strings: a run lays out every plate (20,000 files)
             if not os.path.exists(target):
+                folder = self.version_dir(plate, v.version)
                 folder.mkdir(parents=True, exist_ok=True)
                 target = folder / f.name
                 blob = self.blob(f.sha256)
@@ -260,14 +271,28 @@ class Archive:
             paths.append(str(target))
         return paths[0], paths[1], tuple(paths[2:])
 
-    def admit(self, plate: str, layout: str, export: str, templates: tuple[str, ...], now: float) -> Version:
-        """The version these inputs are: the current one when the bytes are the same, else a new one."""
-        files = (self.keep(layout), self.keep(export), tuple(self.keep(t) for t in templates))
+    def admit(
+        self,
+        plate: str,
+        layout: str,
+        export: str,
+        templates: tuple[str, ...],
+        now: float,
+        stats: Mapping[str, os.stat_result] | None = None,
+    ) -> Version:
+        """The version these inputs are: the current one when the bytes are the same, else a new one.
+        ``stats``: the files' ``stat`` by path as the scan took them (:meth:`keep`)."""
+        stats = stats or {}
+        files = (
+            self.keep(layout, stats.get(layout)),
+            self.keep(export, stats.get(export)),
+            tuple(self.keep(t, stats.get(t)) for t in templates),
+        )
         record = self.plates.setdefault(plate, PlateRecord())
         current = record.versions[-1] if record.versions else None
-        candidate = Version((current.version + 1) if current else 1, files[0], files[1], files[2], iso(now))
-        if current is not None and current.same_inputs(candidate):
+        if current is not None and current.files() == (files[0], files[1], *files[2]):  # Version.same_inputs
             return current
+        candidate = Version((current.version + 1) if current else 1, files[0], files[1], files[2], iso(now))
         record.versions.append(candidate)
         return candidate
 
@@ -291,6 +316,21 @@ def accepted_versions(results_dir: str | os.PathLike) -> dict[str, int]:
     return out
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for the block (then restored as it was). The parse-time
+    work allocates some 100,000 objects (the registry's records, the listing, the plates) that stay alive
+    until it returns and form no cycles, so the collector only walked them again and again (0.1 s at
+    10,000 plates); they are freed by reference counting as before."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def scan_inbox(
     raw_dir: str | os.PathLike,
     results_dir: str | os.PathLike,
@@ -306,10 +346,42 @@ def scan_inbox(
     max_layout_bytes: int = MAX_LAYOUT_BYTES,
 ) -> Scan:
     """The run's plates: the drop folder scanned (:func:`cr51.scan.scan`), then admitted into the
-    archive (:func:`admit`). What the Snakefile calls at parse time."""
+    archive (:func:`admit`), with the garbage collector paused (:func:`paused_gc`). What the Snakefile
+    calls at parse time."""
+    with paused_gc():
+        return _scan_inbox(
+            raw_dir,
+            results_dir,
+            layouts_dir=layouts_dir,
+            batch_count=batch_count,
+            settle_seconds=settle_seconds,
+            max_bytes=max_bytes,
+            min_share=min_share,
+            confirm_cleanout=confirm_cleanout,
+            stale_after_hours=stale_after_hours,
+            now=now,
+            max_layout_bytes=max_layout_bytes,
+        )
+
+
+def _scan_inbox(
+    raw_dir: str | os.PathLike,
+    results_dir: str | os.PathLike,
+    *,
+    layouts_dir: str | os.PathLike,
+    batch_count: int,
+    settle_seconds: float,
+    max_bytes: int,
+    min_share: float,
+    confirm_cleanout: bool,
+    stale_after_hours: float,
+    now: float | None,
+    max_layout_bytes: int,
+) -> Scan:
     stats = StatCache(Path(results_dir) / STAT_CACHE)
     archive = Archive(results_dir, stats)
     accepted = frozenset(r.versions[-1].layout.name for r in archive.plates.values() if r.versions)
+    seen: dict[str, os.stat_result] = {}  # the stat the scan took of each plate's files
     inbox = scan(
         raw_dir,
         layouts_dir=layouts_dir,
@@ -323,6 +395,7 @@ def scan_inbox(
         accepted_layouts=accepted,
         digests=False,  # admit() reads and hashes each plate's bytes once, as it archives them
         stat_cache=stats,
+        stats_out=seen,
     )
     out = admit(
         inbox,
@@ -332,6 +405,7 @@ def scan_inbox(
         confirm_cleanout=confirm_cleanout,
         max_bytes=max_bytes,
         now=now,
+        stats=seen,
     )
     stats.save()
     return out
@@ -346,14 +420,18 @@ def admit(
     confirm_cleanout: bool,
     max_bytes: int = 20_000_000,
     now: float | None = None,
+    stats: Mapping[str, os.stat_result] | None = None,
 ) -> Scan:
     """The run's plates from the inbox scan and the archive (see the module docstring). A plate whose
     export is over ``max_bytes`` is not archived: it goes on from the drop folder, to be refused unread.
+    ``stats``: the ``stat`` the scan took of the plates' files, by path (``stats_out`` of
+    :func:`cr51.scan.scan`); a file not in it is statted here.
 
     Raises :class:`InboxShrunk` (nothing written) when the inbox lost too many accepted plates.
     """
     now = time.time() if now is None else now
-    present = {Path(f).name for f in inbox.files}
+    stats = stats or {}
+    present = {file_name(f) for f in inbox.files}
     retractions = {r.plate: r for r in inbox.retractions}
     check_shrink(archive, inbox, present, retractions, min_share, confirm_cleanout)
 
@@ -362,12 +440,15 @@ def admit(
     for name, files in inbox.plates.items():
         if name in retractions:
             continue
-        if os.stat(files.export).st_size > max_bytes:  # not archived: refused unread by its batch job
+        export = stats.get(files.export)
+        if export is None:
+            export = os.stat(files.export)
+        if export.st_size > max_bytes:  # not archived: refused unread by its batch job
             out.plates[name] = replace(
                 files, digest=content_digest([files.layout, *files.includes, files.export], max_bytes)
             )
             continue
-        version = archive.admit(name, files.layout, files.export, files.includes, now)
+        version = archive.admit(name, files.layout, files.export, files.includes, now, stats)
         archive.plates[name].missing_since = None
         archive.plates[name].cleanout_confirmed = False
         out.plates[name] = _plate(archive, name, version, batch_count, {})

@@ -64,6 +64,9 @@ MAX_RETRACT_BYTES = 4096
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Invisible bidirectional controls: embeddings and overrides, isolates, the LRM/RLM marks.
 BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+#: Every character :func:`unusable_name` refuses a name for (surrogates: what UTF-8 cannot encode), in
+#: one pattern: a name without any is usable without running the checks one by one.
+_SUSPECT = re.compile("[\x00-\x1f\x7f{}\u202a-\u202e\u2066-\u2069\u200e\u200f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -121,20 +124,47 @@ class Scan:
         """The plates of one batch, sorted by name."""
         return sorted((p for p in self.plates.values() if p.batch == batch), key=lambda p: p.name)
 
+    def by_batch(self) -> dict[str, list[PlateFiles]]:
+        """{batch: :meth:`plates_in` of it} for every batch that holds plates, in one pass over the plates."""
+        out: dict[str, list[PlateFiles]] = {}
+        for p in sorted(self.plates.values(), key=lambda p: p.name):
+            out.setdefault(p.batch, []).append(p)
+        return out
+
     def unassigned_files(self) -> list[str]:
         """Listed files (usable names only) that belong to no plate: pending, refused, templates."""
-        in_plates = {Path(f).name for p in self.plates.values() for f in (p.layout, p.export)}
-        return [f for f in self.files if Path(f).name not in in_plates]
+        in_plates = {file_name(f) for p in self.plates.values() for f in (p.layout, p.export)}
+        return [f for f in self.files if file_name(f) not in in_plates]
+
+
+def file_name(path: str) -> str:
+    """``Path(path).name`` without building a :class:`~pathlib.Path` (a run takes the name of 40,000 paths):
+    the text after the last ``/``, unless that is empty or ``.``, which pathlib normalises away."""
+    name = path.rpartition("/")[2]
+    return name if name and name != "." else Path(path).name
+
+
+def child_prefix(folder: Path) -> str:
+    """What :func:`str` of ``folder / name`` puts before a plain file ``name`` (a directory entry's name:
+    no ``/``): ``""`` for ``.``, else the folder and one ``/``, so that ``child_prefix(folder) + name ==
+    str(folder / name)`` without building a :class:`~pathlib.Path` per file."""
+    text = str(folder)
+    if text == ".":
+        return ""
+    return text if text.endswith("/") else text + "/"
 
 
 def batch_of(plate: str, batch_count: int) -> str:
-    """Stable batch id of a plate: depends on the plate's name only."""
-    digest = hashlib.sha256(plate.encode("utf-8", "surrogateescape")).hexdigest()
-    return f"b{int(digest, 16) % batch_count:03d}"
+    """Stable batch id of a plate: depends on the plate's name only (its sha256 as a number, modulo
+    ``batch_count``)."""
+    digest = hashlib.sha256(plate.encode("utf-8", "surrogateescape")).digest()
+    return f"b{int.from_bytes(digest, 'big') % batch_count:03d}"
 
 
 def unusable_name(name: str) -> str | None:
     """Why the pipeline cannot use a file named ``name`` (``None`` if it can)."""
+    if not _SUSPECT.search(name):
+        return None
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -190,6 +220,7 @@ def scan(
     accepted_layouts: frozenset[str] = frozenset(),
     digests: bool = True,
     stat_cache: StatCache | None = None,
+    stats_out: dict[str, os.stat_result] | None = None,
 ) -> Scan:
     """Classify the files of the drop folder ``raw_dir`` (top level only); ``meta_cache``: a
     :class:`MetaCache` file; ``accepted_layouts``: layout names of plates the archive already holds
@@ -197,7 +228,9 @@ def scan(
     compute each plate's content digest (reads every byte; :mod:`cr51.archive` digests what it archives);
     ``max_layout_bytes``: layouts and templates larger than this are refused unread; ``stat_cache``:
     sha256 of unchanged files (:mod:`cr51.statcache`), so that a layout whose ``[meta]`` the meta cache
-    holds is not read."""
+    holds is not read; ``stats_out``: filled with the ``stat`` the scan took of each plate's layout and
+    export (by their paths in the plates), the one its settling was judged by (:func:`cr51.archive.admit`
+    archives the files by it instead of taking another)."""
     raw = Path(raw_dir)
     result = Scan(raw_dir=str(raw))
     if not raw.is_dir():
@@ -205,12 +238,21 @@ def scan(
     cache = MetaCache(meta_cache) if meta_cache is not None else None
     now = time.time() if now is None else now
     listing = sorted(os.scandir(raw), key=lambda e: e.name)
-    ignored = {e.name: why for e in listing if e.name not in IGNORED_NAMES and (why := ignored_entry(e))}
-    entries = [e for e in listing if e.name not in ignored and e.name not in IGNORED_NAMES]
-    unusable = {e.name: why for e in entries if (why := unusable_name(e.name))}
-    entries = [e for e in entries if e.name not in unusable]
+    ignored: dict[str, str] = {}
+    unusable: dict[str, str] = {}
+    entries = []
+    for e in listing:
+        if e.name in IGNORED_NAMES:
+            continue
+        if why := ignored_entry(e):
+            ignored[e.name] = why
+        elif why := unusable_name(e.name):
+            unusable[e.name] = why
+        else:
+            entries.append(e)
     twins = lookalikes([e.name for e in entries])
-    entries = [e for e in entries if e.name not in twins]
+    if twins:
+        entries = [e for e in entries if e.name not in twins]
     retract = [e for e in entries if e.name.endswith(RETRACT_SUFFIX)]
     result.retractions = [read_retraction(e) for e in retract]
     entries = [e for e in entries if not e.name.endswith(RETRACT_SUFFIX)]
@@ -222,7 +264,8 @@ def scan(
         """The drop folder's name for the file ``[meta] path`` names (matched in NFC), else ``path``."""
         return path if path in by_name else by_nfc.get(nfc(path), path)
 
-    result.files = [str(raw / e.name) for e in entries]
+    prefix = child_prefix(raw)  # prefix + name == str(raw / name)
+    result.files = [prefix + e.name for e in entries]
 
     def settled(name: str) -> bool:
         return now - by_name[name].stat().st_mtime >= settle_seconds
@@ -240,6 +283,7 @@ def scan(
     resolver = Resolver([raw, Path(layouts_dir)], max_layout_bytes)  # each template read once per scan
     includes_of: dict[str, list[Path]] = {}
     included: set[str] = set()
+    plate_names: dict[str, tuple[str, str]] = {}  # plate -> the drop folder's names of its layout and export
 
     for e in entries:
         if not e.name.lower().endswith(LAYOUT_SUFFIX):
@@ -267,7 +311,7 @@ def scan(
             meta = {**meta, "path": path}
             claimed.setdefault(path, []).append(e.name)
         try:
-            incs = resolver.resolve(Path(e.path), meta)
+            incs = resolver.resolve(Path(e.path), meta) if "include" in meta else []  # resolve's own shortcut
         except LayoutFileError as err:
             statuses[e.name] = FileStatus(e.name, "rejected", plate, str(err))
             continue
@@ -355,20 +399,25 @@ def scan(
             continue
         files = PlateFiles(
             name=plate,
-            layout=str(raw / layout_name),
-            export=str(raw / path),
+            layout=prefix + layout_name,
+            export=prefix + path,
             includes=tuple(str(p) for p in includes_of[layout_name]),
             batch=batch_of(plate, batch_count),
         )
         if digests:
             files = replace(files, digest=content_digest([files.layout, *files.includes, files.export], max_bytes))
         result.plates[plate] = files
+        plate_names[plate] = (layout_name, path)
 
     if cache is not None:
         cache.save()
-    in_plates = {Path(p.layout).name for p in result.plates.values()} | {
-        Path(p.export).name for p in result.plates.values()
-    }
+    # the names of the plates kept (of two layouts of one plate name, "P.toml" and "P.TOML": the last one's)
+    in_plates = {n for names in plate_names.values() for n in names}
+    if stats_out is not None:
+        for files in result.plates.values():
+            layout_name, export_name = plate_names[files.name]
+            stats_out[files.layout] = by_name[layout_name].stat()  # taken by settled(): no system call
+            stats_out[files.export] = by_name[export_name].stat()
     for name, why in unusable.items():
         result.others.append(FileStatus(display_name(name) if BIDI.search(name) else name, "rejected", "", why))
     for name, twin in twins.items():

@@ -49,6 +49,7 @@ SCAN = cr51_archive.scan_inbox(
     stale_after_hours=SETTINGS.stale_after_hours,
 )
 BATCHES = SCAN.batches()
+PLATES_BY_BATCH = SCAN.by_batch()  # SCAN.plates_in of every batch, sorted once
 
 
 wildcard_constraints:
@@ -80,7 +81,7 @@ def batch_plates(wildcards):
             "shas": p.shas,
             "notes": p.notes,
         }
-        for p in SCAN.plates_in(wildcards.batch)
+        for p in PLATES_BY_BATCH.get(wildcards.batch, [])
     ]
 
 
@@ -105,22 +106,24 @@ BATCH_INDEX = f"{RESULTS}/batches/index.json"
 def write_batch_index(repair=None):
     """Write the batch index and each batch's input manifest if they changed; ``repair`` (a mark of
     damaged results to rewrite) makes the index's content new, so collect reruns; the last mark is
-    kept, so the index is stable otherwise.
+    kept, so the index is stable otherwise. The garbage collector is paused meanwhile (the parameters
+    of 10,000 plates, cr51.archive.paused_gc).
     """
-    params = {
-        b: {
-            "plates": batch_plates(SimpleNamespace(batch=b)),
-            "settings": batch_settings(),
-            "software": SOFTWARE_DIGEST,
+    with cr51_archive.paused_gc():
+        params = {
+            b: {
+                "plates": batch_plates(SimpleNamespace(batch=b)),
+                "settings": batch_settings(),
+                "software": SOFTWARE_DIGEST,
+            }
+            for b in BATCHES
         }
-        for b in BATCHES
-    }
-    if repair is None:
-        repair = cr51_store.index_repair(BATCH_INDEX)
-    for b, p in params.items():
-        manifest = batch_inputs(SimpleNamespace(batch=b))
-        cr51_store.write_if_changed(manifest, cr51_store.batch_inputs(b, p))
-    cr51_store.write_if_changed(BATCH_INDEX, cr51_store.batch_index(params, repair))
+        if repair is None:
+            repair = cr51_store.index_repair(BATCH_INDEX)
+        for b, p in params.items():
+            manifest = batch_inputs(SimpleNamespace(batch=b))
+            cr51_store.write_if_changed(manifest, cr51_store.batch_inputs(b, p))
+        cr51_store.write_if_changed(BATCH_INDEX, cr51_store.batch_index(params, repair))
 
 
 # Written before Snakemake builds its DAG by prepare_run (rules/audit.smk), not for a dry run;
