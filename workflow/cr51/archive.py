@@ -331,6 +331,7 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+@paused_gc()
 def scan_inbox(
     raw_dir: str | os.PathLike,
     results_dir: str | os.PathLike,
@@ -348,36 +349,6 @@ def scan_inbox(
     """The run's plates: the drop folder scanned (:func:`cr51.scan.scan`), then admitted into the
     archive (:func:`admit`), with the garbage collector paused (:func:`paused_gc`). What the Snakefile
     calls at parse time."""
-    with paused_gc():
-        return _scan_inbox(
-            raw_dir,
-            results_dir,
-            layouts_dir=layouts_dir,
-            batch_count=batch_count,
-            settle_seconds=settle_seconds,
-            max_bytes=max_bytes,
-            min_share=min_share,
-            confirm_cleanout=confirm_cleanout,
-            stale_after_hours=stale_after_hours,
-            now=now,
-            max_layout_bytes=max_layout_bytes,
-        )
-
-
-def _scan_inbox(
-    raw_dir: str | os.PathLike,
-    results_dir: str | os.PathLike,
-    *,
-    layouts_dir: str | os.PathLike,
-    batch_count: int,
-    settle_seconds: float,
-    max_bytes: int,
-    min_share: float,
-    confirm_cleanout: bool,
-    stale_after_hours: float,
-    now: float | None,
-    max_layout_bytes: int,
-) -> Scan:
     stats = StatCache(Path(results_dir) / STAT_CACHE)
     archive = Archive(results_dir, stats)
     accepted = frozenset(r.versions[-1].layout.name for r in archive.plates.values() if r.versions)
