@@ -64,15 +64,19 @@ def baseline(repeats: int = 5) -> list[float]:
 
 
 def write_plates(raw: Path, start: int, n: int, seed: int) -> None:
-    """Write plates ``start .. start + n - 1`` (each from its own seed, so independent of n)."""
+    """Write plates ``start .. start + n - 1`` (each from its own seed, so independent of n), dated an
+    hour back (settled: older than ``settle_seconds``). Only the new files are dated: setting the times
+    of the files already there would move their change time, so the scan would hash them all again
+    (cr51.statcache), which a lab dropping one plate never causes."""
     from cr51.simulate import simulate_plate, write_plate
 
+    written: list[Path] = []
     for i in range(start, start + n):
         name = f"plate{i:05d}"
         plate = simulate_plate(name, np.random.default_rng([seed, i]), donor=f"D{i % 40:02d}")
-        write_plate(raw, plate, "well_list")
-    old = time.time() - 3600  # settled: older than settle_seconds
-    for p in raw.iterdir():
+        written += write_plate(raw, plate, "well_list")
+    old = time.time() - 3600
+    for p in written:
         os.utime(p, (old, old))
 
 
