@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,3 +223,76 @@ def test_a_version_reads_back_as_it_was_written():
     damaged = {**v.to_dict(), "templates": None}
     with pytest.raises(TypeError):  # as before: a damaged record is an error, not a plate without templates
         archive.Version.from_dict(damaged)
+
+
+def test_the_registry_reserialises_only_the_records_a_run_changed(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    files = []
+    for i in range(4):
+        for ext in ("toml", "csv"):
+            f = tmp_path / f"p{i}.{ext}"
+            f.write_text(f"{i} {ext}\n")
+            files.append(str(f))
+    reg = archive.Archive(results)
+    for i in range(3):
+        reg.admit(f"p{i}", files[2 * i], files[2 * i + 1], (), 0.0)
+    reg.save()
+    reg = archive.Archive(results)  # a run: reads the registry, changes three records, adds one
+    (tmp_path / "p0.csv").write_text("re-export\n")
+    reg.admit("p0", files[0], files[1], (), 1.0)  # a new version
+    reg.plates["p1"].missing_since = "2026-01-01T00:00:00+00:00"
+    reg.admit("p3", files[6], files[7], (), 1.0)  # a new plate
+    serialised = []
+    real = archive.PlateRecord.to_dict
+    monkeypatch.setattr(archive.PlateRecord, "to_dict", lambda self: serialised.append(self) or real(self))
+    reg.save()
+    assert sorted(r.versions[0].layout.name for r in serialised) == ["p0.toml", "p1.toml", "p3.toml"]  # not p2
+    monkeypatch.setattr(archive.PlateRecord, "to_dict", real)
+    written = (results / archive.ARCHIVE / archive.REGISTRY).read_text(encoding="utf-8")
+    every = json.dumps(reg._data(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    assert written == every  # as if every record had been serialised
+    again = archive.Archive(results)
+    assert again.plates == reg.plates and [len(r.versions) for r in again.plates.values()] == [2, 1, 1, 1]
+
+
+def test_a_batch_of_first_versions_does_not_read_the_history(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    layout, export = tmp_path / "p0.toml", tmp_path / "p0.csv"
+    layout.write_text("layout\n")
+    export.write_text("first\n")
+    reg = archive.Archive(results)
+    reg.admit("p0", str(layout), str(export), (), 0.0)
+    export.write_text("re-export\n")
+    reg.admit("p0", str(layout), str(export), (), 1.0)
+    reg.save()
+    entry = {"version": 1, "accepted_at": "x", "replaced_at": None, "potency": []}
+    archive.write_json(results / archive.ARCHIVE / archive.HISTORY, {"format": archive.FORMAT, "plates": {"p0": [entry]}})
+    kept = archive.fallbacks(results, {"p0": 2, "p1": 1})  # p0's v2 falls back to its accepted v1
+    assert list(kept) == ["p0"] and kept["p0"][0] == 1 and kept["p0"][2].endswith("/p0.csv")
+    assert Path(kept["p0"][2]).read_text() == "first\n"
+    monkeypatch.setattr(archive, "read_json", lambda *a: pytest.fail("the history was read"))
+    assert archive.fallbacks(results, {"p0": 1, "p1": 1, "p2": 0}) == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a,b\n1,2\n3,4\n", 'a,b\n"x,\ny",2\n', "a,b\n1,2\n\n3,4\n", "a,b\n1\n1,2,3\n", "a,b\n", "", "a\n\n"],
+    ids=["plain", "quoted-newline", "blank-row", "ragged", "header-only", "empty", "one-column-blank"],
+)
+def test_csv_rows_are_dictreaders_and_read_once_until_the_file_changes(tmp_path, monkeypatch, text):
+    import csv
+    import io
+
+    from cr51 import digests
+
+    f = tmp_path / "files.csv"
+    f.write_text(text, encoding="utf-8", newline="")
+    assert digests.csv_rows(f) == list(csv.DictReader(io.StringIO(text, newline="")))
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    first = digests.csv_rows(f)
+    assert digests.csv_rows(f) is first and opened == []  # unchanged: not read again
+    time.sleep(0.01)
+    f.write_text("a,b\n9,9\n", encoding="utf-8", newline="")  # rewritten: read again
+    assert digests.csv_rows(f) == [{"a": "9", "b": "9"}] and opened

@@ -32,7 +32,6 @@ signature (whoever can write the results folder can forge both the log and its h
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -45,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .digests import result_digest
+from .digests import csv_rows, result_digest
 from .schema import FILE_STATUSES
 
 AUDIT_NAME = "audit.jsonl"
@@ -239,8 +238,7 @@ def files_rows(results_dir: str | os.PathLike) -> list[dict[str, str]] | None:
     path = Path(results_dir) / "files.csv"
     if not path.exists():
         return None
-    with open(path, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return csv_rows(path)
 
 
 def input_changes(before: dict[str, Record], rows: list[dict[str, str]]) -> Record:

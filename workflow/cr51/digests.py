@@ -61,6 +61,36 @@ def result_digest(path: str | os.PathLike) -> str | None:
     return sha
 
 
+#: {path: (stat identity, rows)} of the CSV files :func:`csv_rows` read in this process.
+_CSV_ROWS: dict[str, tuple[list[int], list[dict[str, str]]]] = {}
+
+
+def csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV file as ``csv.DictReader`` gives them, remembered for this process by the
+    file's stat identity (:func:`stat_identity`): the audit record and the summary line of a run read
+    ``files.csv`` (20,000 rows at 10,000 plates) once. The rows are shared: do not change them.
+    ``OSError``, ``csv.Error`` or ``UnicodeDecodeError`` when the file cannot be read as CSV."""
+    import csv
+
+    key = os.fspath(path)
+    identity = stat_identity(os.stat(key))
+    known = _CSV_ROWS.get(key)
+    if known is not None and known[0] == identity:
+        return known[1]
+    with open(key, encoding="utf-8", newline="") as fh:
+        cells = list(csv.reader(fh))
+    header, body = (cells[0], cells[1:]) if cells else ([], [])
+    n = len(header)
+    if all(len(r) == n for r in body):  # as DictReader reads a well-formed table, about twice as fast
+        rows = [dict(zip(header, r)) for r in body]
+    else:  # blank or ragged rows: DictReader's own rules
+        with open(key, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    if stat_identity(os.stat(key)) == identity:  # not rewritten while it was read
+        _CSV_ROWS[key] = (identity, rows)
+    return rows
+
+
 def content_digest(paths: list[str], max_bytes: int) -> str:
     """sha256 of the files' paths, sizes and bytes (a file over ``max_bytes``: its size and mtime only).
 

@@ -20,13 +20,14 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from .digests import csv_rows
+
 PREFIX = "cr51:"
 
 
 def _rows(path: Path) -> list[dict[str, str]] | None:
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh))
+        return csv_rows(path)
     except (OSError, csv.Error, UnicodeDecodeError):
         return None
 

@@ -292,11 +292,22 @@ def _quoted_characters() -> str:
 _NEEDS_QUOTES = re.compile("[" + re.escape(_quoted_characters()) + "]")
 
 
+#: Cell types whose text never needs quoting (:func:`_cell_texts`).
+_NUMBERS = frozenset({float, int, bool})
+
+
 def _cell_texts(values: list[object]) -> list[str]:
     """A column's cells as the csv writer writes them in a row of several: anything not text as
     ``str`` (a float: its ``repr``); text holding a comma, a quote or a line end quoted (``"``
-    doubled). Each distinct text is looked at once (a column repeats a few values)."""
-    texts = [v if type(v) is str else "" if v is None else str(v) for v in values]
+    doubled). Each distinct text is looked at once (a column repeats a few values); a column of
+    numbers only is not looked at (no ``repr`` of a number holds such a character)."""
+    kinds = set(map(type, values))
+    if type(None) in kinds:
+        texts = [v if type(v) is str else "" if v is None else str(v) for v in values]
+    else:
+        texts = list(map(str, values))  # str(v) of each, in one C loop (a float's str is its repr)
+        if kinds <= _NUMBERS:
+            return texts
     quoted = {v: '"' + v.replace('"', '""') + '"' for v in set(texts) if _NEEDS_QUOTES.search(v)}
     return [quoted.get(v, v) for v in texts] if quoted else texts
 
