@@ -149,3 +149,24 @@ def test_chaos_small(tmp_path):
     assert logs and all("BLAS threads: " in p.read_text() for p in logs)
     assert all(line.count(" 1") >= 1 and " 2" not in line for p in logs for line in p.read_text().splitlines()
                if "BLAS threads: " in line)  # fmt: skip
+
+
+@pytest.mark.parametrize("paused", [True, False])
+def test_a_job_runs_with_the_garbage_collector_paused_when_asked_then_restored(tmp_path, paused):
+    import gc
+    from types import SimpleNamespace
+
+    from cr51.jobs import run_job
+
+    seen = []
+    smk = SimpleNamespace(log=[str(tmp_path / "job.log")], rule="test")
+    run_job(smk, lambda smk: seen.append(gc.isenabled()), gc_paused=paused)
+    assert seen == [not paused] and gc.isenabled()
+    with pytest.raises(RuntimeError):  # a failing job restores it too
+
+        def fail(smk):
+            raise RuntimeError("boom")
+
+        run_job(smk, fail, gc_paused=paused)
+    assert gc.isenabled()
+    assert ("garbage collector paused" in (tmp_path / "job.log").read_text()) is paused

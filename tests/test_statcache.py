@@ -266,7 +266,9 @@ def test_a_batch_of_first_versions_does_not_read_the_history(tmp_path, monkeypat
     reg.admit("p0", str(layout), str(export), (), 1.0)
     reg.save()
     entry = {"version": 1, "accepted_at": "x", "replaced_at": None, "potency": []}
-    archive.write_json(results / archive.ARCHIVE / archive.HISTORY, {"format": archive.FORMAT, "plates": {"p0": [entry]}})
+    archive.write_json(
+        results / archive.ARCHIVE / archive.HISTORY, {"format": archive.FORMAT, "plates": {"p0": [entry]}}
+    )
     kept = archive.fallbacks(results, {"p0": 2, "p1": 1})  # p0's v2 falls back to its accepted v1
     assert list(kept) == ["p0"] and kept["p0"][0] == 1 and kept["p0"][2].endswith("/p0.csv")
     assert Path(kept["p0"][2]).read_text() == "first\n"

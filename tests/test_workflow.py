@@ -112,6 +112,11 @@ def test_potency_recovers_truth(run):
     assert not hot["included"].any() and (hot["reason"] == "plate failed QC").all()
 
 
+def test_collect_runs_with_the_garbage_collector_paused(run):
+    _, results, _ = run  # cr51.jobs.run_job(gc_paused=True): ~1 s at 10,000 plates
+    assert "cyclic garbage collector paused for this job" in (results / "logs" / "collect.log").read_text()
+
+
 def test_nothing_new_does_nothing(run):
     raw, results, _ = run
     proc = snakemake("--config", f"raw_dir={raw}", f"results_dir={results}", "settle_seconds=0", "-n")

@@ -83,4 +83,4 @@ def main(smk):
     write_workbook(summary, smk.output.workbook, version=__version__, run_time=generated)
 
 
-run_job(snakemake, main)  # noqa: F821
+run_job(snakemake, main, gc_paused=True)  # noqa: F821 - the history stays loaded until the job ends
