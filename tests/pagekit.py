@@ -77,14 +77,17 @@ def run_tables() -> dict[str, pd.DataFrame]:
 
 
 class Page(HTMLParser):
-    """A page's numeric cells (``cells``: [(data-c, text, row attrs, data-table)]), links (``hrefs``), resource
-    references (``srcs``), headings (``headings``: [(tag, text)]) and the ``<text>`` of each SVG (``svgs``)."""
+    """A page's numeric cells (``cells``: [(data-c, text, row attrs, table's data-table or else class)]),
+    links (``hrefs``), resource references (``srcs``; both as ``refs``: [(tag, src or href)]), element ids
+    (``ids``), headings (``headings``: [(tag, text)]) and the ``<text>`` of each SVG (``svgs``)."""
 
     def __init__(self, html: str) -> None:
         super().__init__()
         self.cells: list[tuple[str, str, dict[str, str], str]] = []
         self.hrefs: list[str] = []
         self.srcs: list[str] = []
+        self.refs: list[tuple[str, str]] = []
+        self.ids: set[str] = set()
         self.headings: list[tuple[str, str]] = []
         self.svgs: list[list[str]] = []
         self._row: dict[str, str] = {}
@@ -97,12 +100,13 @@ class Page(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = {k: v or "" for k, v in attrs}
-        if "href" in a:
-            self.hrefs.append(a["href"])
-        if "src" in a:
-            self.srcs.append(a["src"])
+        self.ids.add(a.get("id", ""))
+        for key, found in (("src", self.srcs), ("href", self.hrefs)):
+            if key in a:
+                found.append(a[key])
+                self.refs.append((tag, a[key]))
         if tag == "table":
-            self._table = a.get("data-table", "")
+            self._table = a.get("data-table", a.get("class", ""))
         if tag == "tr":
             self._row = a
         if tag in ("h1", "h2", "h3", "h4"):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import CONFIG
+from pagekit import Page
 
 from cr51.batch import process_batch
 from cr51.combination import combine_plates
@@ -28,42 +28,6 @@ from cr51.simulate import simulate_plate, write_plate
 from cr51.svg import log_ticks, nice_ticks
 
 LAYOUTS = Path(__file__).resolve().parents[1] / "config" / "layouts"
-
-
-class Cells(HTMLParser):
-    """Every element's attributes and text: ``cells`` = [(data-c, text, enclosing row attrs, table)]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cells: list[tuple[str, str, dict[str, str], str]] = []
-        self.refs: list[tuple[str, str]] = []  # (tag, src/href)
-        self.ids: set[str] = set()
-        self._row: dict[str, str] = {}
-        self._table = ""
-        self._open: list[tuple[str, str]] = []
-        self._text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        a = {k: v or "" for k, v in attrs}
-        self.ids.add(a.get("id", ""))
-        for key in ("src", "href"):
-            if key in a:
-                self.refs.append((tag, a[key]))
-        if tag == "table":
-            self._table = a.get("data-table", a.get("class", ""))
-        if tag == "tr":
-            self._row = a
-        if "data-c" in a:
-            self._open.append((a["data-c"], tag))
-            self._text = []
-
-    def handle_endtag(self, tag):
-        if self._open and self._open[-1][1] == tag:
-            col, _ = self._open.pop()
-            self.cells.append((col, "".join(self._text), dict(self._row), self._table))
-
-    def handle_data(self, data):
-        self._text.append(data)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +64,12 @@ def run(tmp_path_factory):
         tables["potency"], tables["qc"], CONFIG
     )
     report = build_report(ReportInputs(tables, CONFIG, [str(LAYOUTS / "standard_96.toml")]))
-    parser = Cells()
-    parser.feed(report.html)
+    parser = Page(report.html)
     sections = plate_sections(tables, CONFIG)
     return tables, sections, report, parser, pages, figures
 
 
-def values(parser: Cells, table: str, key: str, col: str) -> dict[str, str]:
+def values(parser: Page, table: str, key: str, col: str) -> dict[str, str]:
     """{row's data-<key>: cell text} of column ``col`` in the tables named ``table``."""
     return {row[f"data-{key}"]: text for c, text, row, t in parser.cells if t == table and c == col}
 
@@ -161,8 +124,7 @@ def test_plate_sections_show_qc_and_potency_numbers(run):
     tables, sections, *_ = run
     assert sorted(sections) == sorted(tables["qc"]["plate"])
     for q in tables["qc"].to_dict("records"):
-        p = Cells()
-        p.feed(sections[q["plate"]].html)
+        p = Page(sections[q["plate"]].html)
         qc_cells = {c: text for c, text, _, t in p.cells if t == "qc"}
         for col in ("spontaneous_pct_of_max", "spontaneous_cpm", "maximum_cpm", "untreated_lysis_pct",
                     "lu20_per_1e7", "vehicle_suppression_pct"):  # fmt: skip

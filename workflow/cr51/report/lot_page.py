@@ -36,9 +36,8 @@ from ..campaign import campaign_id
 from ..figures import REFERENCE_COLOUR, ForestGroup, ForestRow, forest_svg, lot_class, lot_colours
 from ..settings import Analysis
 from ..tables import records, write_if_changed
-from . import names
+from . import names, page
 from .html import esc, fmt, map_distinct, missing, table, td, truthy
-from .page import CSS, JS
 
 #: The report's stylesheet and script (package data of :mod:`cr51.report`), inline in every page.
 #: Plates listed per campaign (the most recent; older ones are summarised per year).
@@ -77,18 +76,12 @@ def document(title: str, body: str, colours: Mapping[str, str], print_left: str,
     print_left, print_right
         Plain text of the printed page header's left and right (e.g. the lot, the date).
     """
-    lot_css = "".join(f".{lot_class(lot)}{{color:{c}}}" for lot, c in sorted(colours.items()))
     page_css = (
         f"@page{{size:A4;margin:16mm 12mm 14mm 12mm;@top-left{{content:{css_string(print_left)}}}"
         f"@top-right{{content:{css_string(print_right)}}}"
         '@bottom-right{content:"page " counter(page) " of " counter(pages)}}'
     )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>\n{CSS}{lot_css}{page_css}</style></head>"
-        f'<body class="record">{body}<script>\n{JS}</script></body></html>'
-    )
+    return page.document(title, body, colours, extra_css=page_css, body_class="record")
 
 
 def href(page: str) -> str:

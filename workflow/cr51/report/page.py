@@ -374,15 +374,19 @@ def provenance_section(files: pd.DataFrame, config: Mapping[str, Any], templates
     )
 
 
-def document(title: str, body: str, colours: Mapping[str, str] | None = None) -> str:
-    """A whole page: the report's stylesheet (with a colour per lot of ``colours``) and script inline,
-    no external resource."""
+def document(
+    title: str, body: str, colours: Mapping[str, str] | None = None, *, extra_css: str = "", body_class: str = ""
+) -> str:
+    """A whole page: the report's stylesheet (with a colour per lot of ``colours``, then ``extra_css``)
+    and script inline, no external resource; ``body_class``: the body's class (none when empty). The
+    one shell of every page (the index, the plate, lot and campaign pages)."""
     lot_css = "".join(f".{lot_class(lot)}{{color:{c}}}" for lot, c in sorted((colours or {}).items()))
+    attrs = f' class="{esc(body_class)}"' if body_class else ""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title>"
-        f"<style>\n{CSS}{lot_css}</style></head><body>{body}<script>\n{JS}</script></body></html>"
+        f"<style>\n{CSS}{lot_css}{extra_css}</style></head><body{attrs}>{body}<script>\n{JS}</script></body></html>"
     )
 
 
