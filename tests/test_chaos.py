@@ -170,3 +170,63 @@ def test_a_job_runs_with_the_garbage_collector_paused_when_asked_then_restored(t
         run_job(smk, fail, gc_paused=paused)
     assert gc.isenabled()
     assert ("garbage collector paused" in (tmp_path / "job.log").read_text()) is paused
+
+
+def test_side_by_side_runs_the_first_part_in_another_process_at_the_same_time(tmp_path):
+    import os
+    import time
+
+    from cr51.jobs import side_by_side
+
+    marks = tmp_path / "marks"
+
+    def part(name):
+        def run():
+            with open(marks, "a") as fh:
+                fh.write(f"{name} start {os.getpid()} {time.monotonic()}\n")
+            time.sleep(0.5)
+            with open(marks, "a") as fh:
+                fh.write(f"{name} end {os.getpid()} {time.monotonic()}\n")
+
+        return run
+
+    side_by_side(part("first"), part("second"), parallel=True)
+    seen = {
+        (n, what): (int(pid), float(t)) for n, what, pid, t in (ln.split() for ln in marks.read_text().splitlines())
+    }
+    assert seen[("first", "start")][0] != os.getpid() == seen[("second", "start")][0]
+    assert (
+        seen[("first", "start")][1] < seen[("second", "end")][1]
+        and seen[("second", "start")][1] < seen[("first", "end")][1]
+    )
+    marks.unlink()
+    side_by_side(part("first"), part("second"), parallel=False)  # one after the other, here
+    lines = [ln.split()[:3] for ln in marks.read_text().splitlines()]
+    assert [ln[:2] for ln in lines] == [["second", "start"], ["second", "end"], ["first", "start"], ["first", "end"]]
+    assert {int(ln[2]) for ln in lines} == {os.getpid()}
+
+
+@pytest.mark.parametrize("failing", ["first", "second", "both"])
+def test_side_by_side_raises_when_either_part_fails_after_both_ended(tmp_path, failing):
+    import os
+
+    from cr51.jobs import side_by_side
+
+    done = tmp_path / "done"
+
+    def part(name):
+        def run():
+            if failing in (name, "both"):
+                raise ValueError(f"{name} failed")
+            done.write_text(name)  # each part's own file
+
+        return run
+
+    with pytest.raises((RuntimeError, ValueError)) as err:
+        side_by_side(part("first"), part("second"), parallel=True)
+    if failing == "first":
+        assert err.type is RuntimeError and done.read_text() == "second"
+    else:
+        assert err.type is ValueError and "second failed" in str(err.value)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # the child was reaped: no process left behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,27 @@ def test_nothing_new_does_nothing(run):
     proc = snakemake("--config", f"raw_dir={raw}", f"results_dir={results}", "settle_seconds=0", "-n")
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_one_core_gives_the_same_results_as_two(tmp_path):
+    """collect's parts run side by side with two cores (cr51.jobs.side_by_side), one after the other
+    with one: the same files (in the same folders, so that the recorded configuration is the same)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from golden_run import digests
+
+    raw, results = tmp_path / "raw", tmp_path / "results"
+    for i in range(2):
+        write_plate(raw, simulate_plate(f"plate{i}", np.random.default_rng(300 + i), donor=f"D{i}"), "well_list")
+    (raw / "orphan.csv").write_text("Well,CPM\nA1,100\n")
+    seen = {}
+    for cores in ("1", "2"):
+        proc = subprocess.run(
+            [str(SNAKEMAKE), "--cores", cores, "--config", f"raw_dir={raw}", f"results_dir={results}", "settle_seconds=0"],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        log = (results / "logs" / "collect.log").read_text()
+        assert ("side by side" in log) is (cores == "2"), log
+        seen[cores] = digests(results)
+        shutil.rmtree(results)
+    assert len(seen["2"]) > 20 and seen["1"] == seen["2"]

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import re
+import sys
 import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -101,6 +102,47 @@ def run_job(smk: Any, main: Callable[[Any], None], gc_paused: bool = False) -> N
         if enabled:
             gc.enable()
     log.info("done")
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr, *(getattr(h, "stream", None) for h in logging.getLogger().handlers)):
+        if stream is not None:
+            stream.flush()
+
+
+def side_by_side(first: Callable[[], None], second: Callable[[], None], parallel: bool) -> None:
+    """Run two independent parts of a job, each writing its own files: with ``parallel``, ``first``
+    in a forked child process while ``second`` runs here (a job given two threads: ``collect``'s
+    history-wide analyses on both cores), else one after the other (``second`` first). Returns when
+    both are done; a failure of either raises here once both have ended (the child's traceback is in
+    the job's log). The child shares what was loaded before the fork (copy on write) and leaves
+    nothing but its files: it ends with ``os._exit``, without Python's clean-up."""
+    if not parallel:
+        second()
+        first()
+        return
+    log = logging.getLogger("cr51.job")
+    _flush_streams()  # else what is buffered is written twice
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            first()
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported to the parent by the exit code
+            log.exception("the forked part of the job failed")
+        finally:
+            _flush_streams()
+            os._exit(code)
+    log.info("two parts side by side: %s in process %d, %s here", first.__name__, pid, second.__name__)
+    try:
+        second()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(
+            f"the forked part of the job failed (exit status {status}); its traceback is in the job's log"
+        )
 
 
 #: Snakemake's scheduler module: :func:`cancel_reevaluation_timers` cancels the timers it started.

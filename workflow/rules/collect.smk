@@ -72,6 +72,9 @@ rule collect:
         f"{RESULTS}/logs/collect.log",
     conda:
         "../envs/cr51.yaml"
+    # two: its history-wide analyses and pages run in two processes (cr51.jobs.side_by_side); with
+    # --cores 1 they run one after the other
+    threads: 2
     resources:
         mem_mb=2000,
         runtime=15,
