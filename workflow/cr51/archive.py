@@ -332,7 +332,8 @@ def paused_gc() -> Iterator[None]:
     """Python's cyclic garbage collector paused for the block (then restored as it was). The parse-time
     work allocates some 100,000 objects (the registry's records, the listing, the plates) that stay alive
     until it returns and form no cycles, so the collector only walked them again and again (0.1 s at
-    10,000 plates); they are freed by reference counting as before."""
+    10,000 plates); they are freed by reference counting as before. Also the whole ``collect`` job
+    (:func:`cr51.jobs.run_job`'s ``gc_paused``)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -13,8 +13,8 @@ already loaded (``openblas_set_num_threads``) and logs it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import gc
 import logging
 import os
 import platform
@@ -25,6 +25,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from . import __version__
+from .archive import paused_gc
 
 #: The environment variables that set the thread count of BLAS/OpenMP libraries (read when they load).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -89,18 +90,14 @@ def run_job(smk: Any, main: Callable[[Any], None], gc_paused: bool = False) -> N
     pin_threads()  # for the processes this job starts; libraries already loaded are set below
     threads = blas_threads(set_to=1)
     log.info("BLAS threads: %s", ", ".join(f"{k} {v}" for k, v in threads.items()) or "no OpenBLAS loaded")
-    enabled = gc.isenabled()
     if gc_paused:
-        gc.disable()
         log.info("cyclic garbage collector paused for this job")
-    try:
-        main(smk)
-    except Exception:
-        log.exception("job failed")
-        raise
-    finally:
-        if enabled:
-            gc.enable()
+    with paused_gc() if gc_paused else contextlib.nullcontext():
+        try:
+            main(smk)
+        except Exception:
+            log.exception("job failed")
+            raise
     log.info("done")
 
 
