@@ -268,15 +268,77 @@ def test_free_model_split_equals_joint_optimisation() -> None:
     np.testing.assert_allclose(split.vcov, joint.vcov, rtol=2e-2, atol=1e-9)
 
 
-def test_minimizer_skips_only_lmfits_own_errors() -> None:
-    """The fits' Minimizer overrides lmfit's error-bar step (drc's covariance is used instead); the
-    hook must still exist in the pinned lmfit, or the override silently stops saving the work."""
+def _lmfit_leastsq(residual, jacobian, params, max_nfev=None) -> tuple[np.ndarray, bool, str]:
+    """The same problem solved by ``lmfit.Minimizer`` itself: (values, success, message)."""
     import lmfit
 
-    assert hasattr(lmfit.Minimizer, "_calculate_uncertainties_correlations")
-    minimizer = fit._minimizer_class()
-    assert issubclass(minimizer, lmfit.Minimizer)
-    assert minimizer._calculate_uncertainties_correlations is not lmfit.Minimizer._calculate_uncertainties_correlations
+    def values(pars: lmfit.Parameters) -> np.ndarray:
+        return np.array([par.value for par in pars.values()])
+
+    mini = lmfit.Minimizer(lambda pars: residual(values(pars)), params, calc_covar=False)
+    out = mini.minimize(method="leastsq", Dfun=lambda pars: jacobian(values(pars)), max_nfev=max_nfev)
+    return values(out.params), out.success, out.message
+
+
+def _curves(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Simulated suppression curves (two groups each): shallow, steep (slope at its bound), rising,
+    flat (IC50 at its bound), noisy; untreated wells at dose 0."""
+    doses = np.repeat([0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], 2)
+    out = []
+    for b, c, d, e, noise in [
+        (1.0, 10.0, 60.0, 0.5, 2.0),
+        (0.6, 5.0, 55.0, 2.0, 3.0),
+        (80.0, 10.0, 60.0, 0.5, 0.5),
+        (200.0, 10.0, 60.0, 0.55, 0.0),
+        (1.0, 10.0, 60.0, 1e6, 1.0),
+        (-1.5, 10.0, 60.0, 1.0, 2.0),
+        (1.0, 40.0, 40.0, 1.0, 2.0),
+        (2.0, 20.0, 45.0, 0.2, 8.0),
+    ]:
+        y = np.concatenate([fit.curve(doses, b, c, d, e), fit.curve(doses, b, c, d, 2.5 * e)])
+        y += rng.normal(0.0, noise, y.size)
+        out.append((np.concatenate([doses, doses]), y, np.repeat(["ref", "lot"], doses.size)))
+    return out
+
+
+def test_levenberg_marquardt_is_lmfits_leastsq_to_the_last_bit(monkeypatch, ryegrass, salba) -> None:
+    """Every fit's optimiser (:func:`cr51.fit.levenberg_marquardt`, lmfit's transform applied to the
+    whole vector) against ``lmfit.Minimizer`` on a copy of the same problem: the same values bit for
+    bit, the same success and message, over single curves, joint models, slopes and IC50s at their
+    bounds, and an evaluation limit that stops the loop."""
+    import copy
+
+    real = fit.levenberg_marquardt
+    pairs = []
+
+    def both(residual, jacobian, params, max_nfev=None):
+        theirs = _lmfit_leastsq(residual, jacobian, copy.deepcopy(list(params)), max_nfev)
+        ours = real(residual, jacobian, params, max_nfev)
+        pairs.append((ours, theirs, max_nfev))
+        return ours
+
+    monkeypatch.setattr(fit, "levenberg_marquardt", both)
+    d = pd.read_csv(DATA / "ryegrass.csv")
+    for model in ("LL.3", "LL.4", "LL.5"):
+        fit.fit_curve(d["conc"], d["rootl"], model)
+    for per_group in (fit.PARALLEL, fit.COMMON_CD, fit.COMMON_E, frozenset({"b", "c", "e"})):
+        joint(salba, per_group)
+    results = []
+    for x, y, g in _curves(np.random.default_rng(20261203)):
+        results.append(fit.fit_curve(x[g == "ref"], y[g == "ref"]))
+        results.append(fit.fit_joint(x, y, g, "LL.4", fit.PARALLEL))
+        results.append(fit.fit_joint(x, y, g, "LL.4", frozenset({"b", "c", "e"})))
+    assert any(r.converged for r in results) and any("at its bound" in r.message for r in results)
+    stopped = len(pairs)
+    monkeypatch.setattr(fit, "levenberg_marquardt", lambda r, j, p: both(r, j, p, max_nfev=4))
+    limited = fit.fit_curve(d["conc"], d["rootl"])
+    assert not limited.converged and "more than 4 function evaluations" in limited.message
+    assert len(pairs) == stopped + 1 and stopped >= 30
+    for ours, (values, success, message), max_nfev in pairs:
+        assert ours.success == success
+        if max_nfev is None:
+            assert ours.message == message
+            np.testing.assert_array_equal(ours.values, values)  # bit for bit, NaN where lmfit has NaN
 
 
 def test_a_fit_memo_is_explicit_and_serves_identical_curves_once() -> None:

@@ -8,9 +8,11 @@ Models use drc's parameterisation (Ritz et al. 2015, R package ``drc``)::
 
 ``x = 0`` is allowed: ``f(0) = d`` for ``b > 0`` (``c`` for ``b < 0``).
 
-Fits are unweighted least squares done by :mod:`lmfit` (Levenberg-Marquardt,
-analytic Jacobian, ``ln e`` optimised internally; a guard column keeps SciPy's MINPACK from reading
-past the Jacobian, so that a fit does not depend on the process's history: :data:`QR_GUARD`).
+Fits are unweighted least squares by MINPACK's Levenberg-Marquardt as :mod:`lmfit` runs it (lmfit
+``Parameter`` bounds and their Minuit-style transform, applied to the whole parameter vector at once:
+:func:`levenberg_marquardt`; analytic Jacobian, ``ln e`` optimised internally; a guard column keeps
+SciPy's MINPACK from reading past the Jacobian, so that a fit does not depend on the process's history:
+:data:`QR_GUARD`).
 Standard errors follow drc: ``vcov = 2 * sigma^2 * H^-1`` with ``H`` the Hessian of the residual sum of
 squares with respect to the reported parameters (b, c, d, e[, f]) and
 ``sigma^2 = RSS / (n - p)``. ``H`` is analytic (second derivatives of the curve);
@@ -22,9 +24,9 @@ shared by all groups or estimated per group; see :func:`fit_joint`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -562,8 +564,8 @@ def _make_params(design: _Design, start: FloatArray) -> list[lmfit.Parameter]:
     """lmfit parameters ``p0, p1, ...`` with bounds on b, ln e and f, then the unbounded guard
     parameter (:data:`QR_GUARD`, value 0) last.
 
-    A list, not an ``lmfit.Parameters``: the minimizer builds its one ``Parameters`` from it instead
-    of deep-copying ours (the same fit, without a second expression interpreter per fit).
+    A list, not an ``lmfit.Parameters`` (no expression interpreter per fit): :func:`levenberg_marquardt`
+    reads their bounds and internal starting values.
     """
     lx_pos = design.lx[np.isfinite(design.lx)]
     margin = E_DECADES * np.log(10.0)
@@ -580,14 +582,16 @@ def _make_params(design: _Design, start: FloatArray) -> list[lmfit.Parameter]:
     return params
 
 
-def _at_bound(params: lmfit.Parameters, names: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+def _at_bound(
+    params: Sequence[lmfit.Parameter], values: FloatArray, names: tuple[str, ...]
+) -> tuple[str | None, tuple[str, ...]]:
     """(the reason, the names of the parameters at their bounds), or (None, ()) at an interior optimum."""
     found = []
     for i, name in enumerate(names):
-        par = params[f"p{i}"]
+        par, value = params[i], float(values[i])
         width = par.max - par.min
-        if np.isfinite(width) and min(par.value - par.min, par.max - par.value) < 1e-6 * width:
-            found.append((name, par.value))
+        if np.isfinite(width) and min(value - par.min, par.max - value) < 1e-6 * width:
+            found.append((name, value))
     if not found:
         return None, ()
     name, value = found[0]
@@ -773,17 +777,17 @@ def _optimise(
     last: list = [None, None]
     n, p = x.size, design.n_params
 
-    def residual(params: lmfit.Parameters) -> FloatArray:
-        theta, guard = _split(params, p)
+    def residual(values: FloatArray) -> FloatArray:
+        theta = values[:p]
         value, partials, _ = design._terms(theta, 1)
         last[0], last[1] = theta, partials
         out = np.empty(n + 1)
         np.subtract(value, y, out=out[:n])
-        out[n] = QR_GUARD * guard
+        out[n] = QR_GUARD * values[p]
         return out
 
-    def jacobian(params: lmfit.Parameters) -> FloatArray:
-        theta, _ = _split(params, p)
+    def jacobian(values: FloatArray) -> FloatArray:
+        theta = values[:p]
         if last[0] is not None and np.array_equal(theta, last[0]):
             jac = design._jacobian(last[1])
         else:
@@ -795,14 +799,14 @@ def _optimise(
 
     start = _start(design, x, y, grp, given or {})
     params = _make_params(design, start)
-    out = _minimizer_class()(residual, params, calc_covar=False).minimize(method="leastsq", Dfun=jacobian)
-    theta = design.to_reported(_split(out.params, p)[0])
+    out = levenberg_marquardt(residual, jacobian, params)
+    theta = design.to_reported(out.values[:p])
     if not out.success or not np.all(np.isfinite(theta)):
         return _failed(design, n, f"optimiser did not converge: {out.message}", per_group)
-    bound, at = _at_bound(out.params, design.names)
+    bound, at = _at_bound(params, out.values, design.names)
     if bound is not None:
         return _failed(design, n, bound, per_group, at)
-    rss = float(np.sum(residual(out.params)[:n] ** 2))
+    rss = float(np.sum(out.residual[:n] ** 2))
     vcov, problem = _drc_vcov(design, theta, y, rss / (n - p))
     return FitResult(
         design.model.name,
@@ -819,27 +823,112 @@ def _optimise(
     )
 
 
-@cache
-def _minimizer_class() -> type[lmfit.Minimizer]:
-    """``lmfit.Minimizer`` without lmfit's own standard errors.
+@dataclass(frozen=True)
+class Minimum:
+    """Where :func:`levenberg_marquardt` stopped: the parameter values (bounds applied), the residuals
+    there, and lmfit's verdict (``success``, ``message``)."""
 
-    The fits report drc's covariance (``2 sigma^2 H^-1`` from the analytic Hessian, see
-    :func:`_drc_vcov`); lmfit's ``J'J`` errors, correlations and ``uncertainties`` variables
-    would be computed after every fit and never read (about 0.1 ms a fit).
+    values: FloatArray
+    residual: FloatArray
+    success: bool
+    message: str
+    nfev: int
+
+
+class _TooManyEvaluations(Exception):
+    """Raised inside MINPACK's loop to stop it (lmfit's ``AbortFitException``)."""
+
+
+#: lmfit 1.3.4's ``Minimizer.leastsq`` options for ``scipy.optimize.leastsq`` (its ``lskws``).
+_LEASTSQ_OPTIONS = {"col_deriv": 0, "ftol": 1.5e-8, "xtol": 1.5e-8, "gtol": 0.0, "epsfcn": 1.0e-10, "factor": 100}
+
+
+def levenberg_marquardt(
+    residual: Callable[[FloatArray], FloatArray],
+    jacobian: Callable[[FloatArray], FloatArray],
+    params: Sequence[lmfit.Parameter],
+    max_nfev: int | None = None,
+) -> Minimum:
+    """Least squares by MINPACK's Levenberg-Marquardt, exactly as ``lmfit.Minimizer(...).minimize(
+    method="leastsq", Dfun=...)`` does it (lmfit 1.3.4, pinned), for ``params`` bounded on both sides or
+    not at all.
+
+    ``residual(values)`` and ``jacobian(values)`` take the parameter values as one array (in the order
+    of ``params``) instead of an ``lmfit.Parameters``: lmfit's Minuit-style bounds transform (each
+    ``Parameter``'s ``setup_bounds`` gives the internal start; ``min + (sin(u) + 1) (max - min) / 2``
+    and the gradient scale ``cos(u) (max - min) / 2`` per evaluation; values clipped to the bounds as
+    ``Parameter.value`` does) is applied to the whole vector at once. lmfit applies it parameter by
+    parameter through ``Parameters`` and an expression interpreter, which cost ~0.5 ms a fit, a third of
+    the per-plate fits (docs/benchmarks.md). The numbers are lmfit's to the last bit: the same MINPACK
+    call with lmfit's options, the same transform expressions evaluated in the same order, and
+    ``tests/test_fit.py`` compares both on curves, joint models, bounds and failing fits. lmfit's
+    evaluation limit (``max_nfev``; by default ``2000 (nvarys + 1)`` residuals, counted from -2 for
+    SciPy's two checking calls) stops the loop as lmfit's does; the message then says so (lmfit's says
+    "Tolerance seems to be too small"). A non-finite residual or Jacobian raises ``ValueError``, as
+    lmfit's default ``nan_policy="raise"`` does.
     """
-    import lmfit
+    from scipy.optimize import leastsq
 
-    class Minimizer(lmfit.Minimizer):
-        def _calculate_uncertainties_correlations(self) -> None:
-            self.result.errorbars = False
+    lo = np.array([par.min for par in params], dtype=float)
+    hi = np.array([par.max for par in params], dtype=float)
+    bounded = np.isfinite(lo) & np.isfinite(hi)
+    if np.any(np.isfinite(lo) != np.isfinite(hi)):
+        raise ValueError("one-sided bounds are not supported (lmfit's sqrt transform)")
+    b_lo, b_width = lo[bounded], hi[bounded] - lo[bounded]
+    start = np.array([par.setup_bounds() for par in params])
+    max_nfev = 2000 * (len(params) + 1) if max_nfev is None else max_nfev
+    count = -2  # lmfit: "correct for pre-fit initialization/checks"
 
-    return Minimizer
+    def external(internal: FloatArray) -> FloatArray:
+        values = np.array(internal, dtype=float)
+        values[bounded] = b_lo + (np.sin(internal[bounded]) + 1) * b_width / 2.0
+        return np.where(values > hi, hi, np.where(values < lo, lo, values))  # Parameter.value's setter
+
+    def fcn(internal: FloatArray) -> FloatArray:
+        nonlocal count
+        values = external(internal)
+        count += 1
+        if count > max_nfev:
+            raise _TooManyEvaluations
+        return _finite(residual(values))
+
+    def dfun(internal: FloatArray) -> FloatArray:
+        scale = np.ones(internal.size)
+        scale[bounded] = np.cos(internal[bounded]) * b_width / 2.0
+        jac = _finite(jacobian(external(internal)))
+        jac *= scale
+        return jac
+
+    with np.errstate(all="ignore"):
+        try:
+            best, cov, _, _, ier = leastsq(
+                fcn, start, Dfun=dfun, full_output=1, maxfev=2 * max_nfev, **_LEASTSQ_OPTIONS
+            )
+        except _TooManyEvaluations:
+            values = np.full(len(params), np.nan)
+            return Minimum(values, values, False, f"more than {max_nfev} function evaluations", count)
+        values = external(best)
+        resid = residual(values)
+    message = {0: _INVALID, 1: _OK, 2: _OK, 3: _OK, 4: _NO_EFFECT}.get(ier, _TOLERANCE)
+    if cov is None:
+        message = f"{message} Could not estimate error-bars."
+    return Minimum(values, resid, ier in (1, 2, 3, 4), message, count)
 
 
-def _split(params: lmfit.Parameters, p: int) -> tuple[FloatArray, float]:
-    """The curve parameters (internal scale) and the guard parameter's value (see :data:`QR_GUARD`)."""
-    values = np.array([par.value for par in params.values()])
-    return values[:p], float(values[p])
+# lmfit's messages (Minimizer.leastsq) for MINPACK's ``ier``
+_OK = "Fit succeeded."
+_INVALID = "Invalid Input Parameters. I.e. more variables than data points given, tolerance < 0.0, or no data provided."
+_NO_EFFECT = "One or more variable did not affect the fit."
+_TOLERANCE = "Tolerance seems to be too small."
+
+
+def _finite(arr: FloatArray) -> FloatArray:
+    """``arr`` as float64; ``ValueError`` if it holds NaN or infinity (lmfit's ``coerce_float64`` check)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        if not np.isfinite(np.sum(arr)):
+            raise ValueError("NaN or infinite values in the residuals or Jacobian of a fit")
+    return arr
 
 
 def _drc_vcov(design: _Design, theta: FloatArray, y: FloatArray, sigma2: float) -> tuple[FloatArray, str | None]:
