@@ -24,6 +24,7 @@ shared by all groups or estimated per group; see :func:`fit_joint`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -88,6 +89,7 @@ def _curve_terms(
     f: FloatArray,
     order: int = 1,
     zero: npt.NDArray[np.bool_] | bool | None = None,
+    with_f: bool = True,
 ) -> tuple[FloatArray, dict[str, FloatArray], dict[tuple[str, str], FloatArray]]:
     """LL.5 values and, up to ``order``, first and second partial derivatives.
 
@@ -96,7 +98,8 @@ def _curve_terms(
     ``s = ln(1 + exp(u))`` and ``g = exp(-f s)`` the curve is ``c + (d - c) g``; every derivative
     involving b, ln e or f is exactly 0 at dose 0. Second derivatives are keyed by the ordered
     pair of names (``("b", "e")`` etc.); pairs not listed (c-c, c-d, d-d) are 0. ``zero`` is
-    ``isneginf(lx)`` when the caller has it, ``False`` when no dose is 0.
+    ``isneginf(lx)`` when the caller has it, ``False`` when no dose is 0. ``with_f=False`` (f fixed, as
+    in LL.3 and LL.4) leaves out the derivatives involving f.
     """
     if zero is None:
         zero = np.isneginf(lx)
@@ -114,28 +117,31 @@ def _curve_terms(
         return value, {}, {}
     sig = special.expit(u)
     g_u = -f * g * sig
-    finite = np.isfinite(s)  # s = inf only where g = 0 (dose 0 with b < 0)
-    s_g = np.multiply(s, g, out=np.zeros_like(s), where=finite)
-    partials = {"b": span * g_u * dlx, "c": 1.0 - g, "d": g, "e": -span * g_u * b, "f": -span * s_g}
+    partials = {"b": span * g_u * dlx, "c": 1.0 - g, "d": g, "e": -span * g_u * b}
+    if with_f:
+        finite = np.isfinite(s)  # s = inf only where g = 0 (dose 0 with b < 0)
+        s_g = np.multiply(s, g, out=np.zeros_like(s), where=finite)
+        partials["f"] = -span * s_g
     if order < 2:
         return value, partials, {}
     g_uu = f * g * sig * ((f + 1.0) * sig - 1.0)
-    g_ff = np.multiply(s, s_g, out=np.zeros_like(s), where=finite)
-    g_uf = sig * (f * s_g - g)
     second = {
         ("b", "b"): span * g_uu * dlx**2,
         ("b", "e"): -span * (b * dlx * g_uu + g_u),
         ("e", "e"): span * g_uu * b**2,
-        ("b", "f"): span * g_uf * dlx,
-        ("e", "f"): -span * g_uf * b,
-        ("f", "f"): span * g_ff,
         ("b", "c"): -g_u * dlx,
         ("b", "d"): g_u * dlx,
         ("c", "e"): g_u * b,
         ("d", "e"): -g_u * b,
-        ("c", "f"): s_g,
-        ("d", "f"): -s_g,
     }
+    if with_f:
+        g_ff = np.multiply(s, s_g, out=np.zeros_like(s), where=finite)
+        g_uf = sig * (f * s_g - g)
+        second[("b", "f")] = span * g_uf * dlx
+        second[("e", "f")] = -span * g_uf * b
+        second[("f", "f")] = span * g_ff
+        second[("c", "f")] = s_g
+        second[("d", "f")] = -s_g
     return value, partials, second
 
 
@@ -209,7 +215,7 @@ class _Design:
 
     def _terms(self, theta_int: FloatArray, order: int) -> tuple[FloatArray, dict, dict]:
         v = self._expand(theta_int)
-        return _curve_terms(self.lx, v["b"], v["c"], v["d"], v["e"], v["f"], order, self._zero)
+        return _curve_terms(self.lx, v["b"], v["c"], v["d"], v["e"], v["f"], order, self._zero, "f" in self.columns)
 
     @cached_property
     def _onehot(self) -> dict[str, FloatArray]:
@@ -871,18 +877,20 @@ def levenberg_marquardt(
 
     lo = np.array([par.min for par in params], dtype=float)
     hi = np.array([par.max for par in params], dtype=float)
-    bounded = np.isfinite(lo) & np.isfinite(hi)
     if np.any(np.isfinite(lo) != np.isfinite(hi)):
         raise ValueError("one-sided bounds are not supported (lmfit's sqrt transform)")
-    b_lo, b_width = lo[bounded], hi[bounded] - lo[bounded]
+    bounded = np.flatnonzero(np.isfinite(lo))
+    b_lo, b_hi = lo[bounded], hi[bounded]
+    b_width = b_hi - b_lo
     start = np.array([par.setup_bounds() for par in params])
     max_nfev = 2000 * (len(params) + 1) if max_nfev is None else max_nfev
     count = -2  # lmfit: "correct for pre-fit initialization/checks"
 
     def external(internal: FloatArray) -> FloatArray:
-        values = np.array(internal, dtype=float)
-        values[bounded] = b_lo + (np.sin(internal[bounded]) + 1) * b_width / 2.0
-        return np.where(values > hi, hi, np.where(values < lo, lo, values))  # Parameter.value's setter
+        values = np.array(internal, dtype=float)  # unbounded: the internal value itself
+        # Parameter.value's setter clips to the bounds (only a bounded value can lie outside them)
+        values[bounded] = np.clip(b_lo + (np.sin(internal[bounded]) + 1) * b_width / 2.0, b_lo, b_hi)
+        return values
 
     def fcn(internal: FloatArray) -> FloatArray:
         nonlocal count
@@ -923,11 +931,11 @@ _TOLERANCE = "Tolerance seems to be too small."
 
 
 def _finite(arr: FloatArray) -> FloatArray:
-    """``arr`` as float64; ``ValueError`` if it holds NaN or infinity (lmfit's ``coerce_float64`` check)."""
+    """``arr`` as float64; ``ValueError`` if it holds NaN or infinity (lmfit's ``coerce_float64`` check;
+    called where floating-point warnings are off)."""
     arr = np.asarray(arr, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        if not np.isfinite(np.sum(arr)):
-            raise ValueError("NaN or infinite values in the residuals or Jacobian of a fit")
+    if not math.isfinite(arr.sum()):
+        raise ValueError("NaN or infinite values in the residuals or Jacobian of a fit")
     return arr
 
 
