@@ -23,8 +23,12 @@ test: $(STAMP)
 	bash tools/setup-system.sh
 	$(BIN)/python -m pytest
 
+# --lint parses the workflow, whose parse-time scan reads a drop folder and admits its plates: a
+# scratch drop folder and results folder, not the checkout's (tests/test_lint.py does the same)
 lint: $(STAMP)
-	$(BIN)/snakemake --lint
+	tmp=$$(mktemp -d) && mkdir "$$tmp/raw" && \
+		$(BIN)/snakemake --lint --config raw_dir="$$tmp/raw" results_dir="$$tmp/results"; \
+		status=$$?; rm -rf "$$tmp"; exit $$status
 	$(BIN)/snakefmt --check .
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
