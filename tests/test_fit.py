@@ -341,6 +341,28 @@ def test_levenberg_marquardt_is_lmfits_leastsq_to_the_last_bit(monkeypatch, ryeg
             np.testing.assert_array_equal(ours.values, values)  # bit for bit, NaN where lmfit has NaN
 
 
+def test_levenberg_marquardt_refuses_what_lmfit_refuses() -> None:
+    """A NaN residual raises ValueError, as lmfit's default ``nan_policy="raise"``; a one-sided bound
+    (lmfit's sqrt transform, which the fits never use) is refused rather than transformed wrongly."""
+    import lmfit
+
+    def params(lo: float = 0.0) -> list:
+        return [lmfit.Parameter("p0", value=1.0, min=lo, max=2.0), lmfit.Parameter("p1", value=0.0)]
+
+    def nan_residual(values: np.ndarray) -> np.ndarray:
+        return np.array([np.nan, values[0], values[1]])
+
+    def jacobian(values: np.ndarray) -> np.ndarray:
+        return np.ones((3, 2))
+
+    with pytest.raises(ValueError, match="NaN"):
+        _lmfit_leastsq(nan_residual, jacobian, params())
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit.levenberg_marquardt(nan_residual, jacobian, params())
+    with pytest.raises(ValueError, match="one-sided"):
+        fit.levenberg_marquardt(lambda v: np.array([v[0] - 1, v[1], 0.0]), jacobian, params(-np.inf))
+
+
 def test_a_fit_memo_is_explicit_and_serves_identical_curves_once() -> None:
     d = pd.read_csv(DATA / "ryegrass.csv")
     x, y = d["conc"].to_numpy(), d["rootl"].to_numpy()
