@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
+import numpy as np
 import pytest
 from pagekit import REEXPORTED, SETTINGS, Page, chromium, many_plates, pdf_pages, run_tables, screenshot_ink
+from PIL import Image
 
 from cr51.figures import lot_class, lot_colours
 from cr51.report import fmt
@@ -200,6 +204,47 @@ def test_the_lot_page_prints_on_at_most_three_a4_pages(tmp_path, tables, pages):
     boxes = re.findall(rb"/MediaBox\s*\[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", data)
     assert boxes and all(abs(float(w) - 595.3) < 1 and abs(float(h) - 841.9) < 1 for w, h in boxes), boxes  # A4
     assert 1 <= pdf_pages(data) <= 3, pdf_pages(data)
+
+
+def _printed_pages(tables, tmp_path, lot: str) -> list[np.ndarray]:
+    """The lot's page printed by Chromium (``--print-to-pdf``) and rendered by ``pdftoppm`` at 40 dpi: one
+    ink mask (pixel darker than light grey) per page."""
+    pdftoppm = shutil.which("pdftoppm")
+    if pdftoppm is None:
+        pytest.skip("pdftoppm is not installed (tools/setup-system.sh installs poppler-utils as root on Debian)")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    write_pages(build_lot_pages(tables, SETTINGS, generated=GENERATED), tmp_path)
+    pdf = tmp_path / "lot.pdf"
+    proc = chromium(f"--print-to-pdf={pdf}", "--no-pdf-header-footer", (tmp_path / lot_page(lot)).as_uri(),
+                    tmp=tmp_path)  # fmt: skip
+    assert pdf.exists(), proc.stderr[-2000:]
+    subprocess.run([pdftoppm, "-r", "40", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=120)
+    pngs = sorted(tmp_path.glob("page-*.png"))
+    assert len(pngs) == pdf_pages(pdf.read_bytes())
+    return [np.asarray(Image.open(png).convert("L")) < 200 for png in pngs]
+
+
+@pytest.mark.browser
+def test_the_printed_potency_record_is_bounded_and_clean_page_by_page(tmp_path):
+    """The lot page as a printer gets it (issue 17: checked with ``--print-to-pdf`` and ``pdftoppm``), for a
+    lot in two campaigns with a long history and superseded versions: at most 5 A4 pages (about two per
+    campaign and one of superseded numbers), as many at ~2,400 plates as at ~600 (the page lists the most
+    recent plates and superseded rows and summarises the older ones per year: its print does not grow
+    with the history); every page carries ink (no
+    blank page) and nothing reaches into the left or right margin (12 mm of the 210 mm width: a table or
+    figure wider than the paper would print there)."""
+    short, long = many_plates(600), many_plates(2400)
+    assert int((long["potency"]["lot"] == "LOT-A").sum()) >= 2000
+    assert set(long["potency_combined"]["reference_lot"]) >= {"REF-001", "REF-002"}
+    pages_short = _printed_pages(short, tmp_path / "short", "LOT-A")
+    pages_long = _printed_pages(long, tmp_path / "long", "LOT-A")
+    assert len(pages_short) == len(pages_long) <= 5, (len(pages_short), len(pages_long))
+    for ink in pages_long:
+        height, width = ink.shape
+        assert abs(height / width - 297 / 210) < 0.02, (height, width)  # A4 portrait
+        assert ink.mean() > 0.01
+        columns = np.flatnonzero(ink.any(axis=0)) / width
+        assert columns.min() > 10 / 210 and columns.max() < 200 / 210, (columns.min(), columns.max())
 
 
 def test_a_lot_has_its_index_colour_on_its_page(tables, pages):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages the tests use (Debian): headless Chromium for the report's browser test and a
+# System packages the tests use (Debian): headless Chromium for the report's browser test (and
+# poppler-utils' pdftoppm, which renders the printed lot page), and a
 # single-node SLURM for the cluster test, and R with the packages the campaign tests compare against
 # (tests/test_campaign_r.py: emmeans, lme4, pbkrtest, metafor, multcomp). Idempotent; installs only what is missing and only as root.
 # Without root or apt the packages are not installed and the tests that need them are skipped
@@ -7,6 +8,7 @@
 set -u
 want=()
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
+command -v pdftoppm >/dev/null 2>&1 || want+=(poppler-utils)
 command -v slurmctld >/dev/null 2>&1 || want+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || want+=(slurmd)
 command -v sinfo >/dev/null 2>&1 || want+=(slurm-client)
