@@ -62,19 +62,22 @@ def summary_line(results_dir: str | os.PathLike, failed: bool = False, audit_pro
         return f"{PREFIX} {what}; see {results / 'logs'}" + audit_note(results, audit_problems)
     qc = _rows(results / "qc.csv") or []
     plates: dict[str, set[str]] = {}
+    first_pending: dict[str, str] = {}  # each plate's first pending file's reason (one pass, not one per plate)
     pending: Counter[str] = Counter()
     orphans = Counter(pending_kind(r["reason"]) for r in files if r["status"] == "pending" and not r["plate"])
     rejected_files = sum(1 for r in files if r["status"] == "rejected" and not r["plate"])
     for r in files:
         if r["plate"]:
             plates.setdefault(r["plate"], set()).add(r["status"])
+            if r["status"] == "pending":
+                first_pending.setdefault(r["plate"], r["reason"])
     for plate, statuses in plates.items():
         if statuses == {"pending"}:
-            reason = next(r["reason"] for r in files if r["plate"] == plate and r["status"] == "pending")
-            pending[pending_kind(reason)] += 1
+            pending[pending_kind(first_pending[plate])] += 1
     ok = [p for p, s in plates.items() if s == {"ok"}]
+    ok_set = set(ok)
     rejected = sum(1 for s in plates.values() if "rejected" in s) + rejected_files
-    failing = sum(1 for r in qc if r.get("status") == "fail" and r.get("plate") in set(ok))
+    failing = sum(1 for r in qc if r.get("status") == "fail" and r.get("plate") in ok_set)
     why = ", ".join(f"{n} {k}" for k, n in (pending + orphans).most_common())
     n_pending = sum(pending.values()) + sum(orphans.values())
     head = "run failed; " if failed else ""
