@@ -196,14 +196,19 @@ def test_the_lot_page_prints_on_at_most_three_a4_pages(tmp_path, tables, pages):
     write_pages(pages, tmp_path)
     n_plates = int((tables["potency"]["lot"] == "LOT-B").sum())
     assert 10 <= n_plates <= 12
-    pdf = tmp_path / "lot.pdf"
-    proc = chromium(f"--print-to-pdf={pdf}", "--no-pdf-header-footer", (tmp_path / lot_page("LOT-B")).as_uri(),
-                    tmp=tmp_path)  # fmt: skip
-    assert pdf.exists(), proc.stderr[-2000:]
-    data = pdf.read_bytes()
+    data = _print_to_pdf(tmp_path, "LOT-B").read_bytes()
     boxes = re.findall(rb"/MediaBox\s*\[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", data)
     assert boxes and all(abs(float(w) - 595.3) < 1 and abs(float(h) - 841.9) < 1 for w, h in boxes), boxes  # A4
     assert 1 <= pdf_pages(data) <= 3, pdf_pages(data)
+
+
+def _print_to_pdf(folder, lot: str):
+    """The lot's page in ``folder`` printed by headless Chromium (``--print-to-pdf``): the PDF's path."""
+    pdf = folder / "lot.pdf"
+    proc = chromium(f"--print-to-pdf={pdf}", "--no-pdf-header-footer", (folder / lot_page(lot)).as_uri(),
+                    tmp=folder)  # fmt: skip
+    assert pdf.exists(), proc.stderr[-2000:]
+    return pdf
 
 
 def _printed_pages(tables, tmp_path, lot: str) -> list[np.ndarray]:
@@ -214,10 +219,7 @@ def _printed_pages(tables, tmp_path, lot: str) -> list[np.ndarray]:
         pytest.skip("pdftoppm is not installed (tools/setup-system.sh installs poppler-utils as root on Debian)")
     tmp_path.mkdir(parents=True, exist_ok=True)
     write_pages(build_lot_pages(tables, SETTINGS, generated=GENERATED), tmp_path)
-    pdf = tmp_path / "lot.pdf"
-    proc = chromium(f"--print-to-pdf={pdf}", "--no-pdf-header-footer", (tmp_path / lot_page(lot)).as_uri(),
-                    tmp=tmp_path)  # fmt: skip
-    assert pdf.exists(), proc.stderr[-2000:]
+    pdf = _print_to_pdf(tmp_path, lot)
     subprocess.run([pdftoppm, "-r", "40", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=120)
     pngs = sorted(tmp_path.glob("page-*.png"))
     assert len(pngs) == pdf_pages(pdf.read_bytes())
@@ -230,9 +232,8 @@ def test_the_printed_potency_record_is_bounded_and_clean_page_by_page(tmp_path):
     lot in two campaigns with a long history and superseded versions: at most 5 A4 pages (about two per
     campaign and one of superseded numbers), as many at ~2,400 plates as at ~600 (the page lists the most
     recent plates and superseded rows and summarises the older ones per year: its print does not grow
-    with the history); every page carries ink (no
-    blank page) and nothing reaches into the left or right margin (12 mm of the 210 mm width: a table or
-    figure wider than the paper would print there)."""
+    with the history); every page carries ink (no blank page) and nothing reaches into the left or right
+    margin (12 mm of the 210 mm width: a table or figure wider than the paper would print there)."""
     short, long = many_plates(600), many_plates(2400)
     assert int((long["potency"]["lot"] == "LOT-A").sum()) >= 2000
     assert set(long["potency_combined"]["reference_lot"]) >= {"REF-001", "REF-002"}

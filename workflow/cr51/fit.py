@@ -838,7 +838,6 @@ class Minimum:
     residual: FloatArray
     success: bool
     message: str
-    nfev: int
 
 
 class _TooManyEvaluations(Exception):
@@ -914,13 +913,13 @@ def levenberg_marquardt(
             )
         except _TooManyEvaluations:
             values = np.full(len(params), np.nan)
-            return Minimum(values, values, False, f"more than {max_nfev} function evaluations", count)
+            return Minimum(values, values, False, f"more than {max_nfev} function evaluations")
         values = external(best)
         resid = residual(values)
     message = {0: _INVALID, 1: _OK, 2: _OK, 3: _OK, 4: _NO_EFFECT}.get(ier, _TOLERANCE)
     if cov is None:
         message = f"{message} Could not estimate error-bars."
-    return Minimum(values, resid, ier in (1, 2, 3, 4), message, count)
+    return Minimum(values, resid, ier in (1, 2, 3, 4), message)
 
 
 # lmfit's messages (Minimizer.leastsq) for MINPACK's ``ier``
